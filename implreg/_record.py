@@ -1,0 +1,155 @@
+"""The per-claim run recorder: what certify, evidence and stats write while a claim runs.
+
+One ``Recorder`` lives for one claim run and is reachable through a context variable while the claim's
+Hypothesis test executes.  Outside a claim run ``current()`` is None and certify/evidence calls still
+check (and raise) but record nothing.  Everything here is plain data in insertion order, so the same
+seed gives the same record.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+_CURRENT: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("implreg_recorder", default=None)
+
+#: Caps that keep a record (and the report) small however many examples a claim runs.
+MAX_UNDECIDED = 20
+MAX_ESCALATIONS = 50
+MAX_SERIES_LINES = 40
+MAX_SERIES_POINTS = 400
+MAX_TABLE_ROWS = 200
+MAX_NOTES = 20
+
+
+def current() -> Recorder | None:
+    """The recorder of the claim that is running in this context, or None."""
+    return _CURRENT.get()
+
+
+@dataclass
+class Recorder:
+    """Accumulates one claim run: counters, certification, escalations, evidence and observations."""
+
+    claim_id: str
+    t0: float = field(default_factory=time.monotonic)
+    budget_s: float | None = None
+
+    # example counters (our own, so they exist even when Hypothesis aborts early)
+    calls: int = 0              # times the claim body was entered (the strategy produced a value)
+    valid: int = 0              # bodies that completed
+    rejected: int = 0           # bodies that called assume()/reject()
+    undecided_examples: int = 0  # bodies discarded because a comparison stayed undecided
+    failures: int = 0           # bodies that raised (assertion or crash), shrinking included
+    instances: int = 0          # problem instances in valid examples (batches count their size)
+    failure_seen: bool = False
+    last_failure: BaseException | None = None
+    last_failure_kwargs: str | None = None
+    budget_exhausted: bool = False
+
+    # certification
+    comparisons: int = 0        # certify calls in valid examples
+    certified: int = 0          # instance-comparisons certified (true) in valid examples
+    max_ratio: float = 0.0      # largest error/margin among certified comparisons
+    max_ratio_what: str | None = None
+    undecided: list[dict[str, Any]] = field(default_factory=list)
+    undecided_count: int = 0
+    escalations: list[dict[str, Any]] = field(default_factory=list)
+    escalation_count: int = 0
+    escalations_resolved: int = 0
+
+    # evidence
+    series: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scalars: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # statistical claims
+    observations: list[Any] = field(default_factory=list)
+
+    # per-example scratch (reset by begin_example)
+    _ex_targets: dict[str, float] = field(default_factory=dict)
+    _ex_instances: int | None = None
+    _ex_comparisons: int = 0
+    _ex_certified: int = 0
+    _ex_ratio: tuple[float, str | None] = (0.0, None)
+    _pending_batch: tuple[Any, int] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def activate(self) -> contextvars.Token:
+        return _CURRENT.set(self)
+
+    @staticmethod
+    def deactivate(token: contextvars.Token) -> None:
+        _CURRENT.reset(token)
+
+    def over_budget(self) -> bool:
+        return self.budget_s is not None and time.monotonic() - self.t0 > self.budget_s
+
+    @property
+    def recording_evidence(self) -> bool:
+        """Evidence is kept from passing examples before the first failure (not from shrinking)."""
+        return not self.failure_seen
+
+    def begin_example(self, batch_size: int | None) -> None:
+        self.calls += 1
+        self._ex_targets = {}
+        self._ex_instances = batch_size
+        self._ex_comparisons = 0
+        self._ex_certified = 0
+        self._ex_ratio = (0.0, None)
+
+    def end_example_valid(self) -> None:
+        """The body completed: commit the example's certification counters and steer Hypothesis."""
+        self.valid += 1
+        self.instances += self._ex_instances or 1
+        self.comparisons += self._ex_comparisons
+        self.certified += self._ex_certified
+        ratio, what = self._ex_ratio
+        if ratio > self.max_ratio or self.max_ratio_what is None and what is not None:
+            self.max_ratio, self.max_ratio_what = max(ratio, self.max_ratio), what
+        if self._ex_targets:
+            from hypothesis import target
+
+            for label in sorted(self._ex_targets):
+                target(self._ex_targets[label], label=label)
+
+    # -- certify hooks ----------------------------------------------------------------------------
+    def note_certified(self, what: str, count: int, ratio: float, score: float | None) -> None:
+        self._ex_comparisons += 1
+        self._ex_certified += count
+        if ratio > self._ex_ratio[0] or self._ex_ratio[1] is None:
+            self._ex_ratio = (max(ratio, self._ex_ratio[0]), what)
+        if score is not None and math.isfinite(score):
+            label = f"margin: {what}"
+            self._ex_targets[label] = min(score, self._ex_targets.get(label, math.inf))
+
+    def note_undecided(self, entries: list[dict[str, Any]]) -> None:
+        self.undecided_count += len(entries)
+        room = MAX_UNDECIDED - len(self.undecided)
+        if room > 0:
+            self.undecided.extend(entries[:room])
+
+    def note_escalation(self, entry: dict[str, Any]) -> None:
+        self.escalation_count += 1
+        self.escalations_resolved += int(entry.get("resolved", 0))
+        if len(self.escalations) < MAX_ESCALATIONS:
+            self.escalations.append(entry)
+
+    def note_batch(self, context: Any, size: int) -> None:
+        """Called at draw time by ``claims.batches``: the example drawn in ``context`` holds ``size``."""
+        if self._pending_batch is not None and self._pending_batch[0] is context:
+            size += self._pending_batch[1]
+        self._pending_batch = (context, size)
+
+    def take_batch(self, context: Any) -> int | None:
+        pending, self._pending_batch = self._pending_batch, None
+        if pending is not None and pending[0] is context:
+            return pending[1]
+        return None
+
+    def set_instances(self, k: int) -> None:
+        self._ex_instances = int(k)

@@ -1,0 +1,446 @@
+"""Claims: the ``@claim`` decorator, sources, the registry, and the batching helper.
+
+A claim is one decorated function; nothing else registers it::
+
+    RAZIN_COHEN_2020 = Source(key="razin-cohen-2020", title="Implicit Regularization in Deep Learning May "
+                              "Not Be Explainable by Norms", authors="N. Razin, N. Cohen", year=2020,
+                              arxiv="2005.06398")
+
+    @claim("razin-cohen-2020/det-sign-preserved", source=RAZIN_COHEN_2020.at("Theorem 1", confirmed=False),
+           kind="theorem", expect="holds",
+           statement="Under balanced initialization with det W(0) > 0, det W(t) > 0 for all t.",
+           latex=r"\\det W(0) > 0 \\;\\Rightarrow\\; \\det W(t) > 0 \\quad \\forall t \\ge 0")
+    @given(batch=batches(balanced_2x2(), max_size=64))
+    def det_sign_preserved(batch): ...
+
+The decorated object is itself a test: pytest (with the implreg plugin) collects it from any file, runs
+its Hypothesis test, turns the outcome into a verdict (``implreg.verdict``) and passes iff the verdict
+equals ``expect``.  A malformed claim (missing id or statement, bad id, unknown kind or expectation, no
+``@given``/``@sample``, a duplicate id) does not raise at import: it is collected like any claim and its
+run records the ``error`` verdict with a message naming the claim and the problem, so other claims still
+run and the report still appears.
+
+Statistical claims use ``@sample`` instead of ``@given`` (see ``implreg.stats``)::
+
+    @claim("arora-2019/depth-lowers-rank", ..., kind="empirical")
+    @sample(n=24, test=stats.paired("wilcoxon", alternative="less", alpha=0.01), problem=completion_problems())
+    def depth_lowers_rank(problem):
+        return effective_rank(solve(problem, depth=3)), effective_rank(solve(problem, depth=1))
+
+Batching: Hypothesis runs one example at a time, the simulators are batched.  Draw a *batch* per example
+with ``batches(instance_strategy, max_size=64)`` (a list of 1..64 instances, optionally stacked by
+``stack=``); shrinking then reduces a failure to a single instance, and the report counts instances.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import is_hypothesis_test
+from hypothesis import strategies as st
+
+__all__ = [
+    "EXPECTATIONS",
+    "KINDS",
+    "REGISTRY",
+    "VERDICTS",
+    "Batch",
+    "ClaimSpec",
+    "Source",
+    "SourceRef",
+    "batches",
+    "claim",
+    "get_spec",
+    "sample",
+]
+
+VERDICTS = ("holds", "refuted", "inconclusive", "error")
+EXPECTATIONS = ("holds", "refuted")
+KINDS = ("theorem", "proposition", "lemma", "corollary", "identity", "empirical", "conjecture")
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*$")
+
+
+# ------------------------------------------------------------------------------------------------
+# sources
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """A paper (or other source) that claims are taken from."""
+
+    key: str
+    title: str
+    authors: str
+    year: int
+    arxiv: str | None = None
+    url: str | None = None
+    venue: str | None = None
+
+    def at(self, locator: str, *, confirmed: bool = True) -> SourceRef:
+        """A place in the source, e.g. ``at("Theorem 1", confirmed=False)`` (rendered "as reconstructed")."""
+        return SourceRef(self, str(locator), bool(confirmed))
+
+    def theorem(self, n: int | str, *, confirmed: bool = True) -> SourceRef:
+        return self.at(f"Theorem {n}", confirmed=confirmed)
+
+    def lemma(self, n: int | str, *, confirmed: bool = True) -> SourceRef:
+        return self.at(f"Lemma {n}", confirmed=confirmed)
+
+    def proposition(self, n: int | str, *, confirmed: bool = True) -> SourceRef:
+        return self.at(f"Proposition {n}", confirmed=confirmed)
+
+    def corollary(self, n: int | str, *, confirmed: bool = True) -> SourceRef:
+        return self.at(f"Corollary {n}", confirmed=confirmed)
+
+    def section(self, s: int | str, *, confirmed: bool = True) -> SourceRef:
+        return self.at(f"§{s}", confirmed=confirmed)
+
+    @property
+    def link(self) -> str | None:
+        if self.url:
+            return self.url
+        return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv else None
+
+    def short(self) -> str:
+        names = [a.strip().split()[-1] for a in re.split(r",| and ", self.authors) if a.strip()]
+        who = names[0] if len(names) == 1 else f"{names[0]} & {names[1]}" if len(names) == 2 else \
+            f"{names[0]} et al."
+        return f"{who} {self.year}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "title": self.title, "authors": self.authors, "year": self.year,
+                "arxiv": self.arxiv, "url": self.url, "venue": self.venue, "link": self.link,
+                "short": self.short()}
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """A source plus where in it the claim is stated, and whether that location was confirmed."""
+
+    source: Source
+    locator: str | None = None
+    confirmed: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.source.as_dict(), "locator": self.locator, "confirmed": self.confirmed}
+
+
+# ------------------------------------------------------------------------------------------------
+# claim metadata and registry
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ClaimSpec:
+    """Everything known about one claim before it runs."""
+
+    id: str
+    function: str                 # qualified name of the decorated function
+    module: str
+    file: str
+    line: int
+    source: SourceRef | None = None
+    kind: str = "theorem"
+    expect: str = "holds"
+    statement: str = ""
+    latex: str | None = None
+    hypotheses: tuple[str, ...] = ()
+    budget_s: float | None = None
+    max_examples: int | None = None
+    test: Callable[..., Any] | None = None     # the @given test, or the sampler built by @sample
+    sample: SampleSpec | None = None
+    problems: list[str] = field(default_factory=list)   # malformations: each makes the verdict `error`
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    @property
+    def group(self) -> str:
+        """Grouping key for the report: the source key, else the id's paper part."""
+        if self.source is not None:
+            return self.source.source.key
+        return self.id.split("/", 1)[0] if "/" in self.id else "(no source)"
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "function": self.function,
+            "module": self.module,
+            "file": self.file,
+            "line": self.line,
+            "group": self.group,
+            "source": self.source.as_dict() if self.source is not None else None,
+            "kind": self.kind,
+            "expect": self.expect,
+            "statement": self.statement,
+            "latex": self.latex,
+            "hypotheses": list(self.hypotheses),
+            "budget_s": self.budget_s,
+            "max_examples": self.max_examples,
+            "statistical": self.sample is not None,
+        }
+
+
+class Registry:
+    """All claims defined in this process, by id.  Redefining the same function replaces it."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, list[ClaimSpec]] = {}
+
+    def add(self, spec: ClaimSpec) -> None:
+        entries = self._by_id.setdefault(spec.id, [])
+        for i, other in enumerate(entries):
+            if (other.file, other.function) == (spec.file, spec.function):
+                entries[i] = spec  # a re-import of the same module
+                return
+        entries.append(spec)
+
+    def duplicates(self, spec: ClaimSpec) -> list[ClaimSpec]:
+        """Other claims with the same id (defined anywhere in this process)."""
+        return [s for s in self._by_id.get(spec.id, []) if s is not spec]
+
+    def __iter__(self) -> Iterator[ClaimSpec]:
+        for entries in self._by_id.values():
+            yield from entries
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_id.values())
+
+    def get(self, claim_id: str) -> list[ClaimSpec]:
+        return list(self._by_id.get(claim_id, []))
+
+    @contextmanager
+    def isolated(self) -> Iterator[Registry]:
+        """Run with an empty registry and restore the previous one afterwards (for tests)."""
+        saved, self._by_id = self._by_id, {}
+        try:
+            yield self
+        finally:
+            self._by_id = saved
+
+
+REGISTRY = Registry()
+
+
+def get_spec(obj: Any) -> ClaimSpec | None:
+    """The ClaimSpec of a claim function, or None for anything else."""
+    spec = getattr(obj, "__implreg_claim__", None)
+    return spec if isinstance(spec, ClaimSpec) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# the decorator
+# ------------------------------------------------------------------------------------------------
+def _origin(fn: Any) -> tuple[str, str, str, int]:
+    target = inspect.unwrap(getattr(getattr(fn, "hypothesis", None), "inner_test", fn))
+    name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+    module = getattr(fn, "__module__", "?") or "?"
+    try:
+        file = inspect.getsourcefile(target) or "?"
+        line = inspect.getsourcelines(target)[1]
+    except (TypeError, OSError):
+        file, line = "?", 0
+    return name, module, file, line
+
+
+def claim(id: str | None = None, *, source: Source | SourceRef | None = None, kind: str = "theorem",  # noqa: A002
+          expect: str = "holds", statement: str | None = None, latex: str | None = None,
+          hypotheses: Sequence[str] = (), budget_s: float | None = None,
+          max_examples: int | None = None) -> Callable[[Callable[..., Any]], Callable[[], None]]:
+    """Declare a claim: a Hypothesis test (``@given`` or ``@sample`` below this) plus what it states.
+
+    ``id`` is "paper-key/slug" (stable; lower case, digits, ``.-_``); ``source`` a ``Source`` or
+    ``Source.at(...)``; ``kind`` one of KINDS; ``expect`` "holds" or "refuted" (a known-false negative
+    control); ``statement`` in words, optionally with ``$...$`` math; ``latex`` the formal statement;
+    ``hypotheses`` the conditions drawn instances satisfy by construction; ``budget_s`` a wall budget for
+    the whole claim (no new examples are started after it; the report says so); ``max_examples`` the
+    claim's example count under the ``ci`` profile (other profiles scale it).
+    """
+    if callable(id) and not isinstance(id, str):
+        # used bare, as @claim: record the mistake on the function itself
+        return _make(id, None, {}, ["@claim must be called with an id: @claim('paper-key/slug', statement=...)"])
+    meta = dict(source=source, kind=kind, expect=expect, statement=statement, latex=latex,
+                hypotheses=hypotheses, budget_s=budget_s, max_examples=max_examples)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[[], None]:
+        return _make(fn, id, meta, [])
+
+    return decorate
+
+
+def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> Callable[[], None]:
+    name, module, file, line = _origin(fn)
+    problems = list(problems)
+    where = f"{name} ({file}:{line})"
+    if claim_id is None or (isinstance(claim_id, str) and not claim_id.strip()):
+        if not problems:
+            problems.append(f"claim {where} has no id: give @claim('paper-key/slug', ...)")
+        shown = f"(no id) {module}.{name}"
+    elif not isinstance(claim_id, str):
+        problems.append(f"claim {where}: id must be a string 'paper-key/slug', got {claim_id!r}")
+        shown = f"(bad id) {module}.{name}"
+    else:
+        shown = claim_id
+        if not ID_PATTERN.match(claim_id):
+            problems.append(
+                f"claim {claim_id!r} ({file}:{line}): bad id format; expected 'paper-key/slug' "
+                "(lower-case letters, digits, '.', '-', '_', exactly one '/')"
+            )
+    statement = meta.get("statement")
+    if meta and (statement is None or not str(statement).strip()):
+        problems.append(f"claim {shown!r} ({file}:{line}) has no statement: give statement='...' in words")
+    kind = meta.get("kind", "theorem")
+    if kind not in KINDS:
+        problems.append(f"claim {shown!r}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    expect = meta.get("expect", "holds")
+    if expect not in EXPECTATIONS:
+        why = (" (inconclusive and error are outcomes, never expectations)" if expect in VERDICTS else "")
+        problems.append(f"claim {shown!r}: expect must be 'holds' or 'refuted', got {expect!r}{why}")
+    source = meta.get("source")
+    if isinstance(source, Source):
+        source = SourceRef(source)
+    elif source is not None and not isinstance(source, SourceRef):
+        problems.append(f"claim {shown!r}: source must be a Source or Source.at(...), got {type(source).__name__}")
+        source = None
+    hyps = meta.get("hypotheses") or ()
+    if isinstance(hyps, str):
+        hyps = (hyps,)
+    budget = meta.get("budget_s")
+    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+        problems.append(f"claim {shown!r}: budget_s must be a positive number of seconds, got {budget!r}")
+        budget = None
+    max_ex = meta.get("max_examples")
+    if max_ex is not None and not (isinstance(max_ex, int) and max_ex >= 1):
+        problems.append(f"claim {shown!r}: max_examples must be a positive integer, got {max_ex!r}")
+        max_ex = None
+    sample_spec = getattr(fn, "__implreg_sample__", None)
+    if sample_spec is None and not is_hypothesis_test(fn):
+        problems.append(
+            f"claim {shown!r} ({file}:{line}) has no @given: put @given(...) (or @sample(...) for a "
+            "statistical claim) between @claim and the function"
+        )
+    if get_spec(fn) is not None:
+        problems.append(f"claim {shown!r}: @claim applied twice")
+
+    spec = ClaimSpec(
+        id=shown, function=name, module=module, file=file, line=line, source=source,
+        kind=kind if kind in KINDS else str(kind), expect=str(expect),
+        statement=str(statement or ""), latex=latex_or_none(meta.get("latex")),
+        hypotheses=tuple(str(h) for h in hyps), budget_s=budget, max_examples=max_ex,
+        test=fn if callable(fn) else None, sample=sample_spec, problems=problems,
+    )
+    REGISTRY.add(spec)
+
+    def run_claim() -> None:
+        # Called directly (not through the pytest plugin): run under the default profile and fail
+        # unless the verdict matches the expectation.
+        from implreg.verdict import run_claim as _run
+
+        record = _run(spec)
+        if record["verdict"] != spec.expect:
+            raise AssertionError(record["explanation"])
+
+    run_claim.__name__ = getattr(fn, "__name__", "claim")
+    run_claim.__qualname__ = name
+    run_claim.__module__ = module
+    run_claim.__doc__ = getattr(fn, "__doc__", None)
+    run_claim.__implreg_claim__ = spec  # type: ignore[attr-defined]
+    return run_claim
+
+
+def latex_or_none(x: Any) -> str | None:
+    return None if x is None or not str(x).strip() else str(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# batching
+# ------------------------------------------------------------------------------------------------
+class Batch(list):
+    """A list of instances drawn as one Hypothesis example (see ``batches``)."""
+
+
+def _note_batch(size: int) -> None:
+    from hypothesis.control import current_build_context
+
+    from implreg import _record
+
+    rec = _record.current()
+    if rec is None:
+        return
+    try:
+        ctx = current_build_context()
+    except Exception:  # not inside a Hypothesis test: nothing to count
+        return
+    rec.note_batch(ctx, size)
+
+
+def batches(instance: st.SearchStrategy[Any], *, max_size: int = 64, min_size: int = 1,
+            stack: Callable[[list[Any]], Any] | None = None) -> st.SearchStrategy[Any]:
+    """A batch of ``min_size..max_size`` independently drawn instances, as one Hypothesis example.
+
+    The value is a ``Batch`` (a list), or ``stack(list)`` if ``stack`` is given (e.g. a function that
+    concatenates problems along the batch dimension).  Shrinking deletes instances, so a failure shrinks
+    to a single instance; the harness counts the instances for the report.  Hypothesis draws lists of
+    about 6 elements on average with min_size=1; raise ``min_size`` for bigger batches (at the cost of
+    shrinking only down to that many).
+    """
+    if not 1 <= min_size <= max_size:
+        raise ValueError(f"batches: need 1 ≤ min_size ≤ max_size, got {min_size}, {max_size}")
+
+    def finish(items: list[Any]) -> Any:
+        _note_batch(len(items))
+        return Batch(items) if stack is None else stack(list(items))
+
+    return st.lists(instance, min_size=min_size, max_size=max_size).map(finish)
+
+
+# ------------------------------------------------------------------------------------------------
+# statistical claims
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleSpec:
+    """How a statistical claim draws its sample and which test decides it."""
+
+    n: int
+    test: Any                    # implreg.stats.TestSpec
+    strategies: dict[str, st.SearchStrategy[Any]]
+    batched: bool
+    fn: Callable[..., Any]
+
+
+def sample(n: int, test: Any, *, batched: bool = False,
+           **strategies: st.SearchStrategy[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Draw a sample of ``n`` problems (keyword strategies) and decide the claim by a named ``test``.
+
+    The function is called once per drawn problem and returns its observation — a pair ``(a, b)`` for
+    ``stats.paired``/``stats.two_sample``, a bool for ``stats.proportion``.  With ``batched=True`` it is
+    called once with lists of ``n`` values per keyword and returns arrays of observations.
+
+    The whole sample is one Hypothesis example, generated (not shrunk: shrinking a statistical sample is
+    meaningless) from the claim's seed, so it is the same sample on every run with the same seed.  The
+    claim holds when the test says so at its level; otherwise it is refuted with the sample summary.
+    """
+    from implreg.stats import TestSpec
+
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"@sample: n must be an integer ≥ 2, got {n!r}")
+    if not isinstance(test, TestSpec):
+        raise TypeError("@sample: test must be a stats spec, e.g. stats.paired('wilcoxon', alternative='less')")
+    if not strategies:
+        raise TypeError("@sample: give at least one keyword strategy, e.g. problem=completion_problems()")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        spec = SampleSpec(n=n, test=test, strategies=dict(strategies), batched=batched, fn=fn)
+
+        @functools.wraps(fn)
+        def holder(*args: Any, **kwargs: Any) -> Any:  # calling it directly evaluates one observation
+            return fn(*args, **kwargs)
+
+        holder.__implreg_sample__ = spec  # type: ignore[attr-defined]
+        return holder
+
+    return decorate

@@ -1,0 +1,25 @@
+"""Batched gradient-flow and gradient-descent simulators (torch, any device).
+
+- :func:`solve`: adaptive Dormand–Prince gradient flow on deep matrix factorizations.
+- :func:`integrate`: the generic batched embedded Runge–Kutta integrator under it.
+- :func:`descend`: fixed-step gradient descent, as in the papers' experiments.
+"""
+
+from implreg.flow.descent import DescentSolution, descend
+from implreg.flow.gradient_flow import FlowSolution, det_guard, solve, vector_field
+from implreg.flow.integrate import IntegrationResult, Status, integrate
+from implreg.flow.tableau import DOPRI5, ButcherTableau
+
+__all__ = [
+    "DOPRI5",
+    "ButcherTableau",
+    "DescentSolution",
+    "FlowSolution",
+    "IntegrationResult",
+    "Status",
+    "descend",
+    "det_guard",
+    "integrate",
+    "solve",
+    "vector_field",
+]

@@ -1,0 +1,237 @@
+"""Gradient flow ``dW_j/dt = −∂ℓ(W_N⋯W_1)/∂W_j`` on deep matrix factorizations, batched."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from implreg.errors import InvalidInputError
+from implreg.factorization import FactorLayout, Factors, check_factors, end_to_end, factor_grads
+from implreg.flow.integrate import IntegrationResult, Status, integrate
+from implreg.problems import Problem
+
+__all__ = ["FlowSolution", "det_guard", "solve", "vector_field"]
+
+
+def vector_field(problem: Problem, layout: FactorLayout):
+    """The flattened gradient-flow field ``(t, y) ↦ −pack(∂ℓ/∂W_1, …, ∂ℓ/∂W_N)`` for one fixed problem."""
+
+    def f(t: Tensor, y: Tensor) -> Tensor:
+        _, grads = factor_grads(problem, layout.unpack(y))
+        return -layout.pack(grads)
+
+    return f
+
+
+def det_guard(layout: FactorLayout, safety: float = 10.0):
+    """Guard tripping where ``|det W_j|`` is within float64 resolution for some square factor W_j.
+
+    Threshold ``τ_j = safety · k · (e/r_min + u) · Π_i ‖row_i(W_j)‖`` with k the size, e the absolute error
+    estimate of the entries, r_min the smallest row norm and u the unit roundoff: by Hadamard's inequality
+    perturbing row i by at most e·√k changes det by at most ≈ e√k·Π_{l≠i}‖row_l‖, summed over rows, and LU
+    evaluation of det adds a relative k·u of the Hadamard bound.  Below τ_j the computed sign is noise.
+    """
+
+    def guard(y: Tensor, err: Tensor) -> Tensor:
+        u = torch.finfo(y.dtype).eps
+        bad = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+        for W in layout.unpack(y):
+            k = W.shape[-1]
+            rows = torch.linalg.vector_norm(W, dim=-1)  # (n, k)
+            had = rows.prod(-1)
+            rmin = rows.amin(-1).clamp(min=torch.finfo(y.dtype).tiny)
+            tau = safety * k * (math.sqrt(k) * err / rmin + u) * had
+            bad = bad | (torch.linalg.det(W).abs() <= tau)
+        return bad
+
+    return guard
+
+
+@dataclass
+class FlowSolution:
+    """Gradient-flow solution for a batch: final state, loss, events, saves, errors and statuses."""
+
+    problem: Problem
+    layout: FactorLayout
+    result: IntegrationResult
+    loss_levels: Tensor  # (L,)
+
+    # ---- final state ------------------------------------------------------------------------------
+    @property
+    def t(self) -> Tensor:
+        return self.result.t
+
+    @property
+    def status(self) -> Tensor:
+        return self.result.status
+
+    @property
+    def error(self) -> Tensor:
+        """(B,) estimated absolute error of every factor entry at the final time."""
+        return self.result.error
+
+    @property
+    def n_steps(self) -> Tensor:
+        return self.result.n_steps
+
+    @property
+    def factors(self) -> Factors:
+        return self.layout.unpack(self.result.y)
+
+    @property
+    def end_to_end(self) -> Tensor:
+        return end_to_end(self.factors)
+
+    @property
+    def loss(self) -> Tensor:
+        return self.problem.loss(self.end_to_end)
+
+    @property
+    def ok(self) -> Tensor:
+        """(B,) bool: instances that reached their final time or loss target (results to trust)."""
+        s = self.status
+        return (s == int(Status.REACHED_T_MAX)) | (s == int(Status.REACHED_EVENT))
+
+    def messages(self) -> list[str]:
+        return self.result.messages()
+
+    def raise_on_failure(self) -> None:
+        """Raise NumericalError naming every instance that diverged or was stopped (not unresolved)."""
+        from implreg.errors import NumericalError
+
+        bad = [m for m, s in zip(self.messages(), self.result.statuses(), strict=True)
+               if s in (Status.DIVERGED, Status.STEP_TOO_SMALL, Status.MAX_STEPS)]
+        if bad:
+            raise NumericalError("gradient flow failed: " + "; ".join(bad[:5]))
+
+    # ---- saved times --------------------------------------------------------------------------------
+    @property
+    def save_t(self) -> Tensor:
+        return self.result.save_t
+
+    def _e2e(self, y: Tensor) -> Tensor:
+        return end_to_end(self.layout.unpack(y))
+
+    @property
+    def save_end_to_end(self) -> Tensor:
+        """(B, T, d, d') end-to-end matrices at the save times (NaN after an instance stopped)."""
+        return self._e2e(self.result.save_y)
+
+    @property
+    def save_loss(self) -> Tensor:
+        W = self.save_end_to_end
+        B, T = W.shape[:2]
+        return self.problem_rows(T).loss(W.reshape(B * T, *W.shape[2:])).reshape(B, T)
+
+    # ---- loss levels ----------------------------------------------------------------------------------
+    @property
+    def level_t(self) -> Tensor:
+        """(B, L) first time ℓ ≤ level (NaN if never reached)."""
+        return self.result.level_t
+
+    @property
+    def level_end_to_end(self) -> Tensor:
+        return self._e2e(self.result.level_y)
+
+    @property
+    def level_factors(self) -> Factors:
+        return self.layout.unpack(self.result.level_y)
+
+    @property
+    def level_error(self) -> Tensor:
+        return self.result.level_error
+
+    def problem_rows(self, repeat: int) -> Problem:
+        """The problem with every instance repeated ``repeat`` times (row b·repeat + r is instance b)."""
+        index = torch.arange(self.problem.batch, device=self.problem.device).repeat_interleave(repeat)
+        return self.problem.select(index)
+
+    def select(self, index: Tensor | list[int] | slice) -> FlowSolution:
+        """The sub-batch ``index`` (e.g. to re-examine one instance)."""
+        r = self.result
+        picked = IntegrationResult(
+            **{k: (v[index] if isinstance(v, Tensor) and k != "save_t" else v) for k, v in vars(r).items()}
+        )
+        return FlowSolution(self.problem.select(index), self.layout, picked, self.loss_levels)
+
+
+def solve(
+    problem: Problem,
+    factors: Sequence[Tensor],
+    *,
+    t_max: float | Tensor = math.inf,
+    loss_target: float | None = None,
+    loss_levels: Sequence[float] = (),
+    save_at: Sequence[float] | Tensor | None = None,
+    rtol: float = 1e-9,
+    atol: float = 1e-12,
+    max_steps: int = 200_000,
+    guard: Literal["auto", "det", "none"] = "auto",
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> FlowSolution:
+    """Gradient flow on ``ℓ(W_N⋯W_1)`` from ``factors`` until ``t_max`` or ``ℓ ≤ loss_target``.
+
+    ``loss_levels``: record the first time ℓ crosses each level, with the state there (located by bisection
+    of the dense output).  ``guard="auto"`` turns on :func:`det_guard` when every factor is square: an
+    instance whose det W_j falls below float64 resolution stops with status UNRESOLVED instead of returning
+    a sign that rounding decided.  ``device`` defaults to the factors' device; everything runs there.
+    """
+    check_factors(factors)
+    dev = torch.device(device) if device is not None else factors[0].device
+    factors = tuple(W.to(dtype=dtype, device=dev) for W in factors)
+    problem = problem.to(dtype=dtype, device=dev)
+    layout = FactorLayout.of(factors)
+    B = factors[0].shape[0]
+    if problem.batch == 1 and B > 1:
+        problem = problem.expand(B)
+    if problem.batch != B:
+        raise InvalidInputError(f"problem has batch {problem.batch} but the factors have batch {B}")
+    if (layout.dims[-1], layout.dims[0]) != problem.shape:
+        raise InvalidInputError(
+            f"factors multiply to {layout.dims[-1]}×{layout.dims[0]} matrices, problem '{problem.name}' "
+            f"is {problem.shape[0]}×{problem.shape[1]}"
+        )
+    if loss_target is not None and not (loss_target > 0 and math.isfinite(loss_target)):
+        raise InvalidInputError(f"loss_target must be a positive finite number, got {loss_target}")
+    if math.isinf(float(torch.as_tensor(t_max).max())) and loss_target is None:
+        raise InvalidInputError("give a finite t_max or a loss_target: gradient flow runs forever otherwise")
+    lv = torch.as_tensor(list(loss_levels), dtype=dtype, device=dev).reshape(-1)
+    if lv.numel() and (not torch.isfinite(lv).all() or (lv <= 0).any()):
+        raise InvalidInputError(f"loss levels must be positive and finite, got {list(loss_levels)}")
+    if guard not in ("auto", "det", "none"):
+        raise InvalidInputError(f"guard must be 'auto', 'det' or 'none', got {guard!r}")
+    square = all(a == b for a, b in layout.shapes)
+    if guard == "det" and not square:
+        raise InvalidInputError("guard='det' needs square factors")
+    use_guard = guard == "det" or (guard == "auto" and square)
+
+    # The problem's tensors are per-instance parameters compacted with the state by the integrator.
+    names = list(problem.tensors())
+    params = [problem.tensors()[n] for n in names]
+
+    def prob(*pr: Tensor) -> Problem:
+        return Problem(problem.name, **dict(zip(names, pr, strict=True)))
+
+    def f(t: Tensor, y: Tensor, *pr: Tensor) -> Tensor:
+        _, grads = factor_grads(prob(*pr), layout.unpack(y))
+        return -layout.pack(grads)
+
+    def loss_of(y: Tensor, *pr: Tensor) -> Tensor:
+        return prob(*pr).loss(end_to_end(layout.unpack(y)))
+
+    event = (lambda y, *pr: loss_of(y, *pr) - loss_target) if loss_target is not None else None
+    levels = (lambda y, *pr: loss_of(y, *pr).unsqueeze(-1) - lv) if lv.numel() else None
+    dguard = det_guard(layout) if use_guard else None
+    guard_fn = (lambda y, err, *pr: dguard(y, err)) if dguard is not None else None
+    res = integrate(
+        f, layout.pack(factors), t_max=t_max, rtol=rtol, atol=atol, event=event, levels=levels,
+        n_levels=lv.numel(), save_at=save_at, guard=guard_fn, max_steps=max_steps, params=params,
+    )
+    res.meta.update(guard="det" if use_guard else "none", problem=problem.name, dims=layout.dims)
+    return FlowSolution(problem, layout, res, lv)

@@ -1,0 +1,170 @@
+"""Run results: per-claim record files, merging them, results.json, and atomic writes.
+
+Each claim's record is written by whichever process ran it (any xdist worker) as its own JSON file in the
+run directory, named by a hash of its pytest node id; collection errors become records too.  After the
+run, ``merge`` reads every file and sorts the records into a fixed order, so nothing depends on which
+worker ran what or when.  Wall-clock values sit only under keys named ``timing`` (``strip_timing``
+removes them; what remains is identical across runs with the same seed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from implreg.claims import VERDICTS
+
+__all__ = [
+    "SCHEMA",
+    "atomic_write_text",
+    "build_results",
+    "environment",
+    "load_results",
+    "merge",
+    "record_path",
+    "save_results",
+    "strip_timing",
+    "write_record",
+]
+
+SCHEMA = "implreg-results/1"
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``.
+
+    Readers see either the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=True, default=str) + "\n"
+
+
+def record_path(run_dir: str | os.PathLike[str], nodeid: str, prefix: str = "claim") -> Path:
+    digest = hashlib.sha256(nodeid.encode()).hexdigest()[:20]
+    return Path(run_dir) / f"{prefix}-{digest}.json"
+
+
+def write_record(run_dir: str | os.PathLike[str], record: dict[str, Any], prefix: str = "claim") -> Path:
+    """Write one record (a claim result or a collection error) as its own file in the run directory."""
+    return atomic_write_text(record_path(run_dir, record["nodeid"], prefix), dumps(record))
+
+
+def _order(record: dict[str, Any]) -> tuple:
+    src = record.get("source") or {}
+    collection = record.get("kind") == "collection-error"
+    return (0 if collection else 1, src.get("year") or 0, record.get("group") or "", record.get("file") or "",
+            record.get("line") or 0, record.get("id") or "", record.get("nodeid") or "")
+
+
+def merge(run_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """All records in a run directory, in report order, and the per-process environment files."""
+    run_dir = Path(run_dir)
+    records = []
+    for p in sorted(run_dir.glob("claim-*.json")) + sorted(run_dir.glob("collect-*.json")):
+        records.append(json.loads(p.read_text(encoding="utf-8")))
+    envs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(run_dir.glob("env-*.json"))]
+    records.sort(key=_order)
+    return records, envs
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts that do not change between runs on the same machine."""
+    from implreg import __version__
+
+    versions = {"implreg": __version__, "python": platform.python_version()}
+    for dist in ("torch", "hypothesis", "mpmath", "numpy", "scipy", "sympy", "pytest", "pytest-xdist"):
+        versions[dist] = _version(dist)
+    return {
+        "versions": versions,
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def process_environment() -> dict[str, Any]:
+    """What a worker process knows after running claims: the torch device(s) and thread count."""
+    info: dict[str, Any] = {"device": "cpu", "torch_threads": None}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            info["torch_threads"] = int(torch.get_num_threads())
+            if torch.cuda.is_available():
+                info["device"] = f"cuda ({torch.cuda.get_device_name(0)})"
+        except Exception:  # a broken CUDA setup must not break the report
+            pass
+    return info
+
+
+def build_results(records: Iterable[dict[str, Any]], run: dict[str, Any],
+                  envs: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The results.json document: run header (with counts and overall pass/fail) and claim records."""
+    records = list(records)
+    counts = {v: 0 for v in VERDICTS}
+    for r in records:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    mismatches = [r["id"] for r in records if not r.get("matches_expect")]
+    devices = sorted({e.get("device", "cpu") for e in envs}) or ["cpu"]
+    threads = sorted({e.get("torch_threads") for e in envs if e.get("torch_threads")})
+    run = dict(run)
+    run.update({
+        "counts": counts,
+        "claims": len(records),
+        "mismatches": mismatches,
+        "passed": not mismatches and bool(records),
+        "device": ", ".join(devices),
+        "torch_threads": threads[0] if len(threads) == 1 else threads or None,
+    })
+    return {"schema": SCHEMA, "run": run, "claims": records}
+
+
+def save_results(path: str | os.PathLike[str], results: dict[str, Any]) -> Path:
+    return atomic_write_text(path, dumps(results))
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not an implreg results file (schema {data.get('schema')!r}, "
+                         f"expected {SCHEMA!r})" if isinstance(data, dict) else f"{path}: not a results file")
+    return data
+
+
+def strip_timing(obj: Any) -> Any:
+    """A copy without any ``timing`` entries (what must be identical between runs with one seed)."""
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k != "timing"}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj

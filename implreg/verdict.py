@@ -1,0 +1,496 @@
+"""Run one claim under Hypothesis and classify the outcome into a verdict.
+
+Verdicts (DESIGN.md):
+
+- ``holds``: every example completed and every comparison was certified;
+- ``refuted``: Hypothesis found an example whose *conclusion* fails (an ``AssertionError`` raised by
+  certify or by the claim's own code), shrunk it, and we keep its "Falsifying example" text, the
+  ``@reproduce_failure`` blob and an ``implreg verify`` command; for a statistical claim: the test did not
+  come out as the claim says;
+- ``inconclusive``: some comparison stayed undecided after escalation, too few valid examples, or the
+  claim's wall budget ran out before any example completed;
+- ``error``: the check itself crashed (any other exception, including an ``AssertionError`` raised inside
+  library code rather than by the conclusion, NaN/∞ reaching certify, a claim that returns a value, a
+  strategy that yields no valid instance, a malformed claim, a duplicate id, a flaky test).
+
+Precedence: error (crash) > refuted > inconclusive > holds.  A counterexample refutes a claim even if
+other examples were undecided.
+
+The record returned by ``run_claim`` is plain JSON-able data.  Wall-clock values live only under the
+keys named ``timing`` so that two runs with the same seed give identical records once those are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import time
+import traceback
+import unittest
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hypothesis import Phase, given, reject
+from hypothesis import strategies as st
+from hypothesis.errors import (
+    DidNotReproduce,
+    FailedHealthCheck,
+    Flaky,
+    Unsatisfiable,
+    UnsatisfiedAssumption,
+)
+from hypothesis.statistics import collector
+
+from implreg import _record
+from implreg.certify import Undecided
+from implreg.claims import REGISTRY, ClaimSpec
+from implreg.profiles import Profile, claim_seed, get_profile
+
+__all__ = ["BudgetExhausted", "ReturnedValue", "run_claim"]
+
+_MAX_REPR = 4000
+
+
+class _Abort(unittest.SkipTest):
+    """Stops the Hypothesis engine at once (it re-raises skip exceptions without shrinking)."""
+
+
+class BudgetExhausted(_Abort):
+    """The claim's wall budget ran out before a new example started."""
+
+
+class ReturnedValue(_Abort):
+    """The claim body returned a value instead of asserting."""
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _safe_repr(obj: Any, limit: int = _MAX_REPR) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not break the verdict
+        text = f"<unrepresentable {type(obj).__name__}: {exc}>"
+    return text if len(text) <= limit else text[: limit - 20] + f" … [{len(text) - limit + 20} chars cut]"
+
+
+def _notes(exc: BaseException) -> list[str]:
+    return [str(n) for n in getattr(exc, "__notes__", [])]
+
+
+def _trimmed_traceback(exc: BaseException, limit: int = 40) -> str:
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    text = "".join(lines)
+    out = text.splitlines()
+    if len(out) > limit:
+        out = ["  …"] + out[-limit:]
+    return "\n".join(out)
+
+
+_HELPER_PARTS = (
+    f"{os.sep}numpy{os.sep}testing{os.sep}",
+    f"{os.sep}torch{os.sep}testing{os.sep}",
+    f"{os.sep}unittest{os.sep}",
+    f"{os.sep}_pytest{os.sep}",
+    f"{os.sep}hypothesis{os.sep}",
+)
+_PKG_DIR = str(Path(__file__).resolve().parent) + os.sep
+_CONCLUSION_MODULES = {str(Path(__file__).resolve().parent / name) for name in ("certify.py", "stats.py")}
+
+
+def _is_conclusion_failure(exc: BaseException) -> tuple[bool, str | None]:
+    """Whether an AssertionError states the claim's conclusion failing (not a library invariant).
+
+    Walk outward from the raising frame, skipping assertion helpers (numpy.testing, torch.testing, …):
+    the first remaining frame must be implreg.certify/stats or claim code (not the rest of implreg and
+    not an installed library).  Returns (is_conclusion, "file:line" of the library frame otherwise).
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        path = str(Path(frame.filename).resolve()) if frame.filename and not frame.filename.startswith("<") \
+            else frame.filename
+        if any(part in path for part in _HELPER_PARTS):
+            continue
+        if path in _CONCLUSION_MODULES:
+            return True, None
+        if path.startswith(_PKG_DIR) or f"{os.sep}site-packages{os.sep}" in path:
+            return False, f"{frame.filename}:{frame.lineno}"
+        return True, None
+    return True, None
+
+
+@contextlib.contextmanager
+def _pinned_constants() -> Iterator[None]:
+    """Make Hypothesis ignore constants harvested from whatever local modules happen to be imported.
+
+    Hypothesis (≥ 6.131) occasionally draws literals found in the source of *all* local modules loaded
+    so far.  Which modules are loaded depends on run order and on which other claims ran first in the
+    same worker, so the same seed could draw different examples alone, in a full run, or under xdist.
+    Pinning the pool to empty makes a claim's examples a function of its seed only.  (Internal API:
+    guarded, and a no-op on Hypothesis versions without it.)
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+        from hypothesis.internal.constants_ast import Constants
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    getter = getattr(providers, "_get_local_constants", None)
+    cache = getattr(providers, "CONSTANTS_CACHE", None)
+    if getter is None or cache is None:  # pragma: no cover
+        yield
+        return
+    empty = Constants()
+    providers._get_local_constants = lambda: empty
+    cache.cache.clear()
+    try:
+        yield
+    finally:
+        providers._get_local_constants = getter
+        cache.cache.clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+def _instrument(orig: Any, rec: _record.Recorder) -> Any:
+    """Wrap the claim body: count examples, catch undecided comparisons, enforce budget and returns."""
+
+    @functools.wraps(orig)
+    def body(*args: Any, **kwargs: Any) -> None:
+        from hypothesis.control import current_build_context
+
+        batch = rec.take_batch(current_build_context())
+        if not rec.failure_seen and rec.over_budget():
+            rec.budget_exhausted = True
+            raise BudgetExhausted(f"wall budget of {rec.budget_s:g} s exhausted")
+        rec.begin_example(batch)
+        try:
+            result = orig(*args, **kwargs)
+        except Undecided:
+            rec.undecided_examples += 1
+            reject()
+        except UnsatisfiedAssumption:
+            rec.rejected += 1
+            raise
+        except BaseException as exc:
+            rec.failures += 1
+            rec.failure_seen = True
+            rec.last_failure = exc
+            rec.last_failure_kwargs = _safe_repr(kwargs) if not args else _safe_repr((args, kwargs))
+            raise
+        if result is not None:
+            raise ReturnedValue(
+                "claim returned a value; claims must assert (use certify.* or assert): "
+                f"the body returned {_safe_repr(result, 200)}"
+            )
+        rec.end_example_valid()
+
+    return body
+
+
+def _sample_test(spec: ClaimSpec, rec: _record.Recorder) -> Any:
+    """A one-example Hypothesis test that draws the whole statistical sample and records observations."""
+    s = spec.sample
+    assert s is not None
+    state = {"first": True}
+
+    def draw_sample(sample: list[dict[str, Any]]) -> None:
+        # Hypothesis' very first example is the *simplest* one (every draw minimal), not a random
+        # draw; a sample made of it would be n copies of the same degenerate problem.  Skip it.
+        if state["first"]:
+            state["first"] = False
+            reject()
+        rec.set_instances(len(sample))
+        if s.batched:
+            columns = {k: [row[k] for row in sample] for k in s.strategies}
+            out = s.fn(**columns)
+            rec.observations = _observations_from_batched(out, len(sample))
+        else:
+            rec.observations = [s.fn(**row) for row in sample]
+
+    draw_sample.__name__ = spec.function.rsplit(".", 1)[-1]
+    draw_sample.__qualname__ = spec.function
+    return given(sample=st.lists(st.fixed_dictionaries(s.strategies), min_size=s.n, max_size=s.n))(draw_sample)
+
+
+def _observations_from_batched(out: Any, n: int) -> list[Any]:
+    import numpy as np
+
+    if isinstance(out, tuple) and len(out) == 2:
+        a = np.asarray(_as_np(out[0]), dtype=float).reshape(-1)
+        b = np.asarray(_as_np(out[1]), dtype=float).reshape(-1)
+        if a.size != n or b.size != n:
+            raise ValueError(f"batched sample function returned {a.size} and {b.size} observations, expected {n}")
+        return list(zip(a.tolist(), b.tolist(), strict=True))
+    arr = np.asarray(_as_np(out)).reshape(-1)
+    if arr.size != n:
+        raise ValueError(f"batched sample function returned {arr.size} observations, expected {n}")
+    return arr.tolist()
+
+
+def _as_np(x: Any) -> Any:
+    if type(x).__module__.startswith("torch"):
+        return x.detach().to("cpu").numpy()
+    return x
+
+
+def _phase_stats(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    counts, durations = {}, {}
+    for phase in ("explicit", "reuse", "generate", "target", "shrink"):
+        d = stats.get(f"{phase}-phase")
+        if not d:
+            continue
+        c = Counter(t["status"] for t in d.get("test-cases", []))
+        counts[phase] = {"passing": c.get("valid", 0), "failing": c.get("interesting", 0),
+                         "invalid": c.get("invalid", 0) + c.get("overrun", 0)}
+        if phase == "shrink":
+            counts[phase]["shrinks_successful"] = d.get("shrinks-successful", 0)
+        durations[phase] = round(float(d.get("duration-seconds", 0.0)), 4)
+    return counts, durations
+
+
+def _relpath(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith(".." + os.sep + "..") else rel
+
+
+def _base_record(spec: ClaimSpec, prof: Profile, run_seed: int) -> dict[str, Any]:
+    rec = spec.metadata()
+    rec.update({
+        "nodeid": None,
+        "verdict": None,
+        "matches_expect": None,
+        "explanation": "",
+        "problems": [],
+        "counterexample": None,
+        "error": None,
+        "certification": None,
+        "hypothesis": None,
+        "statistics": None,
+        "instances": 0,
+        "evidence": {"series": [], "scalars": [], "tables": [], "notes": []},
+        "profile": prof.name,
+        "run_seed": run_seed,
+        "reproduce": f"implreg verify {_relpath(spec.file)} --id {spec.id} --seed {run_seed} --profile {prof.name}",
+        "timing": {"wall_s": 0.0, "phases": {}},
+    })
+    return rec
+
+
+def _finish(record: dict[str, Any], verdict: str, explanation: str, t0: float) -> dict[str, Any]:
+    record["verdict"] = verdict
+    record["matches_expect"] = verdict == record["expect"]
+    record["explanation"] = explanation
+    record["timing"]["wall_s"] = round(time.perf_counter() - t0, 4)
+    return record
+
+
+def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Run a claim and return its record (verdict, explanation, counterexample, statistics, evidence)."""
+    t0 = time.perf_counter()
+    prof = profile if isinstance(profile, Profile) else get_profile(profile or os.environ.get("IMPLREG_PROFILE"))
+    run_seed = prof.resolve_seed(seed)
+    record = _base_record(spec, prof, run_seed)
+
+    problems = list(spec.problems)
+    dups = REGISTRY.duplicates(spec)
+    if dups:
+        where = ", ".join(d.where for d in dups)
+        problems.append(f"duplicate claim id {spec.id!r} ({spec.where}): also defined at {where}; ids must be unique")
+    if problems:
+        record["problems"] = problems
+        record["error"] = {"type": "MalformedClaim", "message": "; ".join(problems), "traceback": None}
+        return _finish(record, "error", "The claim is malformed and was not run: " + "; ".join(problems), t0)
+
+    rec = _record.Recorder(spec.id, budget_s=spec.budget_s)
+    hseed = claim_seed(run_seed, spec.id)
+    stats: dict[str, Any] = {}
+    if spec.sample is not None:
+        test = _sample_test(spec, rec)
+        max_examples, phases = 1, (Phase.generate,)
+        user_settings = None
+    else:
+        test = spec.test
+        max_examples = prof.examples_for(spec.max_examples)
+        phases = None
+        user_settings = (test._hypothesis_internal_use_settings
+                         if getattr(test, "_hypothesis_internal_settings_applied", False) else None)
+    run_settings = prof.settings(max_examples=max_examples, parent=user_settings, phases=phases)
+
+    handle = test.hypothesis
+    orig_inner = handle.inner_test
+    saved = (test._hypothesis_internal_use_settings, getattr(test, "_hypothesis_internal_use_seed", None))
+    outcome: BaseException | None = None
+    token = rec.activate()
+    try:
+        test._hypothesis_internal_use_settings = run_settings
+        test._hypothesis_internal_use_seed = hseed
+        handle.inner_test = _instrument(orig_inner, rec)
+        with collector.with_value(stats.update), _pinned_constants():
+            test()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # classified below
+        outcome = exc
+    finally:
+        handle.inner_test = orig_inner
+        test._hypothesis_internal_use_settings, test._hypothesis_internal_use_seed = saved
+        rec.deactivate(token)
+
+    counts, durations = _phase_stats(stats)
+    record["timing"]["phases"] = durations
+    record["hypothesis"] = {
+        "seed": hseed,
+        "max_examples": max_examples,
+        "phases": [p.name for p in run_settings.phases],
+        "calls": rec.calls,
+        "valid": rec.valid,
+        "rejected": rec.rejected,
+        "undecided_examples": rec.undecided_examples,
+        "failing": rec.failures,
+        "by_phase": counts,
+        "stopped_because": stats.get("stopped-because"),
+        "budget_s": spec.budget_s,
+        "budget_exhausted": rec.budget_exhausted,
+    }
+    record["instances"] = rec.instances
+    record["certification"] = {
+        "comparisons": rec.comparisons,
+        "certified": rec.certified,
+        "max_error_margin_ratio": rec.max_ratio if rec.max_ratio_what is not None else None,
+        "max_ratio_what": rec.max_ratio_what,
+        "undecided": rec.undecided,
+        "undecided_count": rec.undecided_count,
+        "escalations": rec.escalations,
+        "escalation_count": rec.escalation_count,
+        "escalations_resolved": rec.escalations_resolved,
+    }
+    record["evidence"] = {
+        "series": list(rec.series.values()),
+        "scalars": [_scalar_summary(s) for s in rec.scalars.values()],
+        "tables": list(rec.tables.values()),
+        "notes": list(rec.notes),
+    }
+    verdict, explanation = _classify(spec, rec, outcome, record)
+    return _finish(record, verdict, explanation, t0)
+
+
+def _scalar_summary(s: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    vals = np.asarray(s["values"], dtype=float)
+    out = {"name": s["name"], "unit": s["unit"], "n": int(vals.size), "nonfinite": s["nonfinite"]}
+    if vals.size:
+        out.update(min=float(vals.min()), median=float(np.median(vals)), max=float(vals.max()))
+    return out
+
+
+def _counterexample(exc: BaseException, rec: _record.Recorder, record: dict[str, Any]) -> dict[str, Any]:
+    notes = _notes(exc)
+    falsifying = next((n for n in notes if n.startswith("Falsifying")), None)
+    blob_note = next((n for n in notes if "@reproduce_failure(" in n), None)
+    blob = None
+    if blob_note:
+        m = re.search(r"(@reproduce_failure\(.*?\))", blob_note)
+        blob = m.group(1) if m else None
+    other = [n for n in notes if n is not falsifying and n is not blob_note and n.strip()]
+    return {
+        "exception": type(exc).__name__,
+        "message": str(exc),
+        "falsifying_example": falsifying,
+        "arguments": rec.last_failure_kwargs if rec.last_failure is exc else None,
+        "reproduce_failure": blob,
+        "command": record["reproduce"],
+        "notes": other,
+    }
+
+
+def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
+              record: dict[str, Any]) -> tuple[str, str]:
+    n_valid, n_inst = rec.valid, rec.instances
+
+    def crash(kind: str, message: str) -> tuple[str, str]:
+        record["error"] = {"type": kind, "message": message,
+                           "traceback": _trimmed_traceback(exc) if exc is not None else None}
+        return "error", f"The check crashed ({kind}): {message}"
+
+    if isinstance(exc, ReturnedValue):
+        return crash("ReturnedValue", str(exc))
+    if isinstance(exc, DidNotReproduce):
+        return crash("DidNotReproduce", str(exc))
+    if isinstance(exc, Flaky):
+        record["counterexample"] = _counterexample(exc, rec, record)
+        return crash("Flaky", f"{type(exc).__name__}: {exc} — the claim gave different outcomes for the "
+                              "same example (hidden state, caching, or nondeterministic numerics)")
+    skipped = isinstance(exc, unittest.SkipTest) and not isinstance(exc, _Abort)
+    if skipped or type(exc).__name__ == "Skipped":
+        return "inconclusive", f"The claim was skipped: {exc}"
+    if isinstance(exc, AssertionError):
+        conclusion, where = _is_conclusion_failure(exc)
+        record["counterexample"] = _counterexample(exc, rec, record)
+        if not conclusion:
+            return crash("AssertionError", f"an assertion inside library code failed at {where}: {exc}")
+        return "refuted", ("Hypothesis found an instance that violates the conclusion and shrank it to the "
+                           f"example below: {exc}")
+    decided_by_counters = exc is None or isinstance(exc, (BudgetExhausted, Unsatisfiable, FailedHealthCheck))
+    if not decided_by_counters:
+        record["counterexample"] = _counterexample(exc, rec, record) if rec.failure_seen else None
+        return crash(type(exc).__name__, str(exc) or type(exc).__name__)
+
+    budget_note = ""
+    if rec.budget_exhausted:
+        budget_note = (f" The wall budget of {spec.budget_s:g} s ran out after {n_valid} example(s); "
+                       "no further examples were started.")
+    if rec.undecided_count:
+        return "inconclusive", (
+            f"{rec.undecided_count} comparison(s) could not be decided: |value − bound| stayed within the "
+            f"error bound after {rec.escalation_count} escalation(s); no counterexample was found in "
+            f"{n_valid} decided example(s).{budget_note}")
+    if n_valid == 0:
+        if rec.budget_exhausted:
+            return "inconclusive", f"No example completed within the wall budget of {spec.budget_s:g} s."
+        if isinstance(exc, FailedHealthCheck) and "filter" not in str(exc).lower():
+            return crash("FailedHealthCheck", str(exc))
+        what = ("the strategy" if rec.calls == 0 else
+                f"the claim's assume()/reject() calls (all {rec.calls} drawn examples rejected)")
+        return crash("NoValidInstances", f"{what} produced no valid instances" +
+                     (f": {str(exc).splitlines()[0]}" if exc is not None else ""))
+    if isinstance(exc, (Unsatisfiable, FailedHealthCheck)):
+        return "inconclusive", (f"Too few valid examples: only {n_valid} of {rec.calls} drawn examples were "
+                                f"valid before Hypothesis gave up ({str(exc).splitlines()[0]}).")
+
+    if spec.sample is not None:
+        from implreg.stats import evaluate
+
+        try:
+            result = evaluate(spec.sample.test, rec.observations)
+        except ValueError as err:
+            return crash("BadObservations", str(err))
+        record["statistics"] = result
+        if result["holds"]:
+            return "holds", result["sentence"]
+        record["counterexample"] = {
+            "exception": "StatisticalTest", "message": result["sentence"], "falsifying_example": None,
+            "arguments": None, "reproduce_failure": None, "command": record["reproduce"], "notes": [],
+        }
+        return "refuted", result["sentence"]
+
+    ratio = (f"; the largest error/margin ratio was {rec.max_ratio:.3g} ({rec.max_ratio_what})"
+             if rec.max_ratio_what is not None else "")
+    esc = (f"; {rec.escalation_count} escalation(s) to higher precision resolved "
+           f"{rec.escalations_resolved} instance(s)" if rec.escalation_count else "")
+    return "holds", (f"All {n_valid} example(s) ({n_inst} instance(s)) satisfied the conclusion, with "
+                     f"{rec.certified} certified comparison(s){ratio}{esc}.{budget_note}")
+
+
+def describe_exception(exc: BaseException) -> str:  # used by the plugin for collection errors
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
