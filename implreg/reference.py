@@ -16,17 +16,21 @@ the torch simulator; only the problem definition, a mask/target or A/y, is taken
   ``n · 2^−F`` with ``F = ⌈dps·log2 10⌉ + 24`` guard bits; a whole Cauchy-product entry is summed exactly and
   rounded once.  This is ~5× faster than ``mpf`` arithmetic (``fdot``); inputs convert exactly (a float64
   is a dyadic rational) up to the last of F bits, outputs are ``mpf`` made under ``mp.workdps(dps)``.
-* Order ``p = ⌈½ ln(1/tol)⌉ + 4`` (the cost-optimal order of a Taylor method, Jorba & Zou 2005, §3.2), so the
+* Order ``p = ⌈½ ln(1/tol)⌉ + 4`` (the cost-optimal order of a Taylor method; Jorba & Zou 2005), so the
   step is ≈ e⁻² × the radius of convergence.  Step control is genuine and needs no rejected steps: after
   the coefficients ``b_k`` are computed for a trial step, the local error is estimated by the last two terms
   ``‖b_{p−1}‖σ^{p−1} + ‖b_p‖σ^p`` (which over-estimates the neglected tail ``Σ_{k>p}`` by about e⁴ when the
   coefficients decay like the radius of convergence dictates); if it exceeds ``tol · max(1, ‖θ‖∞)`` the
   step is shortened by σ < 1 by rescaling the same coefficients ``b_k ← b_k σ^k`` (exact for a power series).
-* Global error: the local errors are propagated with the logarithmic norm of the flow's Jacobian, which for
-  a gradient flow is ``−∇²L(θ)`` (symmetric), so ``μ₂ = −λ_min(∇²L)``:  ``E_{n+1} = e^{μ h} E_n + e_n``,
-  μ the larger of its values at the two ends of the step (Hessian in float64 by an exact linearization).
-  This grows honestly during saddle escapes (μ > 0) and stays flat near minima; it is an estimate (first
-  order in the error, μ sampled at the step ends), cross-checked against runs at other precisions in tests.
+* Global error: local errors are propagated along the trajectory by the variational equation
+  ``δθ' = −∇²L(θ(t)) δθ`` (each step's transition matrix ``exp(−h ∇²L(θ_mid))``, Hessian in float64 by exact
+  linearization): ``E(t) = ‖Φ(t,0)‖ δθ_0 + Σ_m ‖Φ(t, t_{m+1})‖ ‖ε_m‖`` with the products formed, not their
+  norms multiplied.  It is first order in the error and takes the worst direction for every local error, so it
+  is pessimistic where the flow amplifies some directions strongly: across the saddle escape from a 1e-2 init
+  ``‖Φ(100, 0)‖ ≈ 1e10`` (measured: perturbing the init by 1e-30 moves θ(80) by ~1e-20), while the actual
+  truncation errors are not in those directions — at 30 digits the Razin–Cohen hard case claims ~1e-15 at
+  t = 100 where the difference to a 60-digit run is ~1e-28.  Honest (tests: never below the difference to a
+  run at another precision or to closed forms), not tight; escalation (``solve_until_resolved``) absorbs it.
 * Dense output: inside a step the series is the solution (to the same error), so ``save_at`` points and
   loss-level crossings are evaluated on it; a crossing ``ℓ(θ(s)) = level`` is located on ``[0, 1]`` by the
   Illinois variant of regula falsi with bisection safeguard, to the last bit of s.
@@ -34,9 +38,16 @@ the torch simulator; only the problem definition, a mask/target or A/y, is taken
 Why not ``mpmath.odefun``: it is also a Taylor method, but generic (it re-derives coefficients by repeated
 evaluation) — about 0.4 s per unit time for a depth-2 2×2 instance at 30 digits, ~20 s for t = 50.
 
-Measured on one CPU core (Razin–Cohen 2×2 completion, balanced init at scale 1e-2; see the benchmark at the
-bottom of ``tests/test_reference.py``): depth 2, t = 10: 0.07 s; t = 50: 0.15 s; depth 3: 0.2 s and 0.4 s
-(dps 30); the depth-2 hard case to t = 70 at dps 60: ~0.3 s.
+Measured on one CPU core (Razin–Cohen 2×2, balanced init from a 1e-2-scale W(0) with det > 0): depth 2 at
+30 digits: t = 10: 0.1 s, t = 50: 0.15 s, t = 100: 0.3 s; at 60 digits 0.4 s, 0.6 s, 0.8 s.  Depth 3 at 30
+digits: 0.2 s, 0.5–0.8 s, 0.9 s; at 60 digits 0.9–1.5 s, 1.5–2.3 s, 2.4 s.
+
+The depth-2 hard case (det W(0) > 0, balanced): det W(t) decays like e^{−ct} (≈ 6e-16 at t = 50, 6e-22 at
+t = 100 for one such init) and stays positive; at 60 digits the reference certifies the sign
+(det ± det_error ≈ 6e-22 ± 4e-46 at t = 100).  Caveat that matters more than the integrator: factors that are
+balanced only to float64 rounding (imbalance ~1e-17) are a *different* initial condition, whose exact flow
+does lose the sign (at t ≈ 60–100); the reference faithfully reproduces that.  Build balanced factors at the
+reference's precision with ``balanced_factors`` (see its docstring).
 """
 
 from __future__ import annotations
@@ -57,7 +68,7 @@ from mpmath import mp, mpf
 from implreg.errors import BudgetExceededError, InvalidInputError, NumericalError
 from implreg.problems import Problem
 
-__all__ = ["ReferenceSolution", "Resolved", "Status", "solve", "solve_until_resolved"]
+__all__ = ["ReferenceSolution", "Resolved", "Status", "balanced_factors", "solve", "solve_until_resolved"]
 
 _GUARD_BITS = 24
 _BLOWUP = 10**30  # |entry| above this is treated as a blow-up
@@ -352,14 +363,26 @@ def _coeff_norm(S: list[Series], k: int) -> int:
 
 
 def _rescale(S: list[Series], sigma: int, F: int) -> None:
-    """b_k ← b_k σ^k in place (σ in fixed point, ≤ 1)."""
+    """b_k ← b_k σ^k in place (σ in fixed point, ≤ 1).
+
+    The powers σ^k are kept in floating form (F + 64 significant bits and a binary exponent): in fixed point
+    they would underflow to a few significant bits while b_k (computed for the longer trial step) is large.
+    """
+    width = F + 64
+    powers = [(1, 0)]  # σ^k = m · 2^−e
+    m, e = 1, 0
+    for _ in range(max(len(c) for Sj in S for row in Sj for c in row) - 1):
+        m, e = m * sigma, e + F
+        extra = m.bit_length() - width
+        if extra > 0:
+            m, e = _round_shift(m, extra), e - extra
+        powers.append((m, e))
     for Sj in S:
         for row in Sj:
             for c in row:
-                pw = sigma
                 for k in range(1, len(c)):
-                    c[k] = _round_shift(c[k] * pw, F)
-                    pw = _round_shift(pw * sigma, F)
+                    m, e = powers[k]
+                    c[k] = _round_shift(c[k] * m, e)
 
 
 def _evaluate(S: list[Series], s: int, F: int) -> list[Matrix]:
@@ -457,6 +480,10 @@ def _coeff_norm2(S: list[Series], k: int) -> mpf:
     return mpf(math.isqrt(sum(c[k] * c[k] for Sj in S for row in Sj for c in row)) + 1)
 
 
+def _norm2(M: np.ndarray) -> float:
+    return float(np.linalg.svd(M, compute_uv=False)[0])
+
+
 class _ErrorLedger:
     """First-order global error of the trajectory, in ‖·‖₂ over all factor entries.
 
@@ -491,12 +518,12 @@ class _ErrorLedger:
             M, total = None, mpf(0)
         for m in range(n - 1, -1, -1):
             lam, V, h, local = self.steps[m]
-            total += local * (1.0 if M is None else float(np.linalg.norm(M, 2)))
+            total += local * (1.0 if M is None else _norm2(M))
             Phi = (V * np.exp(-h * lam)) @ V.T
             M = Phi if M is None else M @ Phi
             if not np.isfinite(M).all():
                 return mp.inf
-        return total + self.initial * (1.0 if M is None else float(np.linalg.norm(M, 2)))
+        return total + self.initial * (1.0 if M is None else _norm2(M))
 
 
 # ======================================================================================================
@@ -602,7 +629,8 @@ class ReferenceSolution:
 
     def det_error(self) -> mpf:
         """Bound on |det W − det W_exact| for ‖δW‖₂ ≤ δ = error_estimate: Σ_{k≥1} δ^k e_{d−k}(σ(W))
-        (Ipsen & Rehman 2008, Cor. 2.7), with e_i the elementary symmetric polynomials of the singular values."""
+        (Ipsen & Rehman 2008, perturbation bounds for determinants), with e_i the elementary symmetric
+        polynomials of the singular values."""
         W = self.end_to_end
         if W.rows != W.cols:
             raise InvalidInputError(f"det needs a square end-to-end matrix, got {W.rows}×{W.cols}")
@@ -924,9 +952,49 @@ def solve(
     return sol
 
 
+def balanced_factors(W0: Any, depth: int, *, dps: int = 60, width: int | None = None) -> list:
+    """Balanced factors of ``W0`` made in mpmath: from ``W0 = U S Vᵀ``, ``W_1 = S^{1/N} Vᵀ``, ``W_j = S^{1/N}``,
+    ``W_N = U S^{1/N}`` (Arora et al. 2018, Procedure 1 with identity rotations), so that
+    ``W_{j+1}ᵀW_{j+1} = W_j W_jᵀ`` holds to ~10^−(dps+10), not just to float64 rounding.
+
+    Why it matters: under balanced init with det W(0) > 0 the exact flow keeps det W > 0, but det W decays like
+    e^{−ct}; an imbalance δ (≈ 1e−17 for factors rounded to float64) is enough for the EXACT flow of the rounded
+    factors to lose the sign at t ≈ 40–60 (Razin–Cohen 2×2, depth 2).  A reference run from float64-balanced
+    factors faithfully reproduces that sign loss; to check the theorem, build the factors here at the
+    reference's precision (``solve_until_resolved`` accepts ``factors=lambda dps: balanced_factors(W0, N, dps=dps)``).
+    ``W0``: (d, d') real array-like (one instance; a leading batch axis of size 1 is accepted).
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise InvalidInputError(f"depth must be an integer ≥ 1, got {depth!r}")
+    if isinstance(dps, bool) or not isinstance(dps, int) or dps < 15:
+        raise InvalidInputError(f"dps must be an integer ≥ 15, got {dps!r}")
+    rows = _nested(W0, 2, "W0")
+    d, e = _shape_of(rows, "W0")
+    with mp.workdps(dps + 10):
+        A = mp.matrix([[_as_real(v, "W0 entry") for v in row] for row in rows])
+        if depth == 1:
+            return [A]
+        k = min(d, e)
+        h = k if width is None else int(width)
+        if h < k:
+            raise InvalidInputError(f"balanced factors need hidden width ≥ min(d, d') = {k}, got {h}")
+        U, S, V = mp.svd_r(A, full_matrices=False)  # A = U diag(S) V, V (k, e) with orthonormal rows
+        r = [S[i] ** (mpf(1) / depth) for i in range(k)]
+        first = mp.matrix(h, e)
+        last = mp.matrix(d, h)
+        middle = mp.matrix(h, h)
+        for i in range(k):
+            middle[i, i] = r[i]
+            for c in range(e):
+                first[i, c] = r[i] * V[i, c]
+            for a in range(d):
+                last[a, i] = U[a, i] * r[i]
+        return [first, *(middle.copy() for _ in range(depth - 2)), last]
+
+
 def solve_until_resolved(
     problem: Problem | dict[str, Any],
-    factors: Sequence[Any],
+    factors: Sequence[Any] | Callable[[int], Sequence[Any]],
     *,
     quantity: Callable[[ReferenceSolution], Any],
     t_end: float,
@@ -937,6 +1005,8 @@ def solve_until_resolved(
     **solve_kwargs: Any,
 ) -> Resolved:
     """Solve at rising precision until two consecutive precisions agree on ``quantity(sol)``:
+    ``factors`` may be a callable ``dps -> factors`` (e.g. ``balanced_factors`` at each precision).
+
     ``|q_i − q_{i−1}| ≤ err_{i−1} + err_i``, with ``err = quantity_error(sol)`` (default ``sol.error_estimate``,
     right for quantities 1-Lipschitz in the end-to-end entries; pass ``ReferenceSolution.det_error`` for det).
     With ``require_sign`` the last value must also be further from 0 than its error (its sign is certified).
@@ -965,7 +1035,8 @@ def solve_until_resolved(
                 f"solve_until_resolved ran out of its {budget_s:g} s budget before dps {dps} ({summary()})"
             )
         try:
-            sol = solve(problem, factors, t_end=t_end, dps=dps, budget_s=remaining, **solve_kwargs)
+            init = factors(dps) if callable(factors) else factors
+            sol = solve(problem, init, t_end=t_end, dps=dps, budget_s=remaining, **solve_kwargs)
         except BudgetExceededError as exc:
             raise BudgetExceededError(
                 f"solve_until_resolved ran out of its {budget_s:g} s budget at dps {dps} ({summary()}): {exc}"
