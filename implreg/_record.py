@@ -109,20 +109,22 @@ class Recorder:
         self.comparisons += self._ex_comparisons
         self.certified += self._ex_certified
         ratio, what = self._ex_ratio
-        if ratio > self.max_ratio or self.max_ratio_what is None and what is not None:
-            self.max_ratio, self.max_ratio_what = max(ratio, self.max_ratio), what
+        if what is not None and (self.max_ratio_what is None or ratio > self.max_ratio):
+            self.max_ratio, self.max_ratio_what = ratio, what
         if self._ex_targets:
-            from hypothesis import target
+            from hypothesis import currently_in_test_context, target
 
-            for label in sorted(self._ex_targets):
-                target(self._ex_targets[label], label=label)
+            if currently_in_test_context():
+                for label in sorted(self._ex_targets):
+                    target(self._ex_targets[label], label=label)
 
     # -- certify hooks ----------------------------------------------------------------------------
-    def note_certified(self, what: str, count: int, ratio: float, score: float | None) -> None:
+    def note_certified(self, what: str, count: int, ratio: float | None, score: float | None) -> None:
+        """``ratio``: the largest error/margin of the call (None for exact conditions)."""
         self._ex_comparisons += 1
         self._ex_certified += count
-        if ratio > self._ex_ratio[0] or self._ex_ratio[1] is None:
-            self._ex_ratio = (max(ratio, self._ex_ratio[0]), what)
+        if ratio is not None and (self._ex_ratio[1] is None or ratio > self._ex_ratio[0]):
+            self._ex_ratio = (ratio, what)
         if score is not None and math.isfinite(score):
             label = f"margin: {what}"
             self._ex_targets[label] = min(score, self._ex_targets.get(label, math.inf))

@@ -120,7 +120,7 @@ def that(cond, *, what: str = "condition") -> None:
             f"{what} is false at {_where(idx)} ({int(bad.sum())} of {arr.size} instance(s) violate it)"
         )
     if rec is not None:
-        rec.note_certified(what, int(arr.size), 0.0, None)
+        rec.note_certified(what, int(arr.size), None, None)
 
 
 def rising_precision(fn: Callable[..., Any], dps: Sequence[int] = (30, 60, 120)) -> Escalate:
@@ -209,7 +209,7 @@ def _fmt(x: Any) -> str:
         import mpmath
 
         return mpmath.nstr(x, 17)
-    return f"{float(x):.17g}"
+    return repr(float(x))  # shortest string that round-trips
 
 
 class _Comparison:
@@ -225,7 +225,7 @@ class _Comparison:
             if a.dtype == np.bool_:
                 raise InvalidInputError(f"certify ({what}): boolean operand; use certify.that")
         try:
-            arrays = list(np.broadcast_arrays(*arrays))
+            arrays = [np.array(a, copy=True) for a in np.broadcast_arrays(*arrays)]
         except ValueError:
             shapes = ", ".join(str(a.shape) for a in arrays)
             raise InvalidInputError(f"certify ({what}): shapes do not broadcast: {shapes}") from None
@@ -294,15 +294,14 @@ class _Comparison:
         """(true, false) boolean arrays for the entries in mask."""
         v, b, e = self.value, self.bound, self.error
         zero_err = (e == 0) if not self.exact else np.vectorize(lambda x: x == 0, otypes=[bool])(e)
-        neg = (lambda a: -a)
         if self.op == "≥":
-            gap = [v, neg(b)]
+            gap = [v, -b]
         elif self.op == "≤":
-            gap = [b, neg(v)]
+            gap = [b, -v]
         else:  # ≈ : tol − |a − b| as two one-sided gaps
             t = self.tol
-            up = self._one_sided([t, neg(v), b], e, zero_err, mask)
-            lo = self._one_sided([t, v, neg(b)], e, zero_err, mask)
+            up = self._one_sided([t, -v, b], e, zero_err, mask)
+            lo = self._one_sided([t, v, -b], e, zero_err, mask)
             true = up[0] & lo[0]
             false = (up[1] | lo[1]) & mask
             return true, false
@@ -310,9 +309,8 @@ class _Comparison:
 
     def _one_sided(self, gap, e, zero_err, mask):
         """gap − e > 0 (or gap ≥ 0 with e = 0) → true;  −gap − e > 0 → false."""
-        neg = (lambda a: -a)
-        s_true = self._sign([*gap, neg(e)], mask)
-        s_false = self._sign([*(neg(g) for g in gap), neg(e)], mask)
+        s_true = self._sign([*gap, -e], mask)
+        s_false = self._sign([*(-g for g in gap), -e], mask)
         true = mask & ((s_true > 0) | (zero_err & (s_true >= 0)))
         false = mask & (s_false > 0)
         return true, false
@@ -372,11 +370,11 @@ def _certify(op, value, bound, error, what, escalate, target, tol=None) -> None:
     rec = _record.current()
     rounds = 0
     while undecided.any() and escalate is not None and rounds < MAX_ROUNDS:
-        rounds += 1
         asked = undecided.copy()
         out = escalate(asked)
         if out is None:
             break
+        rounds += 1
         refined = out if isinstance(out, Refined) else Refined(*out)
         cmp.replace(asked, refined)
         t2, f2 = cmp.decide(asked)

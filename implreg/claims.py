@@ -237,7 +237,7 @@ def get_spec(obj: Any) -> ClaimSpec | None:
 # ------------------------------------------------------------------------------------------------
 def _origin(fn: Any) -> tuple[str, str, str, int]:
     target = inspect.unwrap(getattr(getattr(fn, "hypothesis", None), "inner_test", fn))
-    name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+    name = getattr(target, "__qualname__", getattr(target, "__name__", repr(fn)))
     module = getattr(fn, "__module__", "?") or "?"
     try:
         file = inspect.getsourcefile(target) or "?"
@@ -247,7 +247,7 @@ def _origin(fn: Any) -> tuple[str, str, str, int]:
     return name, module, file, line
 
 
-def claim(id: str | None = None, *, source: Source | SourceRef | None = None, kind: str = "theorem",  # noqa: A002
+def claim(id: str | None = None, *, source: Source | SourceRef | None = None, kind: str = "theorem",
           expect: str = "holds", statement: str | None = None, latex: str | None = None,
           hypotheses: Sequence[str] = (), budget_s: float | None = None,
           max_examples: int | None = None) -> Callable[[Callable[..., Any]], Callable[[], None]]:
@@ -318,6 +318,8 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
         problems.append(f"claim {shown!r}: max_examples must be a positive integer, got {max_ex!r}")
         max_ex = None
     sample_spec = getattr(fn, "__implreg_sample__", None)
+    if sample_spec is not None:
+        problems.extend(f"claim {shown!r}: {p}" for p in sample_spec.problems)
     if sample_spec is None and not is_hypothesis_test(fn):
         problems.append(
             f"claim {shown!r} ({file}:{line}) has no @given: put @given(...) (or @sample(...) for a "
@@ -388,14 +390,19 @@ def batches(instance: st.SearchStrategy[Any], *, max_size: int = 64, min_size: i
     about 6 elements on average with min_size=1; raise ``min_size`` for bigger batches (at the cost of
     shrinking only down to that many).
     """
-    if not 1 <= min_size <= max_size:
-        raise ValueError(f"batches: need 1 ≤ min_size ≤ max_size, got {min_size}, {max_size}")
 
     def finish(items: list[Any]) -> Any:
         _note_batch(len(items))
         return Batch(items) if stack is None else stack(list(items))
 
-    return st.lists(instance, min_size=min_size, max_size=max_size).map(finish)
+    def build() -> st.SearchStrategy[Any]:
+        # validated when first drawn (like Hypothesis' own strategies), so a bad size is the claim's
+        # `error`, not an import failure of the whole file
+        if not (isinstance(min_size, int) and isinstance(max_size, int) and 1 <= min_size <= max_size):
+            raise ValueError(f"batches: need integers 1 ≤ min_size ≤ max_size, got {min_size!r}, {max_size!r}")
+        return st.lists(instance, min_size=min_size, max_size=max_size).map(finish)
+
+    return st.deferred(build)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,31 +417,45 @@ class SampleSpec:
     strategies: dict[str, st.SearchStrategy[Any]]
     batched: bool
     fn: Callable[..., Any]
+    rng: bool = False            # the function takes a numpy Generator named `rng`
+    problems: tuple[str, ...] = ()
 
 
 def sample(n: int, test: Any, *, batched: bool = False,
            **strategies: st.SearchStrategy[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Draw a sample of ``n`` problems (keyword strategies) and decide the claim by a named ``test``.
+    """Draw a sample of ``n`` problems and decide the claim by a named statistical ``test``.
 
-    The function is called once per drawn problem and returns its observation — a pair ``(a, b)`` for
-    ``stats.paired``/``stats.two_sample``, a bool for ``stats.proportion``.  With ``batched=True`` it is
-    called once with lists of ``n`` values per keyword and returns arrays of observations.
+    The function is called once per drawn problem (keyword arguments drawn from ``strategies``) and
+    returns its observation — a pair ``(a, b)`` for ``stats.paired``/``stats.two_sample``, a bool for
+    ``stats.proportion``.  With ``batched=True`` it is called once with lists of ``n`` values per keyword
+    and returns arrays of observations.
 
-    The whole sample is one Hypothesis example, generated (not shrunk: shrinking a statistical sample is
-    meaningless) from the claim's seed, so it is the same sample on every run with the same seed.  The
-    claim holds when the test says so at its level; otherwise it is refuted with the sample summary.
+    Which distribution?  Values from Hypothesis strategies follow Hypothesis' *generation* distribution,
+    which deliberately over-weights boundaries, small and "nasty" values (ideal for finding
+    counterexamples, wrong for estimating a probability).  When the claim is about a stated distribution
+    ("entries i.i.d. N(0, 1)", "u uniform on [0, 1]"), give the function a parameter named ``rng``: it
+    receives a ``numpy.random.Generator`` (one independent stream per problem, or one for the batch),
+    seeded from the claim's seed, to draw from that distribution explicitly.
+
+    The whole sample is one Hypothesis example, generated without shrinking (shrinking a statistical
+    sample is meaningless) from the claim's seed, so the same seed gives the same sample.  The claim
+    holds when the test says so at its level; otherwise it is refuted, with the sample summary.
     """
     from implreg.stats import TestSpec
 
+    problems = []  # reported by @claim as `error` (never raised: other claims in the file must still run)
     if not isinstance(n, int) or n < 2:
-        raise ValueError(f"@sample: n must be an integer ≥ 2, got {n!r}")
+        problems.append(f"@sample: n must be an integer ≥ 2, got {n!r}")
     if not isinstance(test, TestSpec):
-        raise TypeError("@sample: test must be a stats spec, e.g. stats.paired('wilcoxon', alternative='less')")
-    if not strategies:
-        raise TypeError("@sample: give at least one keyword strategy, e.g. problem=completion_problems()")
+        problems.append("@sample: test must be a stats spec, e.g. stats.paired('wilcoxon', alternative='less')")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        spec = SampleSpec(n=n, test=test, strategies=dict(strategies), batched=batched, fn=fn)
+        takes_rng = "rng" in inspect.signature(fn).parameters
+        found = list(problems)
+        if not strategies and not takes_rng:
+            found.append("@sample: give keyword strategies (problem=...) or a function parameter named rng")
+        spec = SampleSpec(n=n if isinstance(n, int) and n >= 2 else 2, test=test, strategies=dict(strategies),
+                          batched=batched, fn=fn, rng=takes_rng, problems=tuple(found))
 
         @functools.wraps(fn)
         def holder(*args: Any, **kwargs: Any) -> Any:  # calling it directly evaluates one observation

@@ -62,6 +62,7 @@ class _State:
         self.config = config
         workerinput = getattr(config, "workerinput", None)
         self.is_worker = workerinput is not None
+        self.own_run_dir = False
         name = config.getoption("implreg_profile") or os.environ.get("IMPLREG_PROFILE")
         try:
             self.profile = get_profile(name)
@@ -73,7 +74,8 @@ class _State:
         else:
             self.seed = self.profile.resolve_seed(config.getoption("implreg_seed"))
             self.run_dir = config.getoption("implreg_run_dir")
-            if self.run_dir is None and config.getoption("implreg_report"):
+            self.own_run_dir = self.run_dir is None and bool(config.getoption("implreg_report"))
+            if self.own_run_dir:
                 self.run_dir = tempfile.mkdtemp(prefix="implreg-run-")
         if self.run_dir:
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,9 @@ _STATE_KEY = pytest.StashKey[_State]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("implreg_only"):
+        # a claim file that fails to import is recorded as an error; the other files still run
+        config.option.continue_on_collection_errors = True
     config.stash[_STATE_KEY] = _State(config)
     _CONFIG["config"] = config
     config.addinivalue_line("markers", "implreg_claim: a claim collected by the implreg plugin")
@@ -165,12 +170,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         st.total = len(claims)
     out = session.config.getoption("implreg_list_out")
     if out:
+        from implreg.claims import REGISTRY
         from implreg.results import atomic_write_text, dumps
 
         rows = []
         for item in claims:
             spec = get_spec(item.obj)
-            rows.append({**spec.metadata(), "nodeid": item.nodeid, "problems": list(spec.problems)})
+            problems = list(spec.problems)
+            dups = REGISTRY.duplicates(spec)
+            if dups:
+                problems.append(f"duplicate id, also at {', '.join(d.where for d in dups)}")
+            rows.append({**spec.metadata(), "nodeid": item.nodeid, "problems": problems})
         atomic_write_text(out, dumps({"claims": rows}))
 
 
@@ -198,7 +208,8 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 
 
 def _collection_error_record(nodeid: str, path: str, message: str) -> dict[str, Any]:
-    short = message.splitlines()[-1] if message else "collection failed"
+    lines = [ln for ln in message.splitlines() if ln.strip()]
+    short = lines[-1].removeprefix("E").strip() if lines else "collection failed"
     return {
         "id": f"collection-error:{nodeid}", "nodeid": nodeid, "function": None, "module": None, "file": path,
         "line": 0, "group": "(collection errors)", "source": None, "kind": "collection-error",
@@ -248,6 +259,12 @@ def _run(spec: Any, st: _State, nodeid: str) -> dict[str, Any]:
     from implreg.verdict import run_claim
 
     st.ran_claims = True
+    if st.run_dir:
+        # a marker first: if this process dies inside the claim, the merge turns it into an `error` record
+        from implreg.results import write_record
+
+        write_record(st.run_dir, {**spec.metadata(), "nodeid": nodeid, "profile": st.profile.name,
+                                  "run_seed": st.seed}, prefix="started")
     try:
         record = run_claim(spec, profile=st.profile, seed=st.seed)
     except Exception as exc:  # a harness bug must still leave a record
@@ -261,6 +278,8 @@ def _run(spec: Any, st: _State, nodeid: str) -> dict[str, Any]:
                   "evidence": {"series": [], "scalars": [], "tables": [], "notes": []},
                   "profile": st.profile.name, "run_seed": st.seed, "reproduce": None, "timing": {"wall_s": 0.0}}
     record["nodeid"] = nodeid
+    # which process ran it depends on scheduling: kept with the other run-dependent values
+    record["timing"]["worker"] = os.environ.get("PYTEST_XDIST_WORKER", "main")
     if st.run_dir:
         from implreg.results import write_record
 
@@ -327,7 +346,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     st = _state(session.config)
-    if st.run_dir and st.is_worker or st.run_dir and st.ran_claims:
+    if st.run_dir and (st.is_worker or st.ran_claims):
         from implreg.results import atomic_write_text, dumps, process_environment
 
         wid = getattr(session.config, "workerinput", {}).get("workerid", "main")
@@ -336,9 +355,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if report and not st.is_worker and st.run_dir and not session.config.getoption("implreg_cli"):
         from implreg.cli import finish_run
 
+        exit_status = int(session.exitstatus)
         finish_run(st.run_dir, report, profile=st.profile.name, seed=st.seed,
                    paths=[str(a) for a in session.config.args], workers=_workers(session.config),
-                   wall_s=time.time() - st.t0, command="pytest " + " ".join(session.config.invocation_params.args))
+                   wall_s=time.time() - st.t0, command="pytest " + " ".join(session.config.invocation_params.args),
+                   pytest_exit=exit_status)
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(f"implreg report: {report} (results.json beside it)")
+        if st.own_run_dir:
+            import shutil
+
+            shutil.rmtree(st.run_dir, ignore_errors=True)
 
 
 def _workers(config: pytest.Config) -> int:

@@ -74,11 +74,20 @@ def write_record(run_dir: str | os.PathLike[str], record: dict[str, Any], prefix
     return atomic_write_text(record_path(run_dir, record["nodeid"], prefix), dumps(record))
 
 
-def _order(record: dict[str, Any]) -> tuple:
-    src = record.get("source") or {}
-    collection = record.get("kind") == "collection-error"
-    return (0 if collection else 1, src.get("year") or 0, record.get("group") or "", record.get("file") or "",
-            record.get("line") or 0, record.get("id") or "", record.get("nodeid") or "")
+def _sorted(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Report order: collection errors first, then sources by (year, key), claims by position in file."""
+    year: dict[str, int] = {}
+    for r in records:
+        g = r.get("group") or ""
+        year[g] = max(year.get(g, 0), (r.get("source") or {}).get("year") or 0)
+
+    def key(r: dict[str, Any]) -> tuple:
+        g = r.get("group") or ""
+        collection = r.get("kind") == "collection-error"
+        return (0 if collection else 1, year[g], g, r.get("file") or "", r.get("line") or 0,
+                r.get("id") or "", r.get("nodeid") or "")
+
+    return sorted(records, key=key)
 
 
 def merge(run_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -87,9 +96,27 @@ def merge(run_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[d
     records = []
     for p in sorted(run_dir.glob("claim-*.json")) + sorted(run_dir.glob("collect-*.json")):
         records.append(json.loads(p.read_text(encoding="utf-8")))
+    for p in sorted(run_dir.glob("started-*.json")):
+        if not (run_dir / p.name.replace("started-", "claim-", 1)).exists():
+            records.append(died_record(json.loads(p.read_text(encoding="utf-8"))))
     envs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(run_dir.glob("env-*.json"))]
-    records.sort(key=_order)
-    return records, envs
+    return _sorted(records), envs
+
+
+def died_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """The record of a claim whose process died while running it (it started but never finished)."""
+    message = ("the process running this claim died before recording a result (a crash such as a "
+               "segmentation fault or os._exit, or it was killed, e.g. out of memory)")
+    return {
+        **meta, "verdict": "error", "matches_expect": False, "problems": [],
+        "explanation": f"The check crashed: {message}.",
+        "counterexample": None, "error": {"type": "ProcessDied", "message": message, "traceback": None},
+        "certification": None, "hypothesis": None, "statistics": None, "instances": 0,
+        "evidence": {"series": [], "scalars": [], "tables": [], "notes": []},
+        "reproduce": f"implreg verify {meta.get('file')} --id {meta.get('id')} --seed {meta.get('run_seed')} "
+                     f"--profile {meta.get('profile')} -n 1",
+        "timing": {"wall_s": 0.0},
+    }
 
 
 def _version(dist: str) -> str | None:
@@ -142,7 +169,9 @@ def build_results(records: Iterable[dict[str, Any]], run: dict[str, Any],
         "counts": counts,
         "claims": len(records),
         "mismatches": mismatches,
-        "passed": not mismatches and bool(records),
+        # a run cut short (pytest interrupted or crashed: exit status other than 0/1) cannot pass
+        "complete": run.get("pytest_exit") in (None, 0, 1),
+        "passed": not mismatches and bool(records) and run.get("pytest_exit") in (None, 0, 1),
         "device": ", ".join(devices),
         "torch_threads": threads[0] if len(threads) == 1 else threads or None,
     })

@@ -87,7 +87,7 @@ def _trimmed_traceback(exc: BaseException, limit: int = 40) -> str:
     text = "".join(lines)
     out = text.splitlines()
     if len(out) > limit:
-        out = ["  …"] + out[-limit:]
+        out = ["  …", *out[-limit:]]
     return "\n".join(out)
 
 
@@ -193,29 +193,41 @@ def _instrument(orig: Any, rec: _record.Recorder) -> Any:
     return body
 
 
-def _sample_test(spec: ClaimSpec, rec: _record.Recorder) -> Any:
+def _sample_test(spec: ClaimSpec, rec: _record.Recorder, seed: int) -> Any:
     """A one-example Hypothesis test that draws the whole statistical sample and records observations."""
+    import numpy as np
+
     s = spec.sample
     assert s is not None
     state = {"first": True}
 
-    def draw_sample(sample: list[dict[str, Any]]) -> None:
+    def rngs(k: int) -> list[Any]:
+        return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(k)]
+
+    def draw_sample(sample: list[dict[str, Any]], nonce: int) -> None:
         # Hypothesis' very first example is the *simplest* one (every draw minimal), not a random
-        # draw; a sample made of it would be n copies of the same degenerate problem.  Skip it.
+        # draw; a sample made of it would be n copies of the same degenerate problem.  Skip it.  (The
+        # unused `nonce` keeps the search space from being exhausted by that one skipped example when
+        # the strategies are trivial, e.g. a sample that only uses `rng`.)
         if state["first"]:
             state["first"] = False
             reject()
         rec.set_instances(len(sample))
         if s.batched:
             columns = {k: [row[k] for row in sample] for k in s.strategies}
+            if s.rng:
+                columns["rng"] = rngs(1)[0]
             out = s.fn(**columns)
             rec.observations = _observations_from_batched(out, len(sample))
         else:
-            rec.observations = [s.fn(**row) for row in sample]
+            streams = rngs(len(sample)) if s.rng else [None] * len(sample)
+            rec.observations = [s.fn(**row, **({"rng": g} if s.rng else {}))
+                                for row, g in zip(sample, streams, strict=True)]
 
     draw_sample.__name__ = spec.function.rsplit(".", 1)[-1]
     draw_sample.__qualname__ = spec.function
-    return given(sample=st.lists(st.fixed_dictionaries(s.strategies), min_size=s.n, max_size=s.n))(draw_sample)
+    rows = st.lists(st.fixed_dictionaries(s.strategies), min_size=s.n, max_size=s.n)
+    return given(sample=rows, nonce=st.integers(0, 2**62))(draw_sample)
 
 
 def _observations_from_batched(out: Any, n: int) -> list[Any]:
@@ -314,7 +326,7 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
     hseed = claim_seed(run_seed, spec.id)
     stats: dict[str, Any] = {}
     if spec.sample is not None:
-        test = _sample_test(spec, rec)
+        test = _sample_test(spec, rec, hseed)
         max_examples, phases = 1, (Phase.generate,)
         user_settings = None
     else:
@@ -401,7 +413,8 @@ def _counterexample(exc: BaseException, rec: _record.Recorder, record: dict[str,
     if blob_note:
         m = re.search(r"(@reproduce_failure\(.*?\))", blob_note)
         blob = m.group(1) if m else None
-    other = [n for n in notes if n is not falsifying and n is not blob_note and n.strip()]
+    other = [n for n in notes if n is not falsifying and n is not blob_note and n.strip()
+             and not n.startswith(("Highest target score", "Highest target scores"))]
     return {
         "exception": type(exc).__name__,
         "message": str(exc),
@@ -440,6 +453,9 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
             return crash("AssertionError", f"an assertion inside library code failed at {where}: {exc}")
         return "refuted", ("Hypothesis found an instance that violates the conclusion and shrank it to the "
                            f"example below: {exc}")
+    if isinstance(exc, FailedHealthCheck) and "filter_too_much" not in str(exc):
+        # data_too_large, large_base_example, …: the strategy itself is unusable
+        return crash("FailedHealthCheck", str(exc).split("\n\n")[0])
     decided_by_counters = exc is None or isinstance(exc, (BudgetExhausted, Unsatisfiable, FailedHealthCheck))
     if not decided_by_counters:
         record["counterexample"] = _counterexample(exc, rec, record) if rec.failure_seen else None
@@ -457,8 +473,6 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
     if n_valid == 0:
         if rec.budget_exhausted:
             return "inconclusive", f"No example completed within the wall budget of {spec.budget_s:g} s."
-        if isinstance(exc, FailedHealthCheck) and "filter" not in str(exc).lower():
-            return crash("FailedHealthCheck", str(exc))
         what = ("the strategy" if rec.calls == 0 else
                 f"the claim's assume()/reject() calls (all {rec.calls} drawn examples rejected)")
         return crash("NoValidInstances", f"{what} produced no valid instances" +
@@ -475,13 +489,7 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
         except ValueError as err:
             return crash("BadObservations", str(err))
         record["statistics"] = result
-        if result["holds"]:
-            return "holds", result["sentence"]
-        record["counterexample"] = {
-            "exception": "StatisticalTest", "message": result["sentence"], "falsifying_example": None,
-            "arguments": None, "reproduce_failure": None, "command": record["reproduce"], "notes": [],
-        }
-        return "refuted", result["sentence"]
+        return ("holds" if result["holds"] else "refuted"), result["sentence"]
 
     ratio = (f"; the largest error/margin ratio was {rec.max_ratio:.3g} ({rec.max_ratio_what})"
              if rec.max_ratio_what is not None else "")

@@ -1,0 +1,1 @@
+"""The single-file HTML report: ``render.write_report(results, path)``; MathML math and inline SVG plots."""

@@ -1,0 +1,223 @@
+"""Render results (the results.json document) into one self-contained HTML file.
+
+No network, no CDN, no web fonts, no JavaScript needed for content (a ten-line inline script only adds
+column sorting).  jinja2 with autoescaping escapes every piece of user text; math is MathML
+(``report.mathml``) and plots are inline SVG (``report.plots``), both built from escaped parts.
+
+Wall-clock values are wrapped in ``<span class="timing">…</span>`` and appear nowhere else, so removing
+those spans leaves identical bytes for two runs with the same seed (``strip_timing_html``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from implreg.report.mathml import math_html, text_with_math
+from implreg.report.plots import svg_plot
+from implreg.results import atomic_write_text, dumps
+
+__all__ = ["render_html", "strip_timing_html", "write_report"]
+
+_TIMING = re.compile(r'<span class="timing"[^>]*>.*?</span>', re.S)
+
+_MISMATCH = {
+    ("holds", "refuted"): "This claim was expected to hold, but a counterexample was found. Either the claim as "
+                          "encoded (its hypotheses, strategies or tolerances) or the claim itself is wrong: "
+                          "inspect the shrunk example below.",
+    ("holds", "inconclusive"): "This claim was expected to hold, but the run could not decide it. Inconclusive "
+                               "is never counted as a pass: tighten the error bounds, add an escalation, or fix "
+                               "the strategy so that enough valid instances are drawn.",
+    ("holds", "error"): "This claim was expected to hold, but its check crashed, so nothing was verified. "
+                        "Fix the check (see the error below).",
+    ("refuted", "holds"): "This is a negative control: it states something known to be false, and the harness "
+                          "was expected to find a counterexample. None was found, which means the search or "
+                          "the certification is too weak to detect this falsehood.",
+    ("refuted", "inconclusive"): "This negative control was expected to be refuted, but the run could not "
+                                 "decide it: no counterexample was certified.",
+    ("refuted", "error"): "This negative control was expected to be refuted, but its check crashed, so no "
+                          "counterexample was produced. Fix the check (see the error below).",
+}
+
+_TABLE_PREVIEW = 12  # evidence tables longer than this show their first rows, the rest under <details>
+
+_VERDICT_WORDS = {
+    "holds": "holds",
+    "refuted": "refuted",
+    "inconclusive": "inconclusive",
+    "error": "error",
+}
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}".replace(",", "\u2009")
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+            mant, exp = f"{v:.{digits - 1}e}".split("e")
+            return f"{mant}×10^{int(exp)}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _fmt_html(v: Any, digits: int = 3) -> Markup:
+    """Like _fmt but with a real superscript for powers of ten."""
+    s = _fmt(v, digits)
+    if "×10^" in s:
+        mant, exp = s.split("×10^")
+        return Markup("{}×10<sup>{}</sup>").format(mant, exp.replace("-", "−"))
+    return Markup("{}").format(s)
+
+
+def _anchor(claim_id: str, used: set[str]) -> str:
+    base = "c-" + re.sub(r"[^a-z0-9]+", "-", claim_id.lower()).strip("-")
+    a, i = base, 2
+    while a in used:
+        a, i = f"{base}-{i}", i + 1
+    used.add(a)
+    return a
+
+
+def _cite(src: dict[str, Any] | None) -> str:
+    if not src:
+        return "no source given"
+    s = src.get("short") or src.get("key")
+    if src.get("locator"):
+        s += f", {src['locator']}"
+    return s
+
+
+def _claim_view(c: dict[str, Any], used: set[str]) -> dict[str, Any]:
+    v = dict(c)
+    v["anchor"] = _anchor(c["id"], used)
+    src = c.get("source")
+    v["cite"] = _cite(src)
+    v["reconstructed"] = bool(src) and not src.get("confirmed", True)
+    v["statement_html"] = text_with_math(c.get("statement"))
+    v["latex_html"] = math_html(c.get("latex"), display=True)
+    v["hypotheses_html"] = [text_with_math(h) for h in c.get("hypotheses") or []]
+    if c.get("matches_expect"):
+        v["mismatch"] = None
+    elif c.get("problems"):
+        v["mismatch"] = ("The claim is malformed, so it was not run and nothing was verified; fix the "
+                         "problems listed below.")
+    else:
+        v["mismatch"] = _MISMATCH.get((c.get("expect"), c.get("verdict")),
+                                      f"Expected {c.get('expect')}, got {c.get('verdict')}.")
+    ev = c.get("evidence") or {}
+    v["plots"] = [Markup(svg_plot(p)) for p in ev.get("series") or []]
+    v["table_preview"] = _TABLE_PREVIEW
+    v["scalars"] = ev.get("scalars") or []
+    v["tables"] = ev.get("tables") or []
+    v["notes"] = ev.get("notes") or []
+    stats = c.get("statistics")
+    v["stats_plot"] = None
+    if stats and stats.get("pairs"):
+        pairs = stats["pairs"]
+        v["stats_plot"] = Markup(svg_plot({
+            "name": "sample: b against a (one point per drawn problem; dashed: a = b)",
+            "xlabel": "a", "ylabel": "b", "kind": "scatter",
+            "lines": [{"group": None, "x": [p[0] for p in pairs], "y": [p[1] for p in pairs]}],
+        }, diagonal=True))
+    cert = c.get("certification") or {}
+    v["escalation_count"] = cert.get("escalation_count", 0)
+    v["escalation_summary"] = _escalation_summary(cert.get("escalations") or [])
+    return v
+
+
+def _escalation_summary(escalations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Escalation calls aggregated by (quantity, round, precision, outcome)."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for e in escalations:
+        key = (e.get("what"), e.get("round"), e.get("dps"), e.get("outcome"))
+        row = rows.setdefault(key, {"what": key[0], "round": key[1], "dps": key[2], "outcome": key[3], "calls": 0,
+                                    "instances": 0, "certified": 0, "refuted": 0, "still_undecided": 0})
+        row["calls"] += 1
+        for k in ("instances", "certified", "refuted", "still_undecided"):
+            row[k] += int(e.get(k) or 0)
+    return list(rows.values())
+
+
+def _groups(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    used: set[str] = set()
+    groups: dict[str, dict[str, Any]] = {}
+    for c in claims:
+        key = c.get("group") or "(no source)"
+        g = groups.get(key)
+        if g is None:
+            src = c.get("source")
+            g = groups[key] = {
+                "key": key,
+                "title": src.get("title") if src else None,
+                "authors": src.get("authors") if src else None,
+                "short": src.get("short") if src else key,
+                "year": src.get("year") if src else None,
+                "arxiv": src.get("arxiv") if src else None,
+                "link": src.get("link") if src else None,
+                "claims": [],
+                "counts": {},
+            }
+        view = _claim_view(c, used)
+        g["claims"].append(view)
+        g["counts"][c["verdict"]] = g["counts"].get(c["verdict"], 0) + 1
+    return list(groups.values())
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["num"] = _fmt_html
+    env.filters["math"] = math_html
+    env.filters["textmath"] = text_with_math
+    return env
+
+
+_VERSION_ORDER = ("implreg", "python", "torch", "hypothesis", "mpmath", "numpy", "scipy", "sympy", "pytest",
+                  "pytest-xdist")
+_PHASE_ORDER = ("explicit", "reuse", "generate", "target", "shrink")
+
+
+def render_html(results: dict[str, Any]) -> str:
+    """The report as one HTML string (the same bytes whether results come from memory or results.json)."""
+    results = json.loads(dumps(results))  # normalize: the page must not depend on dict insertion order
+    css = resources.files("implreg.report").joinpath("style.css").read_text(encoding="utf-8")
+    run = results["run"]
+    versions = run.get("versions") or {}
+    run["version_list"] = [(k, versions[k]) for k in _VERSION_ORDER if k in versions] + \
+        [(k, v) for k, v in sorted(versions.items()) if k not in _VERSION_ORDER]
+    claims = results["claims"]
+    groups = _groups(claims)
+    tmpl = _env().get_template("template.html.j2")
+    return tmpl.render(run=run, groups=groups, claims=claims, css=Markup(css), verdicts=_VERDICT_WORDS,
+                       phase_order=_PHASE_ORDER)
+
+
+def write_report(results: dict[str, Any], path: str | Path) -> Path:
+    """Render and write the report atomically (temp file + os.replace)."""
+    return atomic_write_text(path, render_html(results))
+
+
+def strip_timing_html(html: str) -> str:
+    """The report without its wall-clock spans (identical across runs with the same seed)."""
+    return _TIMING.sub("", html)

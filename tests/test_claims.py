@@ -1,0 +1,283 @@
+"""The claim API, the registry, malformed claims, and the verdict rules on planted claims (in-process)."""
+
+import ast
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from implreg import certify
+from implreg.claims import REGISTRY, Batch, Source, batches, claim, get_spec
+from implreg.profiles import PROFILES, UnknownProfileError, claim_seed, get_profile
+from implreg.results import strip_timing
+from implreg.verdict import run_claim
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from implreg_test_helpers import FIXTURES, SUITE, claims_of, load_module
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Every planted claim run once under the ci profile: id → record."""
+    with REGISTRY.isolated():
+        module = load_module(SUITE / "planted.py")
+        records = {cid: run_claim(spec, profile="ci") for cid, (_, spec) in claims_of(module).items()}
+        yield module, records
+
+
+# ---- verdict rules -------------------------------------------------------------------------------
+def test_every_planted_claim_gets_its_verdict(planted):
+    module, records = planted
+    assert set(records) == set(module.PLANTED)
+    got = {cid: r["verdict"] for cid, r in records.items()}
+    assert got == module.PLANTED
+
+
+def test_false_claim_is_refuted_with_minimal_shrunk_counterexample(planted):
+    r = planted[1]["planted/false-ge10"]
+    ce = r["counterexample"]
+    assert r["verdict"] == "refuted" and r["matches_expect"]
+    assert "Falsifying example: false_ge10(" in ce["falsifying_example"] and "x=0," in ce["falsifying_example"]
+    assert ast.literal_eval(ce["arguments"]) == {"x": 0}          # the minimal counterexample
+    assert "x: value ≥ bound is false: value = 0.0, bound = 10.0" in ce["message"]
+    assert ce["reproduce_failure"].startswith("@reproduce_failure(")
+    assert "--id planted/false-ge10 --seed 0 --profile ci" in ce["command"]
+
+
+def test_batched_counterexample_shrinks_to_one_instance(planted):
+    ce = planted[1]["planted/false-batched"]["counterexample"]
+    args = ast.literal_eval(ce["arguments"])
+    assert len(args["batch"]) == 1 and args["batch"][0] > 0.5
+
+
+def test_undecidable_is_inconclusive_not_holds(planted):
+    r = planted[1]["planted/undecidable"]
+    assert r["verdict"] == "inconclusive" and not r["matches_expect"]
+    assert r["certification"]["undecided_count"] > 0 and r["certification"]["escalation_count"] == 0
+    assert r["counterexample"] is None
+    assert "could not be decided" in r["explanation"]
+
+
+def test_escalation_that_resolves_holds_and_is_recorded(planted):
+    r = planted[1]["planted/escalation-resolves"]
+    cert = r["certification"]
+    assert r["verdict"] == "holds"
+    assert cert["escalation_count"] > 0 and cert["undecided_count"] == 0
+    assert {e["dps"] for e in cert["escalations"]} == {30}
+    assert all(e["outcome"] == "certified" for e in cert["escalations"])
+    assert r["instances"] > r["hypothesis"]["valid"]  # batches count their instances
+    assert "escalation" in r["explanation"]
+
+
+@pytest.mark.parametrize("cid, kind, text", [
+    ("planted/crash", "ZeroDivisionError", "division by zero"),
+    ("planted/returns-value", "ReturnedValue", "claim returned a value; claims must assert"),
+    ("planted/nan", "NumericalError", "det W(t): value is not finite"),
+    ("planted/no-valid-instances", "NoValidInstances", "produced no valid instances"),
+])
+def test_crashes_are_errors(planted, cid, kind, text):
+    r = planted[1][cid]
+    assert r["verdict"] == "error"
+    assert r["error"]["type"] == kind
+    assert text in r["error"]["message"] and text in r["explanation"]
+
+
+def test_crash_keeps_its_shrunk_example(planted):
+    ce = planted[1]["planted/nan"]["counterexample"]
+    assert ast.literal_eval(ce["arguments"]) == {"x": 3}   # the smallest x that produces the NaN
+
+
+def test_too_few_valid_examples_is_inconclusive(planted):
+    r = planted[1]["planted/too-few-valid"]
+    assert r["verdict"] == "inconclusive" and "Too few valid examples" in r["explanation"]
+
+
+def test_negative_control_that_holds_is_a_mismatch(planted):
+    r = planted[1]["planted/control-not-refuted"]
+    assert r["verdict"] == "holds" and r["expect"] == "refuted" and r["matches_expect"] is False
+
+
+def test_same_seed_same_record_and_seed_is_recorded(planted):
+    _module, records = planted
+    with REGISTRY.isolated():
+        module2 = load_module(SUITE / "planted.py")
+        specs = claims_of(module2)
+        for cid in ("planted/false-ge10", "planted/true-square", "planted/escalation-resolves"):
+            again = run_claim(specs[cid][1], profile="ci")
+            a, b = strip_timing(records[cid]), strip_timing(again)
+            a.pop("file"), b.pop("file"), a.pop("module"), b.pop("module")
+            assert a == b
+            assert again["hypothesis"]["seed"] == claim_seed(0, cid)
+
+
+def test_direct_call_asserts_the_expectation():
+    with REGISTRY.isolated():
+        module = load_module(SUITE / "planted.py")
+        module.false_ge10()  # expected refuted and refuted: passes
+        with pytest.raises(AssertionError, match="could not be decided"):
+            module.undecidable()
+
+
+def test_assertion_inside_an_installed_library_is_an_error_not_a_refutation(tmp_path, monkeypatch):
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "fakelib_implreg_test.py").write_text("def check(x):\n    assert x < 0, 'internal invariant'\n")
+    monkeypatch.syspath_prepend(str(lib))
+    import fakelib_implreg_test
+
+    with REGISTRY.isolated():
+        @claim("t/library-assert", statement="calls a library whose internal assert fails")
+        @given(x=st.integers(0, 3))
+        def lib_assert(x):
+            fakelib_implreg_test.check(x)
+
+        r = run_claim(get_spec(lib_assert))
+    sys.modules.pop("fakelib_implreg_test", None)
+    assert r["verdict"] == "error" and "assertion inside library code" in r["explanation"]
+
+
+def test_numpy_testing_assertions_in_the_claim_are_refutations():
+    import numpy as np
+
+    with REGISTRY.isolated():
+        @claim("t/np-assert", statement="x equals 1", expect="refuted")
+        @given(x=st.floats(0, 1))
+        def np_assert(x):
+            np.testing.assert_allclose(x, 1.0)
+
+        r = run_claim(get_spec(np_assert))
+    assert r["verdict"] == "refuted"
+
+
+def test_wall_budget_stops_generation_and_is_reported():
+    with REGISTRY.isolated():
+        module = load_module(FIXTURES / "budget.py")
+        r = run_claim(get_spec(module.slow))
+    assert r["verdict"] == "holds"
+    assert r["hypothesis"]["budget_exhausted"] is True
+    assert 1 <= r["hypothesis"]["valid"] < 1000
+    assert "wall budget" in r["explanation"]
+
+
+# ---- malformed claims ----------------------------------------------------------------------------
+def test_malformed_claims_are_errors_naming_claim_and_problem():
+    with REGISTRY.isolated():
+        module = load_module(SUITE / "malformed.py")
+        by_fn = {name: run_claim(get_spec(getattr(module, name))) for name in
+                 ("missing_id", "missing_statement", "bad_id", "bad_kind", "bad_expect", "no_given",
+                  "dup_first", "dup_second")}
+    assert all(r["verdict"] == "error" for r in by_fn.values())
+    expl = {k: r["explanation"] for k, r in by_fn.items()}
+    assert "missing_id" in expl["missing_id"] and "has no id" in expl["missing_id"]
+    assert "'malformed/no-statement'" in expl["missing_statement"] and "has no statement" in expl["missing_statement"]
+    assert "'Bad ID with spaces'" in expl["bad_id"] and "bad id format" in expl["bad_id"]
+    assert "unknown kind 'hunch'" in expl["bad_kind"]
+    assert "expect must be 'holds' or 'refuted', got 'maybe'" in expl["bad_expect"]
+    assert "'malformed/no-given'" in expl["no_given"] and "has no @given" in expl["no_given"]
+    # a duplicated id makes both definitions errors, each naming the other's location
+    assert "duplicate claim id 'dup/same'" in expl["dup_first"] and "malformed.py:51" in expl["dup_first"]
+    assert "duplicate claim id 'dup/same'" in expl["dup_second"] and "malformed.py:45" in expl["dup_second"]
+
+
+def test_other_decoration_mistakes():
+    with REGISTRY.isolated():
+        @claim
+        @given(x=st.integers())
+        def bare(x):
+            pass
+
+        assert "must be called with an id" in get_spec(bare).problems[0]
+
+        @claim("t/twice", statement="s")
+        @claim("t/twice", statement="s")
+        @given(x=st.integers())
+        def twice(x):
+            pass
+
+        assert any("applied twice" in p for p in get_spec(twice).problems)
+
+        @claim("t/inconclusive-expect", statement="s", expect="inconclusive")
+        @given(x=st.integers())
+        def inc(x):
+            pass
+
+        assert any("never expectations" in p for p in get_spec(inc).problems)
+
+
+def test_registry_replaces_redefinition_of_the_same_function():
+    with REGISTRY.isolated() as reg:
+        for _ in range(2):
+            exec(textwrap.dedent('''
+                from hypothesis import given, strategies as st
+                from implreg.claims import claim
+                @claim("t/same", statement="s")
+                @given(x=st.integers())
+                def same(x):
+                    pass
+            '''), {"__name__": "fake_module"})
+        assert len(reg.get("t/same")) == 1
+
+
+# ---- sources, batches, profiles ------------------------------------------------------------------
+def test_source_references():
+    src = Source(key="razin-cohen-2020", title="T", authors="N. Razin, N. Cohen", year=2020, arxiv="2005.06398")
+    ref = src.at("Theorem 1", confirmed=False)
+    d = ref.as_dict()
+    assert d["locator"] == "Theorem 1" and d["confirmed"] is False and d["short"] == "Razin & Cohen 2020"
+    assert d["link"] == "https://arxiv.org/abs/2005.06398"
+    assert src.theorem(2).locator == "Theorem 2" and src.section("3.1").locator == "§3.1"
+    assert Source(key="k", title="T", authors="A. One, B. Two, C. Three", year=1).short() == "One et al. 1"
+
+
+def test_batches_helper():
+    from hypothesis import find
+
+    b = find(batches(st.integers(0, 9), max_size=5), lambda b: len(b) >= 3)
+    assert isinstance(b, Batch) and len(b) == 3
+    stacked = find(batches(st.integers(0, 9), max_size=4, stack=sum), lambda s: s >= 10)
+    assert stacked == 10
+    with pytest.raises(ValueError, match="min_size"):
+        find(batches(st.integers(), min_size=0), lambda b: True)
+
+
+def test_bad_sample_arguments_are_claim_errors_not_import_errors():
+    from implreg import stats
+    from implreg.claims import sample
+
+    with REGISTRY.isolated():
+        @claim("t/bad-sample", kind="empirical", statement="s")
+        @sample(n=1, test="wilcoxon", x=st.floats(0, 1))
+        def bad(x):
+            return x, x
+
+        @claim("t/no-draws", kind="empirical", statement="s")
+        @sample(n=5, test=stats.paired())
+        def no_draws():
+            return 0.0, 1.0
+
+        problems = get_spec(bad).problems
+        assert any("n must be an integer ≥ 2" in p for p in problems)
+        assert any("test must be a stats spec" in p for p in problems)
+        assert any("parameter named rng" in p for p in get_spec(no_draws).problems)
+        assert run_claim(get_spec(bad))["verdict"] == "error"
+
+
+def test_profiles():
+    assert set(PROFILES) == {"quick", "ci", "thorough"}
+    assert get_profile(None).name == "ci" and get_profile("ci").resolve_seed(None) == 0
+    with pytest.raises(UnknownProfileError, match="unknown profile 'fast'; known profiles: quick"):
+        get_profile("fast")
+    ci, quick, thorough = PROFILES["ci"], PROFILES["quick"], PROFILES["thorough"]
+    assert (quick.examples_for(20), ci.examples_for(20), thorough.examples_for(20)) == (4, 20, 200)
+    assert ci.settings(max_examples=7).derandomize and ci.settings(max_examples=7).database is None
+    assert ci.settings(max_examples=7).deadline is None
+    assert claim_seed(0, "a/b") == claim_seed(0, "a/b") != claim_seed(1, "a/b") != claim_seed(0, "a/c")
+
+
+def test_certify_outside_a_claim_records_nothing_and_still_checks():
+    certify.at_least(1.0, 0.0, what="x")
+    with pytest.raises(certify.Undecided):
+        certify.at_least(0.0, 0.0, error=1.0, what="x")
