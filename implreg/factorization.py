@@ -138,7 +138,12 @@ def end_to_end_velocity(problem: Problem, W: Tensor, depth: int) -> Tensor:
         if a == 0:
             return torch.eye(M.shape[-1], dtype=M.dtype, device=M.device).expand_as(M)
         lam, Q = torch.linalg.eigh(M)
-        return (Q * torch.exp(a * torch.log(lam.clamp(min=0))).unsqueeze(-2)) @ Q.transpose(-1, -2)
+        # Eigenvalues below n·u·λ_max are rounding noise of exact zeros (a rank-deficient Gram matrix):
+        # eigh's backward error is ~n·u·‖M‖, and a fractional power would amplify that noise (1e-16^(1/3)).
+        n = M.shape[-1]
+        floor = n * torch.finfo(M.dtype).eps * lam.abs().amax(-1, keepdim=True)
+        lam = torch.where(lam <= floor, torch.zeros_like(lam), lam)
+        return (Q * torch.exp(a * torch.log(lam)).unsqueeze(-2)) @ Q.transpose(-1, -2)
 
     WWt, WtW = W @ W.transpose(-1, -2), W.transpose(-1, -2) @ W
     out = torch.zeros_like(W)

@@ -79,6 +79,11 @@ def descend(
         problem = problem.expand(B)
     if problem.batch != B:
         raise InvalidInputError(f"problem has batch {problem.batch} but the factors have batch {B}")
+    if (layout.dims[-1], layout.dims[0]) != problem.shape:
+        raise InvalidInputError(
+            f"factors multiply to {layout.dims[-1]}×{layout.dims[0]} matrices, problem '{problem.name}' "
+            f"is {problem.shape[0]}×{problem.shape[1]}"
+        )
     R = (max_iters // record_every + 1) if record_every else 0
     hist = torch.full((B, R), float("nan"), dtype=dtype, device=dev)
     out_y = layout.pack(factors).clone()
