@@ -150,6 +150,7 @@ class ClaimSpec:
     hypotheses: tuple[str, ...] = ()
     budget_s: float | None = None
     max_examples: int | None = None
+    deviation: str | None = None                # empirical only: documented disagreement with the paper
     test: Callable[..., Any] | None = None     # the @given test, or the sampler built by @sample
     sample: SampleSpec | None = None
     problems: list[str] = field(default_factory=list)   # malformations: each makes the verdict `error`
@@ -176,6 +177,7 @@ class ClaimSpec:
             "source": self.source.as_dict() if self.source is not None else None,
             "kind": self.kind,
             "expect": self.expect,
+            "deviation": self.deviation,
             "statement": self.statement,
             "latex": self.latex,
             "hypotheses": list(self.hypotheses),
@@ -250,7 +252,8 @@ def _origin(fn: Any) -> tuple[str, str, str, int]:
 def claim(id: str | None = None, *, source: Source | SourceRef | None = None, kind: str = "theorem",
           expect: str = "holds", statement: str | None = None, latex: str | None = None,
           hypotheses: Sequence[str] = (), budget_s: float | None = None,
-          max_examples: int | None = None) -> Callable[[Callable[..., Any]], Callable[[], None]]:
+          max_examples: int | None = None,
+          deviation: str | None = None) -> Callable[[Callable[..., Any]], Callable[[], None]]:
     """Declare a claim: a Hypothesis test (``@given`` or ``@sample`` below this) plus what it states.
 
     ``id`` is "paper-key/slug" (stable; lower case, digits, ``.-_``); ``source`` a ``Source`` or
@@ -259,12 +262,17 @@ def claim(id: str | None = None, *, source: Source | SourceRef | None = None, ki
     ``hypotheses`` the conditions drawn instances satisfy by construction; ``budget_s`` a wall budget for
     the whole claim (no new examples are started after it; the report says so); ``max_examples`` the
     claim's example count under the ``ci`` profile (other profiles scale it).
+
+    ``deviation`` (empirical claims only): an explanation, written after looking at the result, of why this
+    toy replication disagrees with the paper.  ``expect`` stays what the paper reports and the verdict is
+    still shown as differing from it; the run does not fail on it, and the report prints the explanation
+    beside the verdict.  If the deviation stops reproducing, the report says so.
     """
     if callable(id) and not isinstance(id, str):
         # used bare, as @claim: record the mistake on the function itself
         return _make(id, None, {}, ["@claim must be called with an id: @claim('paper-key/slug', statement=...)"])
     meta = dict(source=source, kind=kind, expect=expect, statement=statement, latex=latex,
-                hypotheses=hypotheses, budget_s=budget_s, max_examples=max_examples)
+                hypotheses=hypotheses, budget_s=budget_s, max_examples=max_examples, deviation=deviation)
 
     def decorate(fn: Callable[..., Any]) -> Callable[[], None]:
         return _make(fn, id, meta, [])
@@ -317,6 +325,14 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
     if max_ex is not None and not (isinstance(max_ex, int) and max_ex >= 1):
         problems.append(f"claim {shown!r}: max_examples must be a positive integer, got {max_ex!r}")
         max_ex = None
+    deviation = meta.get("deviation")
+    if deviation is not None and (not isinstance(deviation, str) or not deviation.strip()):
+        problems.append(f"claim {shown!r}: deviation must be a non-empty explanation, got {deviation!r}")
+        deviation = None
+    if deviation is not None and kind != "empirical":
+        problems.append(f"claim {shown!r}: only empirical claims may document a deviation from the paper; "
+                        f"a {kind} that fails its expectation is a finding to fix or a refutation to report")
+        deviation = None
     sample_spec = getattr(fn, "__implreg_sample__", None)
     if sample_spec is not None:
         problems.extend(f"claim {shown!r}: {p}" for p in sample_spec.problems)
@@ -332,7 +348,7 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
         id=shown, function=name, module=module, file=file, line=line, source=source,
         kind=kind if kind in KINDS else str(kind), expect=str(expect),
         statement=str(statement or ""), latex=latex_or_none(meta.get("latex")),
-        hypotheses=tuple(str(h) for h in hyps), budget_s=budget, max_examples=max_ex,
+        hypotheses=tuple(str(h) for h in hyps), budget_s=budget, max_examples=max_ex, deviation=deviation,
         test=fn if callable(fn) else None, sample=sample_spec, problems=problems,
     )
     REGISTRY.add(spec)
@@ -343,7 +359,7 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
         from implreg.verdict import run_claim as _run
 
         record = _run(spec)
-        if record["verdict"] != spec.expect:
+        if record["verdict"] != spec.expect and not record.get("deviation_documented"):
             raise AssertionError(record["explanation"])
 
     run_claim.__name__ = getattr(fn, "__name__", "claim")

@@ -249,7 +249,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     summary["wall_s"] = record["timing"]["wall_s"]
     summary["escalations"] = (record.get("certification") or {}).get("escalation_count", 0)
     pyfuncitem.user_properties.append((_KEY, summary))
-    if record["verdict"] != spec.expect:
+    if record["verdict"] != spec.expect and not record.get("deviation_documented"):
         pytest.fail(f"[{spec.id}] expected {spec.expect}, got {record['verdict']}: {record['explanation']}",
                     pytrace=False)
     return True

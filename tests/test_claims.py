@@ -281,3 +281,30 @@ def test_certify_outside_a_claim_records_nothing_and_still_checks():
     certify.at_least(1.0, 0.0, what="x")
     with pytest.raises(certify.Undecided):
         certify.at_least(0.0, 0.0, error=1.0, what="x")
+
+
+def test_documented_deviation_of_an_empirical_claim_is_reported_not_failed():
+    """An empirical replication that disagrees with the paper keeps its verdict and expectation, is not a
+    mismatch of the run, and carries the explanation; a non-empirical claim may not document a deviation."""
+    from implreg.results import build_results
+
+    with REGISTRY.isolated():
+        @claim("test/deviating-replication", kind="empirical", expect="holds", statement="x is always > 5.",
+               deviation="The toy replication draws small x; the paper's effect needs larger x.")
+        @given(st.integers(0, 10))
+        def deviating(x):
+            assert x > 5
+
+        @claim("test/theorem-with-deviation", kind="theorem", expect="holds", statement="x ≥ 0.",
+               deviation="not allowed for a theorem")
+        @given(st.integers(0, 10))
+        def theorem_dev(x):
+            assert x >= 0
+
+        r = run_claim(get_spec(deviating), profile="ci")
+        assert r["verdict"] == "refuted" and not r["matches_expect"] and r["deviation_documented"]
+        results = build_results([r], {"pytest_exit": 0})
+        assert results["run"]["passed"] and results["run"]["documented_deviations"] == ["test/deviating-replication"]
+        bad = run_claim(get_spec(theorem_dev), profile="ci")
+        assert bad["verdict"] == "error"
+        assert any("only empirical claims may document a deviation" in p for p in bad["problems"])

@@ -111,8 +111,16 @@ def _claim_view(c: dict[str, Any], used: set[str]) -> dict[str, Any]:
     v["statement_html"] = text_with_math(c.get("statement"))
     v["latex_html"] = math_html(c.get("latex"), display=True)
     v["hypotheses_html"] = [text_with_math(h) for h in c.get("hypotheses") or []]
+    v["deviation_note"] = None
+    if c.get("deviation") and c.get("matches_expect"):
+        v["deviation_note"] = ("This claim documents a deviation from the paper, but in this run the verdict "
+                               "agrees with the paper: the documented deviation did not reproduce.")
     if c.get("matches_expect"):
         v["mismatch"] = None
+    elif c.get("deviation_documented"):
+        v["mismatch"] = None
+        v["deviation_note"] = ("This toy replication disagrees with the paper (the paper reports "
+                               f"'{c.get('expect')}'). Explanation recorded with the claim: {c.get('deviation')}")
     elif c.get("problems"):
         v["mismatch"] = ("The claim is malformed, so it was not run and nothing was verified; fix the "
                          "problems listed below.")
