@@ -193,7 +193,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if results["run"]["passed"]:
         devs = results["run"].get("documented_deviations") or []
         extra = f" ({len(devs)} documented empirical deviation(s) from the papers: {', '.join(devs)})" if devs else ""
-        print(("PASS: every verdict matches its expectation or documents its deviation" if devs else "PASS: every verdict matches its expectation") + extra)
+        head = "PASS: every verdict matches its expectation" + (" or documents its deviation" if devs else "")
+        print(head + extra)
         return EXIT_OK
     print(f"FAIL: {len(results['run']['mismatches'])} verdict(s) differ from their expectation: "
           + ", ".join(results["run"]["mismatches"]))

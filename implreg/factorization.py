@@ -6,6 +6,7 @@ end-to-end matrix has shape (B, d_N, d_0).  ``dims = (d_0, d_1, …, d_N)``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -156,7 +157,7 @@ def balancedness_defect(factors: Sequence[Tensor]) -> Tensor:
     """``max_j ‖W_{j+1}ᵀW_{j+1} − W_j W_jᵀ‖_F`` per instance (0 for balanced factors), shape (B,)."""
     B = factors[0].shape[0]
     out = torch.zeros(B, dtype=factors[0].dtype, device=factors[0].device)
-    for Wj, Wn in zip(factors[:-1], factors[1:], strict=True):
+    for Wj, Wn in itertools.pairwise(factors):
         D = Wn.transpose(-1, -2) @ Wn - Wj @ Wj.transpose(-1, -2)
         out = torch.maximum(out, torch.linalg.matrix_norm(D))
     return out
