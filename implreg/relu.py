@@ -18,7 +18,9 @@ Floating point.  u = eps/2 is the unit roundoff (2⁻⁵³ in float64) and γ_n 
 and Stability of Numerical Algorithms*, 2nd ed., Lemma 3.1): for any summation order (BLAS blocking, FMA),
 |fl(Σ_{j≤n} a_j b_j) − Σ a_j b_j| ≤ γ_n Σ |a_j||b_j|  (Higham eq. 3.5).  The ``*_error_bound`` functions
 propagate this through the net (running error analysis, first order in u, then inflated by a factor
-``SAFETY`` that dominates the neglected O(u²) terms for every size used here).
+``SAFETY`` that dominates the neglected O(u²) terms for every size used here).  The model assumes no
+underflow: bounds are +inf for nets (or inputs) with a nonzero entry of magnitude < ``UNDERFLOW_GUARD``
+(2⁻⁶⁰; products of ≤ 16 such factors stay in float64's normal range), never silently wrong.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from implreg.errors import InvalidInputError
 
 __all__ = [
     "SAFETY",
+    "UNDERFLOW_GUARD",
     "ForwardPass",
     "NodeScaling",
     "ReluNet",
+    "cat",
     "flatten",
     "forward",
     "forward_error_bound",
@@ -49,12 +53,25 @@ __all__ = [
     "rescale",
     "rescale_layer",
     "rescale_node",
+    "tiny_entries",
     "unflatten",
     "unit_roundoff",
 ]
 
 SAFETY = 1.01
 """Multiplier on first-order rounding bounds: the neglected terms are O((n·u)²), relatively ≤ n·u ≪ 1e-2."""
+
+UNDERFLOW_GUARD = 2.0**-60
+"""Nonzero magnitudes below this void the rounding bounds (they become +inf): see the module docstring."""
+
+
+def tiny_entries(*tensors: Tensor) -> Tensor:
+    """(B,) True where some tensor (batch dim first) has a nonzero entry of magnitude < UNDERFLOW_GUARD."""
+    out = None
+    for t in tensors:
+        bad = ((t != 0) & (t.abs() < UNDERFLOW_GUARD)).reshape(t.shape[0], -1).any(dim=1)
+        out = bad if out is None else out | bad
+    return out
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -281,11 +298,12 @@ def forward_error_bound(net: ReluNet, x: Tensor, weight_rel_err: float = 0.0) ->
 def _forward_error(net: ReluNet, fp: ForwardPass, weight_rel_err: float) -> tuple[Tensor, ...]:
     out = []
     E = torch.zeros_like(fp.post[0])
+    tiny = tiny_entries(fp.post[0], *net.weights).view(-1, 1, 1)
     for k, W in enumerate(net.weights, start=1):
         g = gamma(net.widths[k - 1], net.dtype) + weight_rel_err
         A = W.abs().transpose(-1, -2)
         E = SAFETY * (g * (fp.post[k - 1].abs() @ A) + E @ A)
-        out.append(E)
+        out.append(torch.where(tiny, torch.full_like(E, math.inf), E))
     return tuple(out)
 
 
@@ -488,7 +506,9 @@ class NodeScaling:
         if a.ndim == 1:
             a = a.expand(net.batch, -1)
         if a.shape != (net.batch, net.depth - 1):
-            raise InvalidInputError(f"layer factors must have shape ({net.batch}, {net.depth - 1}), got {tuple(a.shape)}")
+            raise InvalidInputError(
+                f"layer factors must have shape ({net.batch}, {net.depth - 1}), got {tuple(a.shape)}"
+            )
         C = torch.cumprod(a, dim=1)
         return NodeScaling(tuple(C[:, k - 1 : k].expand(net.batch, n).clone()
                                  for k, n in enumerate(net.widths[1:-1], start=1)))

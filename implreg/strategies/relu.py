@@ -1,0 +1,171 @@
+"""Hypothesis strategies for ReLU nets and their rescalings: valid instances by construction.
+
+    net_widths(depth=..., width=..., inputs=..., outputs=...)   → (n_0, …, n_d)
+    relu_nets(widths=net_widths(...) or (3, 4, 1), batch=(1, 3), nonzero=True)   → ReluNet (float64)
+    node_rescalings(net)                     → NodeScaling with factors 2^e, e ∈ [−log2_range, log2_range]
+    single_node_rescalings(net)              → ρ_{c,v} for one drawn hidden unit v
+    layer_rescalings(net)                    → whole-layer rescaling of one drawn hidden layer
+    inputs(n0, m=...)                        → a (m, n0) tensor
+
+Weights are drawn entry by entry from Hypothesis floats, so failures shrink to small readable nets (zero,
+one, small integers); magnitudes below TINY = 2⁻²⁰ are snapped to 0 (no underflow, see TINY).
+``nonzero=True`` draws magnitudes in [1/8, 2] with a sign, which guarantees that every hidden unit has
+nonzero incoming weights (needed where a claim normalizes units).  Rescaling factors
+are 2^e with e a drawn float: always positive, shrinking towards c = 1 (e = 0), and exactly powers of two
+when ``powers_of_two=True`` (then every rescaling is exact in floating point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from implreg.relu import NodeScaling, ReluNet
+
+__all__ = [
+    "TINY",
+    "inputs",
+    "layer_rescalings",
+    "net_widths",
+    "node_rescalings",
+    "relu_nets",
+    "scaling_exponents",
+    "single_node_rescalings",
+    "weights",
+]
+
+
+TINY = 2.0**-20
+"""Drawn weights and inputs are 0 or of magnitude ≥ TINY, so that no product of the few factors along a path
+(≤ 16 factors, powers p ≤ 4) leaves float64's normal range: the rounding bounds assume no underflow."""
+
+
+def _snap(w: float) -> float:
+    return 0.0 if abs(w) < TINY else w
+
+
+def weights(*, nonzero: bool = False, bound: float = 2.0) -> st.SearchStrategy[float]:
+    """One weight: a float in [−bound, bound], 0 or of magnitude ≥ TINY (no NaN/∞/subnormals), or
+    ±[1/8, bound] when ``nonzero``."""
+    if nonzero:
+        mag = st.floats(0.125, bound, allow_subnormal=False)
+        return st.tuples(st.booleans(), mag).map(lambda t: -t[1] if t[0] else t[1])
+    return st.floats(-bound, bound, allow_nan=False, allow_infinity=False, allow_subnormal=False).map(_snap)
+
+
+def net_widths(
+    *,
+    depth: st.SearchStrategy[int] | int | None = None,
+    width: st.SearchStrategy[int] | int | None = None,
+    inputs: st.SearchStrategy[int] | int | None = None,
+    outputs: st.SearchStrategy[int] | int = 1,
+) -> st.SearchStrategy[tuple[int, ...]]:
+    """(n_0, n_1, …, n_d): ``depth`` weight layers (default 2 … 4), hidden widths from ``width`` (default
+    1 … 4), n_0 from ``inputs`` (default 1 … 4), n_d from ``outputs`` (default 1)."""
+    depth = st.integers(2, 4) if depth is None else depth
+    width = st.integers(1, 4) if width is None else width
+    inputs = st.integers(1, 4) if inputs is None else inputs
+
+    def lift(s):
+        return s if isinstance(s, st.SearchStrategy) else st.just(s)
+
+    @st.composite
+    def draw_widths(draw) -> tuple[int, ...]:
+        d = draw(lift(depth))
+        hidden = [draw(lift(width)) for _ in range(d - 1)]
+        return (draw(lift(inputs)), *hidden, draw(lift(outputs)))
+
+    return draw_widths()
+
+
+@st.composite
+def relu_nets(
+    draw,
+    widths: st.SearchStrategy[tuple[int, ...]] | Sequence[int] | None = None,
+    *,
+    batch: int | tuple[int, int] = 1,
+    nonzero: bool = False,
+    bound: float = 2.0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> ReluNet:
+    """A batch of bias-free ReLU nets with common widths; weights drawn entrywise (see module docstring).
+
+    ``batch`` is a fixed size or a range (min, max): the nets are drawn as a list, so a failing batch
+    shrinks by deleting nets down to the single net that fails.
+    """
+    if widths is None:
+        widths = net_widths()
+    ws = draw(widths) if isinstance(widths, st.SearchStrategy) else tuple(widths)
+    lo, hi = (int(batch), int(batch)) if isinstance(batch, int) else (int(batch[0]), int(batch[1]))
+    elems = weights(nonzero=nonzero, bound=bound)
+    one = st.tuples(*(hnp.arrays(np.float64, (ws[k], ws[k - 1]), elements=elems) for k in range(1, len(ws))))
+    nets = draw(st.lists(one, min_size=lo, max_size=hi))
+    mats = [torch.from_numpy(np.stack([n[k] for n in nets])).to(dtype=dtype, device=device) for k in range(len(ws) - 1)]
+    return ReluNet(tuple(mats))
+
+
+def scaling_exponents(
+    log2_range: float = 3.0, *, powers_of_two: bool = False
+) -> st.SearchStrategy[float]:
+    """e ∈ [−log2_range, log2_range] (an integer when ``powers_of_two``); the factor is c = 2^e."""
+    if powers_of_two:
+        r = int(log2_range)
+        return st.integers(-r, r).map(float)
+    return st.floats(-log2_range, log2_range, allow_subnormal=False)
+
+
+@st.composite
+def node_rescalings(
+    draw, net: ReluNet, *, log2_range: float = 3.0, powers_of_two: bool = False, negative: bool = False
+) -> NodeScaling:
+    """A factor c_v = ±2^{e_v} for every hidden unit of every net in the batch (``negative``: all c < 0)."""
+    sign = -1.0 if negative else 1.0
+    exps = scaling_exponents(log2_range, powers_of_two=powers_of_two)
+    fs = []
+    for n in net.widths[1:-1]:
+        arr = draw(hnp.arrays(np.float64, (net.batch, n), elements=exps))
+        fs.append(sign * torch.from_numpy(np.exp2(arr)).to(dtype=net.dtype, device=net.device))
+    return NodeScaling(tuple(fs))
+
+
+@st.composite
+def single_node_rescalings(
+    draw, net: ReluNet, *, log2_range: float = 3.0, powers_of_two: bool = False, negative: bool = False,
+    min_log2: float = 0.0,
+) -> NodeScaling:
+    """ρ_{c,v}: one hidden unit v (same for the batch) and one factor c = ±2^e per net, |e| ≥ ``min_log2``."""
+    layer = draw(st.integers(1, net.depth - 1))
+    unit = draw(st.integers(0, net.widths[layer] - 1))
+    exps = scaling_exponents(log2_range, powers_of_two=powers_of_two)
+    if min_log2 > 0:
+        exps = exps.filter(lambda e: abs(e) >= min_log2)
+    e = np.array([draw(exps) for _ in range(net.batch)])
+    c = torch.from_numpy(np.exp2(e)).to(dtype=net.dtype, device=net.device)
+    return NodeScaling.single(net, layer, unit, -c if negative else c)
+
+
+@st.composite
+def layer_rescalings(draw, net: ReluNet, *, log2_range: float = 3.0, powers_of_two: bool = False) -> NodeScaling:
+    """Whole-layer rescaling W_i ↦ cW_i, W_{i+1} ↦ W_{i+1}/c of one drawn hidden layer i, c = 2^e per net."""
+    layer = draw(st.integers(1, net.depth - 1))
+    exps = scaling_exponents(log2_range, powers_of_two=powers_of_two)
+    c = torch.from_numpy(np.exp2(np.array([draw(exps) for _ in range(net.batch)]))).to(net.dtype)
+    return NodeScaling.whole_layer(net, layer, c.to(net.device))
+
+
+def inputs(
+    n0: int, *, m: st.SearchStrategy[int] | int | None = None, bound: float = 2.0,
+    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+) -> st.SearchStrategy[torch.Tensor]:
+    """A data matrix x of shape (m, n0) (m from ``m``, default 1 … 6) with entries in [−bound, bound]."""
+    m = st.integers(1, 6) if m is None else m
+    ms = m if isinstance(m, st.SearchStrategy) else st.just(int(m))
+    elems = weights(bound=bound)
+    return ms.flatmap(lambda k: hnp.arrays(np.float64, (k, n0), elements=elems)).map(
+        lambda a: torch.from_numpy(a).to(dtype=dtype, device=device)
+    )

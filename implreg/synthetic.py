@@ -1,0 +1,219 @@
+"""Synthetic supervised problems generated in code (nothing is downloaded): Gaussian mixtures, teacher nets.
+
+Every generator takes an explicit ``torch.Generator`` (the same seed gives the same data on every device:
+draws happen on the generator's device and are then moved), a dtype (float64 by default) and a device.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from implreg.errors import InvalidInputError
+from implreg.relu import ReluNet, forward, random_net
+
+__all__ = [
+    "Dataset",
+    "LabelExperiment",
+    "WidthExperiment",
+    "gaussian_mixture",
+    "random_label_experiment",
+    "random_labels",
+    "teacher_classification",
+    "teacher_regression",
+    "width_experiment",
+]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test splits: inputs (m, D) and integer labels (m,) (or regression targets (m, k))."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    classes: int
+    description: str
+
+    @property
+    def m(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def _randn(shape, generator, dtype, device) -> Tensor:
+    gdev = generator.device if generator is not None else device
+    return torch.randn(*shape, generator=generator, dtype=dtype, device=gdev).to(device)
+
+
+def _check(m: int, dim: int, classes: int) -> None:
+    if m < 1 or dim < 1 or classes < 2:
+        raise InvalidInputError(f"need m ≥ 1, dim ≥ 1 and classes ≥ 2, got m={m}, dim={dim}, classes={classes}")
+
+
+def gaussian_mixture(
+    m_train: int,
+    m_test: int,
+    dim: int,
+    classes: int = 2,
+    *,
+    separation: float = 2.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> Dataset:
+    """Balanced mixture of ``classes`` isotropic unit Gaussians in R^dim whose means are i.i.d. N(0, I)
+    directions scaled to norm ``separation``; labels are the component index.  Inputs are scaled by
+    1/√dim so that ‖x‖ = O(1)."""
+    _check(m_train, dim, classes)
+    means = _randn((classes, dim), generator, dtype, device)
+    means = separation * means / means.norm(dim=1, keepdim=True)
+    m = m_train + m_test
+    y = torch.arange(m, device=device) % classes
+    perm = torch.randperm(m, generator=generator, device=generator.device if generator is not None else device)
+    y = y[perm.to(device)]
+    x = (means[y] + _randn((m, dim), generator, dtype, device)) / math.sqrt(dim)
+    return Dataset(x[:m_train], y[:m_train], x[m_train:], y[m_train:], classes,
+                   f"{classes}-component Gaussian mixture in R^{dim}, mean separation {separation}")
+
+
+def teacher_classification(
+    m_train: int,
+    m_test: int,
+    teacher_widths: tuple[int, ...],
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> Dataset:
+    """x ~ N(0, I/D), label = argmax of a random (He-initialized) teacher ReLU net of the given widths."""
+    D, classes = teacher_widths[0], teacher_widths[-1]
+    _check(m_train, D, classes)
+    teacher = random_net(teacher_widths, 1, generator=generator, dtype=dtype, device=device)
+    x = _randn((m_train + m_test, D), generator, dtype, device) / math.sqrt(D)
+    y = forward(teacher, x)[0].argmax(dim=-1)
+    return Dataset(x[:m_train], y[:m_train], x[m_train:], y[m_train:], classes,
+                   f"teacher ReLU net of widths {teacher_widths}, labels = argmax")
+
+
+def teacher_regression(
+    m: int,
+    teacher_widths: tuple[int, ...],
+    *,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor, ReluNet]:
+    """x ~ N(0, I) (m, D) and targets y = f_teacher(x) + noise·N(0, I), (m, k); returns (x, y, teacher)."""
+    teacher = random_net(teacher_widths, 1, generator=generator, dtype=dtype, device=device)
+    x = _randn((m, teacher_widths[0]), generator, dtype, device)
+    y = forward(teacher, x)[0] + noise * _randn((m, teacher_widths[-1]), generator, dtype, device)
+    return x, y, teacher
+
+
+def random_labels(y: Tensor, classes: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """Labels drawn uniformly from 0 … classes−1, independent of the inputs (Zhang et al. 2017)."""
+    gdev = generator.device if generator is not None else y.device
+    return torch.randint(0, classes, tuple(y.shape), generator=generator, device=gdev).to(y.device)
+
+
+# ---------------------------------------------------------------------------------------------- toy replications
+
+
+@dataclass(frozen=True)
+class LabelExperiment:
+    """Exploring §3 at toy scale: per training-set size m, the margin-normalized measures of nets trained to
+    zero training error on true and on random labels: ``true[m][name]`` and ``random[m][name]``, each (n,)
+    over the n problems; ``converged[m]`` (2n,) says which nets met the stopping rule."""
+
+    sizes: tuple[int, ...]
+    true: dict[int, dict[str, Tensor]]
+    random: dict[int, dict[str, Tensor]]
+    converged: dict[int, Tensor]
+    steps: dict[int, Tensor]
+    description: str
+
+
+@functools.lru_cache(maxsize=4)
+def random_label_experiment(
+    n: int = 12, sizes: tuple[int, ...] = (32, 64, 128), dim: int = 32, width: int = 256,
+    separation: float = 3.0, seed: int = 0,
+) -> LabelExperiment:
+    """For problems i = 0 … n−1 (data seed = seed + i): a 2-class Gaussian mixture in R^dim (``gaussian_mixture``,
+    mean separation ``separation``) of each size m, its true labels and uniformly random labels; a depth-2
+    ReLU net of the given width (He init, its own seed per (m, problem, labels)) trained by full-batch Adam
+    (lr 0.01) until zero training error and cross-entropy < 0.01 (``pathsgd.fit_to_zero_error``); then the
+    measures of ``capacity.exploring_measures`` (5th-percentile training margin).  Cached per process."""
+    from implreg.capacity import exploring_measures
+    from implreg.pathsgd import fit_to_zero_error
+
+    true, rand, conv, steps = {}, {}, {}, {}
+    for m in sizes:
+        xs, ys, yr = [], [], []
+        for i in range(n):
+            g = torch.Generator().manual_seed(seed + 7919 * i + m)
+            d = gaussian_mixture(m, 1, dim, 2, separation=separation, generator=g)
+            xs.append(d.x_train)
+            ys.append(d.y_train)
+            yr.append(random_labels(d.y_train, 2, generator=g))
+        x, y = torch.stack(xs + xs), torch.stack(ys + yr)
+        init = random_net((dim, width, 2), 2 * n, generator=torch.Generator().manual_seed(seed + m))
+        fit = fit_to_zero_error(init, x, y)
+        meas = exploring_measures(fit.net, x, y)
+        true[m] = {k: v[:n] for k, v in meas.items()}
+        rand[m] = {k: v[n:] for k, v in meas.items()}
+        conv[m], steps[m] = fit.converged, fit.steps
+    return LabelExperiment(tuple(sizes), true, rand, conv, steps,
+                           f"{n} problems: 2-class Gaussian mixture in R^{dim} (separation {separation}), "
+                           f"depth-2 ReLU nets of width {width}, full-batch Adam to zero training error and "
+                           f"cross-entropy < 0.01, sizes m ∈ {list(sizes)}")
+
+
+@dataclass(frozen=True)
+class WidthExperiment:
+    """In Search / Exploring §3 at toy scale: per hidden width H, the test error (n,) and the margin-normalized
+    measures ``measures[H][name]`` (n,) of nets trained to zero training error on the same n problems."""
+
+    widths: tuple[int, ...]
+    test_error: dict[int, Tensor]
+    measures: dict[int, dict[str, Tensor]]
+    converged: dict[int, Tensor]
+    description: str
+
+
+@functools.lru_cache(maxsize=4)
+def width_experiment(
+    n: int = 12, widths: tuple[int, ...] = (32, 128, 512), dim: int = 16, teacher_width: int = 16,
+    m: int = 128, m_test: int = 2000, seed: int = 0,
+) -> WidthExperiment:
+    """For problems i = 0 … n−1: x ~ N(0, I/dim), labels = argmax of a random depth-2 teacher of width
+    ``teacher_width`` with 2 outputs (``teacher_classification``, seed + i), m training and m_test test
+    points; depth-2 students of each width H (He init) trained by full-batch Adam (lr 0.01) to zero training
+    error and cross-entropy < 0.01; test error and ``capacity.exploring_measures``.  Cached per process."""
+    from implreg.capacity import exploring_measures
+    from implreg.pathsgd import fit_to_zero_error
+
+    data = [teacher_classification(m, m_test, (dim, teacher_width, 2), generator=torch.Generator().manual_seed(
+        seed + 104729 * i)) for i in range(n)]
+    x, y = torch.stack([d.x_train for d in data]), torch.stack([d.y_train for d in data])
+    xt, yt = torch.stack([d.x_test for d in data]), torch.stack([d.y_test for d in data])
+    err, meas, conv = {}, {}, {}
+    for H in widths:
+        init = random_net((dim, H, 2), n, generator=torch.Generator().manual_seed(seed + H))
+        fit = fit_to_zero_error(init, x, y)
+        err[H] = (forward(fit.net, xt).argmax(dim=-1) != yt).to(x.dtype).mean(dim=1)
+        meas[H] = exploring_measures(fit.net, x, y)
+        conv[H] = fit.converged
+    return WidthExperiment(tuple(widths), err, meas, conv,
+                           f"{n} problems: teacher ReLU net ({dim}, {teacher_width}, 2) labels, m = {m} training and "
+                           f"{m_test} test points; depth-2 students of widths {list(widths)} trained by full-batch "
+                           f"Adam to zero training error and cross-entropy < 0.01")

@@ -1,0 +1,368 @@
+"""Tests of implreg.capacity against independent computations: brute-force path enumeration written here
+(itertools, Python floats / Fractions / mpmath), numpy norms, closed forms (AM–GM, ℓ1/ℓ∞ duality, Gaussian
+expectations), scipy optimization over rescalings, and exhaustive vertex enumeration for convex maxima.
+
+Tolerances.  Error *bounds* are tested against exact rationals (integer p) or mpmath at 50 digits
+(non-integer p) with no slack.  Value comparisons with numpy use rtol 1e-12 (both sides are float64
+evaluations of the same sums, differing by ≲ (n + d)·eps ≈ 1e-14 relative).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+from implreg import capacity as C
+from implreg import relu as R
+from implreg.errors import InvalidInputError
+from implreg.strategies.relu import net_widths, node_rescalings, relu_nets
+
+SETTINGS = settings(max_examples=30, deadline=None)
+nets = relu_nets(net_widths(depth=st.integers(1, 4), width=st.integers(1, 4), inputs=st.integers(1, 3),
+                            outputs=st.integers(1, 2)), batch=(1, 2))
+ps = st.sampled_from([1.0, 1.5, 2.0, 3.0, 2.5])
+
+
+def brute_paths(Ws: list[list[list[float]]]):
+    """All input→output paths as tuples of units (n_0 index, …, n_d index)."""
+    widths = [len(Ws[0][0])] + [len(W) for W in Ws]
+    return itertools.product(*(range(n) for n in widths))
+
+
+def mp_path_norm_pow(Ws, p) -> mpmath.mpf:
+    with mpmath.workdps(50):
+        tot = mpmath.mpf(0)
+        for path in brute_paths(Ws):
+            term = mpmath.mpf(1)
+            for k, W in enumerate(Ws):
+                term *= mpmath.power(abs(mpmath.mpf(W[path[k + 1]][path[k]])), p)
+            tot += term
+        return tot
+
+
+def mp_group_norm(Ws, p, q):
+    with mpmath.workdps(50):
+        rows = [mpmath.fsum(mpmath.power(abs(mpmath.mpf(w)), p) for w in row) ** (mpmath.mpf(1) / p)
+                for W in Ws for row in W]
+        if math.isinf(q):
+            return max(rows)
+        return mpmath.fsum(r**q for r in rows) ** (mpmath.mpf(1) / q)
+
+
+# ---------------------------------------------------------------------------------------------- path norms
+
+
+@SETTINGS
+@given(net=nets, p=ps)
+def test_two_pass_path_norm_equals_brute_force_with_valid_error_bounds(net, p):
+    two = C.path_norm_pow(net, p)
+    err = C.path_norm_pow_error_bound(net, p)
+    phi, phi_err = C.path_norm(net, p), C.path_norm_error_bound(net, p)
+    brute, brute_err = C.path_norm_brute_pow(net, p), C.path_norm_brute_pow_error_bound(net, p)
+    for b in range(net.batch):
+        Ws = [W[b].tolist() for W in net.weights]
+        ref = mp_path_norm_pow(Ws, p)
+        assert abs(mpmath.mpf(two[b].item()) - ref) <= err[b].item()
+        assert abs(mpmath.mpf(brute[b].item()) - ref) <= brute_err[b].item()
+        with mpmath.workdps(50):
+            assert abs(mpmath.mpf(phi[b].item()) - ref ** (mpmath.mpf(1) / p)) <= phi_err[b].item()
+
+
+def test_path_norm_closed_forms():
+    # one path per output: φ_p^p = Π |w|^p ; all-ones net: φ_p^p = number of paths
+    W1 = torch.tensor([[[2.0]]], dtype=torch.float64)
+    W2 = torch.tensor([[[-3.0]]], dtype=torch.float64)
+    net = R.ReluNet((W1, W2))
+    assert C.path_norm(net, 1).item() == 6.0
+    assert C.path_norm(net, 2).item() == pytest.approx(6.0, rel=1e-15)
+    ones = R.ReluNet(tuple(torch.ones(1, a, b, dtype=torch.float64) for a, b in [(3, 2), (4, 3), (2, 4)]))
+    assert C.path_norm_pow(ones, 2).item() == 2 * 3 * 4 * 2
+    assert torch.equal(C.path_norm_per_output(ones, 1), torch.tensor([[24.0, 24.0]], dtype=torch.float64))
+
+
+@settings(max_examples=20, deadline=None)
+@given(net=nets, p=st.sampled_from([1, 2, 3]))
+def test_exact_rational_helpers_match_enumeration(net, p):
+    Ws = C.to_fractions(net, 0)
+    ref = Fraction(0)
+    for path in brute_paths(Ws):
+        term = Fraction(1)
+        for k, W in enumerate(Ws):
+            term *= abs(W[path[k + 1]][path[k]]) ** p
+        ref += term
+    assert C.exact_path_norm_pow(Ws, p) == ref
+    norms = C.exact_unit_norms_pow(Ws, p)
+    assert norms == [[sum(abs(w) ** p for w in row) for row in W] for W in Ws]
+
+
+# ---------------------------------------------------------------------------------------------- group norms
+
+
+@SETTINGS
+@given(net=nets, p=ps, q=st.sampled_from([1.0, 2.0, 3.0, 1.5, math.inf]))
+def test_group_norm_and_layer_product_match_numpy_and_mpmath(net, p, q):
+    mu, mu_err = C.group_norm(net, p, q), C.group_norm_error_bound(net, p, q)
+    gam, gam_err = C.layer_product(net, p, q), C.layer_product_error_bound(net, p, q)
+    lay = C.layer_norms(net, p, q)
+    for b in range(net.batch):
+        Ws = [W[b].numpy() for W in net.weights]
+        rows = [np.sum(np.abs(W) ** p, axis=1) ** (1 / p) for W in Ws]
+        per_layer = [np.max(r) if math.isinf(q) else np.sum(r**q) ** (1 / q) for r in rows]
+        allrows = np.concatenate(rows)
+        mu_np = np.max(allrows) if math.isinf(q) else np.sum(allrows**q) ** (1 / q)
+        np.testing.assert_allclose(lay[b].numpy(), per_layer, rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(mu[b].item(), mu_np, rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(gam[b].item(), np.prod(per_layer), rtol=1e-12, atol=1e-300)
+        ref = mp_group_norm([W.tolist() for W in Ws], p, q)
+        assert abs(mpmath.mpf(mu[b].item()) - ref) <= mu_err[b].item()
+        with mpmath.workdps(50):
+            gref = mpmath.fprod(mp_group_norm([W.tolist()], p, q) for W in Ws)
+        assert abs(mpmath.mpf(gam[b].item()) - gref) <= gam_err[b].item()
+
+
+def test_weight_decay_is_mu22_squared():
+    net = R.random_net((3, 4, 2), batch=2, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(C.weight_decay(net).numpy(), (C.group_norm(net, 2, 2) ** 2).numpy(), rtol=1e-14)
+
+
+def test_bad_p_is_rejected():
+    net = R.random_net((2, 2, 1))
+    with pytest.raises(InvalidInputError, match="≥ 1"):
+        C.path_norm(net, 0.5)
+    with pytest.raises(InvalidInputError):
+        C.group_norm(net, 2, float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------- minimizers
+
+
+@settings(max_examples=15, deadline=None)
+@given(net=relu_nets(net_widths(depth=st.just(2), width=st.integers(1, 4), inputs=st.integers(1, 3)),
+                     nonzero=True))
+def test_depth2_weight_decay_minimum_is_amgm_closed_form(net):
+    """min_c Σ_j (c_j²‖u_j‖² + v_j²/c_j²) = 2Σ_j ‖u_j‖|v_j|: scipy minimizes over log c independently."""
+    W1, W2 = net.weights[0][0].numpy(), net.weights[1][0].numpy()
+    a, b = np.sum(W1**2, axis=1), np.sum(W2**2, axis=0)
+
+    def wd(logc):
+        c2 = np.exp(2 * logc)
+        return float(np.sum(c2 * a + b / c2))
+
+    res = minimize(wd, np.zeros(len(a)), method="BFGS", options={"gtol": 1e-12})
+    closed = 2 * np.sum(np.sqrt(a * b))
+    assert res.fun == pytest.approx(closed, rel=1e-8)
+    assert C.convex_net_norm(net).item() == pytest.approx(closed, rel=1e-13)
+    w = R.rescale(net, C.weight_decay_minimizer_scaling(net))
+    assert C.weight_decay(w).item() == pytest.approx(closed, rel=1e-13)
+
+
+@settings(max_examples=25, deadline=None)
+@given(net=relu_nets(net_widths(depth=st.integers(2, 4), width=st.integers(1, 3), inputs=st.integers(1, 3)),
+                     nonzero=True), p=ps)
+def test_path_norm_minimizer_normalizes_and_balances(net, p):
+    """After the construction every unit's incoming ℓ_p norm equals φ_p^{1/d} (numpy check), so
+    μ_{p,∞}(w̃)^d = φ_p(w); and the function is unchanged."""
+    w = R.rescale(net, C.path_norm_minimizer_scaling(net, p))
+    d = net.depth
+    for b in range(net.batch):
+        phi = float(mp_path_norm_pow([W[b].tolist() for W in net.weights], p)) ** (1 / p)
+        for W in w.weights:
+            rows = np.sum(np.abs(W[b].numpy()) ** p, axis=1) ** (1 / p)
+            np.testing.assert_allclose(rows, phi ** (1 / d), rtol=1e-12)
+    x = torch.randn(4, net.widths[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(R.forward(w, x).numpy(), R.forward(net, x).numpy(), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_random_rescalings_never_beat_the_path_norm(data):
+    net = data.draw(relu_nets(net_widths(depth=st.integers(2, 3), width=st.integers(1, 3)), nonzero=True))
+    s = data.draw(node_rescalings(net))
+    w = R.rescale(net, s)
+    phi = C.path_norm(net, 2)
+    assert bool((C.group_norm(w, 2, math.inf) ** net.depth >= phi * (1 - 1e-12)).all())
+    assert bool((C.layer_product(w, 2, math.inf) >= phi * (1 - 1e-12)).all())
+
+
+def test_layer_balancing_equalizes_layer_norms():
+    net = R.random_net((3, 5, 2, 1), batch=2, generator=torch.Generator().manual_seed(2))
+    for p, q in [(2, 2), (1, math.inf), (3, 1.5)]:
+        w = R.rescale(net, C.layer_balancing_scaling(net, p, q))
+        norms = np.array([[np.linalg.norm(np.linalg.norm(W[b].numpy(), ord=p, axis=1), ord=q)
+                           for W in w.weights] for b in range(2)])
+        gam = np.prod([[np.linalg.norm(np.linalg.norm(W[b].numpy(), ord=p, axis=1), ord=q)
+                        for W in net.weights] for b in range(2)], axis=1)
+        np.testing.assert_allclose(norms, np.broadcast_to((gam ** (1 / 3))[:, None], norms.shape), rtol=1e-12)
+
+
+def test_spectral_product_matches_numpy():
+    net = R.random_net((3, 5, 4, 2), batch=2, generator=torch.Generator().manual_seed(9))
+    ref = [np.prod([np.linalg.norm(W[b].numpy(), 2) for W in net.weights]) for b in range(2)]
+    np.testing.assert_allclose(C.spectral_product(net).numpy(), ref, rtol=1e-13)
+    assert bool((C.spectral_product_error_estimate(net) > 0).all())
+
+
+# ---------------------------------------------------------------------------------------------- margins
+
+
+def test_margins_percentile_and_exploring_measures():
+    g = torch.Generator().manual_seed(11)
+    net = R.random_net((3, 6, 3), batch=2, generator=g)
+    x = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,), generator=g)
+    mg = C.margins(net, x, y)
+    for b in range(2):
+        f = R.forward(net, x)[b].numpy()
+        ref = np.array([f[n, y[n]] - np.max(np.delete(f[n], y[n])) for n in range(20)])
+        np.testing.assert_allclose(mg[b].numpy(), ref, rtol=1e-14)
+        np.testing.assert_allclose(C.percentile_margin(net, x, y, 5)[b].item(), np.percentile(ref, 5), rtol=1e-13)
+    # make the margin positive by using the net's own predictions as labels
+    yb = R.forward(net, x)[0].argmax(-1)
+    meas = C.exploring_measures(net[0], x, yb)
+    gam = np.percentile(C.margins(net[0], x, yb)[0].numpy(), 5)
+    Ws = [W[0].numpy() for W in net.weights]
+    l1path = sum(abs(Ws[0][j, i] * Ws[1][o, j]) for i in range(3) for j in range(6) for o in range(3))
+    assert meas["l1-path"].item() == pytest.approx((4 * l1path) ** 2 / gam**2, rel=1e-12)
+    l2 = 16 * np.sum(Ws[0] ** 2) * np.sum(Ws[1] ** 2) / gam**2
+    assert meas["l2"].item() == pytest.approx(l2, rel=1e-12)
+    l2path = sum(16 * 6 * (Ws[0][j, i] * Ws[1][o, j]) ** 2 for i in range(3) for j in range(6) for o in range(3))
+    assert meas["l2-path"].item() == pytest.approx(l2path / gam**2, rel=1e-12)
+    spec = 6 * np.linalg.norm(Ws[0], 2) ** 2 * np.linalg.norm(Ws[1], 2) ** 2 / gam**2
+    assert meas["spectral"].item() == pytest.approx(spec, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- sharpness
+
+
+def test_alpha_sharpness_brackets_the_exact_vertex_maximum():
+    """Depth 1, mse: L̂ is convex in w, so its max over the box is at a vertex: enumerate all 2^P vertices."""
+    g = torch.Generator().manual_seed(13)
+    W = torch.randn(1, 2, 3, generator=g, dtype=torch.float64)
+    net = R.ReluNet((W,))
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    alpha = 0.05
+    br = C.alpha_sharpness(net, x, y, alpha, kind="mse", seed=0)
+    w = W.reshape(-1)
+    r = alpha * (w.abs() + 1)
+    base = R.loss(net, x, y, "mse").item()
+    best = -math.inf
+    for signs in itertools.product((-1.0, 1.0), repeat=w.numel()):
+        v = w + r * torch.tensor(signs, dtype=torch.float64)
+        best = max(best, R.loss(R.ReluNet((v.view(1, 2, 3),)), x, y, "mse").item())
+    exact = (best - base) / (1 + base)
+    assert br.lower.item() - br.rounding.item() <= exact
+    assert br.upper.item() + br.rounding.item() >= exact
+    # sign ascent may stop at a locally maximal vertex (convex maximization): it must still come close
+    assert br.lower.item() >= 0.99 * exact
+
+
+def test_alpha_sharpness_bracket_contains_random_feasible_points():
+    g = torch.Generator().manual_seed(17)
+    net = R.random_net((3, 4, 3), batch=2, generator=g)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,), generator=g)
+    alpha = 0.01
+    br = C.alpha_sharpness(net, x, y, alpha, seed=1)
+    assert bool((br.lower <= br.upper).all())
+    flat = R.flatten(net)
+    base = R.loss(net, x, y, "ce")
+    for _ in range(50):
+        t = torch.rand(flat.shape, generator=g, dtype=torch.float64) * 2 - 1
+        v = flat + alpha * (flat.abs() + 1) * t
+        zeta = (R.loss(R.unflatten(v, net.widths), x, y, "ce") - base) / (1 + base)
+        assert bool((zeta <= br.upper + br.rounding).all())
+
+
+def test_relative_box_sharpness_is_rescaling_invariant_for_power_of_two():
+    """With the box |ν_i| ≤ α|w_i| a power-of-two rescaling maps boxes onto boxes and sign ascent is
+    equivariant, so the estimates agree bit for bit (independent of the implementation's details only
+    through this symmetry)."""
+    g = torch.Generator().manual_seed(19)
+    net = R.random_net((3, 4, 3), batch=1, generator=g)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=g)
+    w2 = R.rescale_node(net, 1, 2, 8.0)
+    a = C.alpha_sharpness(net, x, y, 0.01, relative=True, seed=3)
+    b = C.alpha_sharpness(w2, x, y, 0.01, relative=True, seed=3)
+    assert a.lower.item() == pytest.approx(b.lower.item(), rel=1e-9, abs=1e-15)
+
+
+def test_expected_sharpness_matches_gaussian_closed_form():
+    """Depth 1, mse: E‖(W+N)x − y‖² = ‖Wx − y‖² + σ² n_out ‖x‖², so the expected sharpness is
+    σ² n_out Σ_n ‖x_n‖² / (2m)."""
+    g = torch.Generator().manual_seed(23)
+    net = R.ReluNet((torch.randn(1, 2, 3, generator=g, dtype=torch.float64),))
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    sigma = 0.1
+    mean, se = C.expected_sharpness(net, x, y, sigma, kind="mse", samples=4000, seed=5)
+    exact = sigma**2 * 2 * (x**2).sum().item() / (2 * 4)
+    assert abs(mean.item() - exact) <= 5 * se.item()
+
+
+def test_pac_bayes_kl_closed_form():
+    net = R.random_net((3, 2, 1), batch=2, generator=torch.Generator().manual_seed(1))
+    prior = R.random_net((3, 2, 1), batch=2, generator=torch.Generator().manual_seed(2))
+    flat = R.flatten(net).numpy() - R.flatten(prior).numpy()
+    np.testing.assert_allclose(C.pac_bayes_kl(net, 0.5, prior).numpy(), (flat**2).sum(1) / (2 * 0.25), rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------- Rademacher
+
+
+def test_rademacher_depth1_exact_enumeration_and_monte_carlo():
+    g = torch.Generator().manual_seed(29)
+    x = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    est, err, how = C.rademacher_linear_l1(x, phi=2.0)
+    assert "exact" in how
+    # independent: sup_{‖w‖_1≤φ} Σ ξ_i ⟨w, x_i⟩ by linear programming = φ max_j |Σ_i ξ_i x_ij| (vertices ±φe_j)
+    xs = x.numpy()
+    ref = np.mean([2.0 * np.max(np.abs(np.array(s) @ xs)) / 8 for s in itertools.product((-1, 1), repeat=8)])
+    assert abs(est.item() - ref) <= err.item() + 1e-15
+    mc, half, how = C.rademacher_linear_l1(x, phi=2.0, exact_up_to=0, samples=20000, seed=7)
+    assert "Hoeffding" in how
+    assert abs(mc.item() - ref) <= half.item()
+    # Massart: R̂ ≤ φ √(2 log 2D / m) max ‖x‖_∞, below the weaker COLT'15 constant used by rademacher_bound
+    bound = C.rademacher_bound(1, 2.0, x)
+    massart = 2.0 * math.sqrt(2 * math.log(10) / 8) * x.abs().max().item()
+    assert ref <= massart <= bound.item()
+
+
+def test_rademacher_search_values_are_attained_and_bounded():
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    xi = (torch.randint(0, 2, (4, 10), generator=g) * 2 - 1).to(torch.float64)
+    vals = C.rademacher_search(x, xi, depth=2, width=6, steps=60, restarts=2, seed=11)
+    assert vals.shape == (4,)
+    # |f(x)| ≤ φ_1(w) ‖x‖_∞ for every bias-free ReLU net, so the normalized correlation ≤ mean_i ‖x_i‖_∞
+    assert bool((vals <= x.abs().amax(dim=1).mean() * (1 + 1e-12)).all())
+    assert bool((vals > 0).all())  # a single unit aligned with a positive-ξ point already beats 0
+
+
+def test_random_draws_do_not_depend_on_batch_mates():
+    """Sharpness starts, Monte-Carlo signs and search inits are seeded per instance: alone = in a batch."""
+    g = torch.Generator().manual_seed(37)
+    nets = R.random_net((3, 4, 3), batch=3, generator=g)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,), generator=g)
+    full = C.alpha_sharpness(nets, x, y, 0.01, seed=4, steps=10)
+    alone = C.alpha_sharpness(nets[1], x, y, 0.01, seed=4, steps=10)
+    assert full.lower[1].item() == pytest.approx(alone.lower[0].item(), rel=1e-12, abs=1e-15)
+    xs = torch.randn(2, 20, 3, generator=g, dtype=torch.float64)
+    est, _, _ = C.rademacher_linear_l1(xs, exact_up_to=0, samples=500, seed=1)
+    est1, _, _ = C.rademacher_linear_l1(xs[1], exact_up_to=0, samples=500, seed=1)
+    assert est[1].item() == pytest.approx(est1[0].item(), rel=1e-12)
+    xi = (torch.randint(0, 2, (3, 20), generator=g) * 2 - 1).to(torch.float64)
+    v = C.rademacher_search(xs[0], xi, 2, 4, steps=5, restarts=2, seed=2)
+    v1 = C.rademacher_search(xs[0], xi[2:], 2, 4, steps=5, restarts=2, seed=2)
+    assert v[2].item() == pytest.approx(v1[0].item(), rel=1e-12)

@@ -1,0 +1,93 @@
+"""The ReLU strategies produce valid instances by construction: shapes, finiteness, positivity of rescaling
+factors, powers of two when asked, nonzero magnitudes, one rescaled unit for single-node rescalings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from implreg import relu as R
+from implreg.strategies.relu import (
+    TINY,
+    inputs,
+    layer_rescalings,
+    net_widths,
+    node_rescalings,
+    relu_nets,
+    single_node_rescalings,
+)
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_relu_nets_have_the_drawn_widths_and_valid_weights(data):
+    ws = data.draw(net_widths(depth=st.integers(1, 4), width=st.integers(1, 5), outputs=st.integers(1, 3)))
+    net = data.draw(relu_nets(ws, batch=(1, 3)))
+    assert net.widths == ws and 1 <= net.batch <= 3
+    assert net.dtype == torch.float64
+    for W in net.weights:
+        assert bool(torch.isfinite(W).all()) and bool((W.abs() <= 2).all())
+        nz = W[W != 0]
+        assert bool((nz.abs() >= TINY).all())
+
+
+@SETTINGS
+@given(net=relu_nets(nonzero=True, bound=3.0))
+def test_nonzero_nets_have_magnitudes_in_range(net):
+    for W in net.weights:
+        assert bool((W.abs() >= 0.125).all()) and bool((W.abs() <= 3.0).all())
+
+
+@SETTINGS
+@given(data=st.data())
+def test_node_rescalings_are_positive_and_shaped(data):
+    net = data.draw(relu_nets(net_widths(depth=st.integers(2, 4)), batch=(1, 3)))
+    s = data.draw(node_rescalings(net, log2_range=2.0))
+    assert len(s.factors) == net.depth - 1
+    for c, n in zip(s.factors, net.widths[1:-1], strict=True):
+        assert c.shape == (net.batch, n)
+        assert bool((c >= 0.25).all()) and bool((c <= 4.0).all())
+    assert bool(s.is_positive.all())
+    neg = data.draw(node_rescalings(net, negative=True))
+    assert not bool(neg.is_positive.any())
+
+
+@SETTINGS
+@given(data=st.data())
+def test_power_of_two_rescalings_are_exact_powers(data):
+    net = data.draw(relu_nets(net_widths(depth=st.integers(2, 3))))
+    s = data.draw(node_rescalings(net, powers_of_two=True))
+    for c in s.factors:
+        for v in c.flatten().tolist():
+            mant, _ = math.frexp(v)
+            assert mant == 0.5
+
+
+@SETTINGS
+@given(data=st.data())
+def test_single_node_and_layer_rescalings(data):
+    net = data.draw(relu_nets(net_widths(depth=st.integers(2, 4)), batch=(1, 2)))
+    s = data.draw(single_node_rescalings(net, min_log2=1.0))
+    changed = [(k, j) for k, c in enumerate(s.factors) for j in range(c.shape[1]) if bool((c[:, j] != 1).any())]
+    assert len(changed) == 1
+    k, j = changed[0]
+    c = s.factors[k][:, j]
+    assert bool(((c >= 2) | (c <= 0.5)).all())
+    lay = data.draw(layer_rescalings(net))
+    rows = [c for c in lay.factors if bool((c != 1).any())]
+    assert len(rows) <= 1
+    for c in rows:
+        assert bool((c == c[:, :1]).all())
+    R.rescale(net, s)  # applies without error
+
+
+@SETTINGS
+@given(data=st.data())
+def test_inputs_shape(data):
+    x = data.draw(inputs(3, m=st.integers(2, 5)))
+    assert x.ndim == 2 and x.shape[1] == 3 and 2 <= x.shape[0] <= 5 and x.dtype == torch.float64

@@ -1,0 +1,241 @@
+"""Claims from "Exploring Generalization in Deep Learning" (Neyshabur, Bhojanapalli, McAllester & Srebro,
+NIPS 2017, arXiv 1706.08947), collected in Neyshabur's thesis (arXiv 1709.01953): CLAIMS.md 26 (α-sharpness
+is not rescaling-invariant), 27 (true vs random labels, toy scale) and the second half of 28 (the norm
+measures do not explain the benefit of width beyond ~128 units).  Section numbers are as reconstructed.
+
+Measures (``implreg.capacity.exploring_measures``, as reconstructed from Exploring §2.1): with γ the
+5th-percentile training margin (as in the authors' code, github.com/bneyshabur/generalization-bounds),
+ℓ2 = Π_i 4‖W_i‖_F²/γ², ℓ1-path = (2^d φ₁)²/γ², ℓ2-path = 4^d Π_{i<d} h_i φ₂²/γ², spectral = Π_i h_i‖W_i‖₂²/γ².
+
+Empirical claims are toy replications, not the paper's CIFAR-10 experiments: small depth-2 ReLU nets on
+synthetic data generated in code (``implreg.synthetic``), trained by full-batch Adam until zero training error
+and cross-entropy < 0.01 (the authors' stopping rule).  The sample is fixed (problem seeds 0 … n−1) and shared
+by all claims of one experiment, so every measure is computed on the same trained nets, as in the paper; it
+does not change with the run seed.  Each claim states its test and level; ``expect`` is what the paper reports,
+and the verdict is whatever the toy replication gives (no problem ranges were tuned to agree).
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from implreg import capacity as C
+from implreg import certify, evidence, stats
+from implreg import relu as R
+from implreg import synthetic as S
+from implreg.claims import Source, claim, sample
+from implreg.strategies.relu import inputs, net_widths, relu_nets
+
+EXPLORING = Source(
+    key="neyshabur-2017",
+    title="Exploring Generalization in Deep Learning",
+    authors="B. Neyshabur, S. Bhojanapalli, D. McAllester, N. Srebro",
+    year=2017,
+    arxiv="1706.08947",
+    venue="NIPS 2017",
+)
+
+U = R.unit_roundoff(torch.float64)
+ALPHA_LEVEL = 0.01  # every statistical claim in this module: one-sided test at level 0.01
+N_PROBLEMS = 12
+
+
+# ---------------------------------------------------------------------------------------------- claim 26
+
+
+@st.composite
+def sharpness_instances(draw):
+    """A depth-2 net with 2–3 outputs (classes), 2–6 labelled points, and hidden unit 0 *active* on x_0 by
+    construction (its incoming row r is replaced by −r if r·x_0 < 0 and by r + x_0 if r·x_0 = 0)."""
+    net = draw(relu_nets(net_widths(depth=st.just(2), width=st.integers(1, 4), inputs=st.integers(1, 3),
+                                    outputs=st.integers(2, 3))))
+    x = draw(inputs(net.widths[0], m=st.integers(2, 6)).filter(lambda t: bool((t[0] != 0).any())))
+    y = torch.tensor(draw(st.lists(st.integers(0, net.widths[-1] - 1), min_size=x.shape[0], max_size=x.shape[0])))
+    W1 = net.weights[0].clone()
+    r, x0 = W1[0, 0], x[0]
+    dot = float(r @ x0)
+    W1[0, 0] = -r if dot < 0 else (r + x0 if dot == 0 else r)
+    alpha = draw(st.sampled_from([1e-3, 1e-2, 5e-2]))
+    seed = draw(st.integers(0, 2**16))
+    return R.ReluNet((W1, net.weights[1])), x, y, alpha, seed
+
+
+@claim(
+    "neyshabur-2017/sharpness-not-rescaling-invariant",
+    source=EXPLORING.at("§2.3 (sharpness), with Dinh et al. 2017", confirmed=False),
+    kind="proposition",
+    expect="holds",
+    statement=r"$\alpha$-sharpness $\zeta_\alpha(w) = (\max_{|\nu_i| \le \alpha(|w_i|+1)} \hat L(w+\nu) - \hat L(w))"
+    r" / (1 + \hat L(w))$ is not invariant under node rescaling: for a network with an active hidden unit $v$, "
+    r"rescaling $v$ by some $c > 0$ changes $\zeta_\alpha$ although the function is unchanged.",
+    latex=r"\exists c>0:\ \zeta_\alpha(\rho_{c,v}(w)) \ne \zeta_\alpha(w),\quad "
+    r"\zeta_\alpha(w)=\frac{\max_{|\nu_i|\le\alpha(|w_i|+1)}\hat L(w+\nu)-\hat L(w)}{1+\hat L(w)}",
+    hypotheses=["depth-2 bias-free ReLU net, 1–4 hidden units, 2–3 classes, cross-entropy on 2–6 points",
+                "hidden unit v = 0 active on x_0 (by construction)", "α ∈ {1e-3, 1e-2, 5e-2}",
+                "c searched over 4ᵏ, k = ±1 … ±16; ζ bracketed: lower side projected sign-gradient ascent "
+                "(60 steps × 4 restarts, a value attained in the box), upper side interval bound propagation "
+                "(rigorous); a change is certified when the brackets are disjoint"],
+    max_examples=25,
+)
+@given(inst=sharpness_instances())
+def sharpness_not_rescaling_invariant(inst):
+    net, x, y, alpha, seed = inst
+    ks = [k for j in range(1, 17) for k in (j, -j)]
+    nets = R.cat([net] + [R.rescale_node(net, 1, 0, 4.0**k) for k in ks])
+    br = C.alpha_sharpness(nets, x, y, alpha, seed=seed)
+    lo0, up0, r0 = br.lower[0], br.upper[0], br.rounding[0]
+    # disjoint brackets ⇒ a certain change: lower side of one above the upper side of the other, beyond the
+    # rounding allowances of both; report the smallest |log₄ c| that achieves it (ks is ordered by |k|)
+    gaps = torch.maximum(br.lower[1:] - up0, lo0 - br.upper[1:])
+    err = br.rounding[1:] + r0
+    first = next((i for i in range(len(ks)) if bool(gaps[i] > err[i])), int(torch.argmax(gaps - err)))
+    certify.at_least(gaps[first], 0.0, error=err[first],
+                     what=f"separation of the brackets of ζ_α(ρ_c(w)) and ζ_α(w) at c = 4^{ks[first]}")
+    order = sorted(range(len(ks)), key=lambda i: ks[i])
+    cs = torch.tensor([4.0 ** ks[i] for i in order])
+    plot = "α-sharpness bracket of ρ_{c,v}(w) vs c (the function is the same for every c)"
+    evidence.series(plot, x=cs, y=br.upper[1:][order], group="upper side (interval bounds)", xlabel="c",
+                    ylabel="ζ_α", log_x=True, log_y=True)
+    evidence.series(plot, x=cs, y=br.lower[1:][order].clamp_min(1e-12), group="lower side (sign ascent)",
+                    xlabel="c", ylabel="ζ_α", log_x=True, log_y=True)
+    evidence.scalar("smallest |log₄ c| with a certified change", abs(ks[first]))
+    evidence.scalar("bracket width of ζ_α(w) (upper − lower side)", (up0 - lo0).item())
+
+
+# ---------------------------------------------------------------------------------------------- claim 27
+
+
+def _labels() -> S.LabelExperiment:
+    return S.random_label_experiment(n=N_PROBLEMS)
+
+
+def _label_evidence(exp: S.LabelExperiment, name: str) -> None:
+    for m in exp.sizes:
+        evidence.series(f"{name} measure vs training-set size", x=torch.full((N_PROBLEMS,), float(m)),
+                        y=exp.true[m][name].reshape(1, -1), group="true labels", kind="scatter",
+                        xlabel="m", ylabel=name, log_y=True)
+        evidence.series(f"{name} measure vs training-set size", x=torch.full((N_PROBLEMS,), float(m)),
+                        y=exp.random[m][name].reshape(1, -1), group="random labels", kind="scatter",
+                        xlabel="m", ylabel=name, log_y=True)
+    conv = torch.cat([exp.converged[m] for m in exp.sizes])
+    evidence.scalar("nets that reached zero training error and CE < 0.01", float(conv.double().mean()))
+    evidence.note(exp.description)
+
+
+def _larger_with_random_labels(name: str):
+    exp = _labels()
+    m = max(exp.sizes)
+    _label_evidence(exp, name)
+    return exp.true[m][name], exp.random[m][name]
+
+
+def _grows_faster_with_random_labels(name: str):
+    exp = _labels()
+    lo, hi = min(exp.sizes), max(exp.sizes)
+    _label_evidence(exp, name)
+    return exp.true[hi][name] / exp.true[lo][name], exp.random[hi][name] / exp.random[lo][name]
+
+
+_LABEL_HYPS = ["toy scale: 2-class Gaussian mixture in R^32 (separation 3), depth-2 ReLU nets of width 256",
+               "full-batch Adam (lr 0.01) until zero training error and cross-entropy < 0.01",
+               f"n = {N_PROBLEMS} problems (fixed seeds), paired by problem"]
+
+
+def _named(fn, name: str):
+    """Give a factory-made claim function its own name (the registry and reports key on it)."""
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+def _label_claims(name: str, tex: str):
+    slug = name.replace("-", "_")
+
+    def larger(problem):
+        return _larger_with_random_labels(name)
+
+    def grows(problem):
+        return _grows_faster_with_random_labels(name)
+
+    test = stats.paired("wilcoxon", alternative="less", alpha=ALPHA_LEVEL)
+    larger = claim(
+        f"neyshabur-2017/random-labels-larger-{name}",
+        source=EXPLORING.at("§3 (true vs random labels)", confirmed=False),
+        kind="empirical",
+        expect="holds",
+        statement=f"Networks trained to zero training error on random labels have a larger margin-normalized {name} "
+        f"measure than networks trained on the true labels of the same inputs (toy replication, m = 128).",
+        latex=rf"{tex}(\text{{true labels}}) < {tex}(\text{{random labels}})",
+        hypotheses=[*_LABEL_HYPS, f"paired Wilcoxon signed-rank test, one-sided (true < random), level {ALPHA_LEVEL}"],
+    )(sample(n=N_PROBLEMS, test=test, batched=True, problem=st.just(None))(
+        _named(larger, f"random_labels_larger_{slug}")))
+    grows = claim(
+        f"neyshabur-2017/random-labels-grow-faster-{name}",
+        source=EXPLORING.at("§3 (true vs random labels, growth with m)", confirmed=False),
+        kind="empirical",
+        expect="holds",
+        statement=f"The margin-normalized {name} measure grows faster with the training-set size for random labels "
+        f"than for true labels: its ratio between m = 128 and m = 32 is larger (toy replication).",
+        latex=rf"\frac{{{tex}(m{{=}}128)}}{{{tex}(m{{=}}32)}}\Big|_{{\text{{true}}}} < "
+        rf"\frac{{{tex}(m{{=}}128)}}{{{tex}(m{{=}}32)}}\Big|_{{\text{{random}}}}",
+        hypotheses=[*_LABEL_HYPS,
+                    f"paired Wilcoxon signed-rank test on the growth ratios, one-sided, level {ALPHA_LEVEL}"],
+    )(sample(n=N_PROBLEMS, test=test, batched=True, problem=st.just(None))(
+        _named(grows, f"random_labels_grow_faster_{slug}")))
+    return larger, grows
+
+
+random_labels_larger_l2, random_labels_grow_faster_l2 = _label_claims("l2", r"\mu_{\ell_2}")
+random_labels_larger_l1_path, random_labels_grow_faster_l1_path = _label_claims("l1-path", r"\mu_{\ell_1\text{-path}}")
+random_labels_larger_l2_path, random_labels_grow_faster_l2_path = _label_claims("l2-path", r"\mu_{\ell_2\text{-path}}")
+
+
+# ---------------------------------------------------------------------------------------------- claim 28 (b)
+
+
+def _width() -> S.WidthExperiment:
+    return S.width_experiment(n=N_PROBLEMS)
+
+
+def width_evidence(exp: S.WidthExperiment, name: str | None) -> None:
+    """Plots shared with neyshabur_2015_search: test error (and a measure) vs width."""
+    for H in exp.widths:
+        evidence.series("test error vs hidden units", x=torch.full((N_PROBLEMS,), float(H)),
+                        y=exp.test_error[H].reshape(1, -1), group="test error", kind="scatter",
+                        xlabel="hidden units H", ylabel="test error", log_x=True)
+        if name is not None:
+            evidence.series(f"{name} measure vs hidden units", x=torch.full((N_PROBLEMS,), float(H)),
+                            y=exp.measures[H][name].reshape(1, -1), group=name, kind="scatter",
+                            xlabel="hidden units H", ylabel=name, log_x=True, log_y=True)
+    conv = torch.cat([exp.converged[H] for H in exp.widths])
+    evidence.scalar("nets that reached zero training error and CE < 0.01", float(conv.double().mean()))
+    evidence.note(exp.description)
+
+
+def _width_claim(name: str, tex: str):
+    def explains(problem):
+        exp = _width()
+        width_evidence(exp, name)
+        return exp.measures[512][name], exp.measures[128][name]
+
+    return claim(
+        f"neyshabur-2017/{name}-explains-width-beyond-128",
+        source=EXPLORING.at("§3 (over-parametrization: measures vs hidden units)", confirmed=False),
+        kind="empirical",
+        expect="refuted",
+        statement=f"Beyond ~128 hidden units the margin-normalized {name} measure keeps decreasing with width, as the "
+        f"test error does (Exploring reports that the norm measures fail to explain the benefit of width there, "
+        f"so the paper's position is that this is false).",
+        latex=rf"{tex}(H = 512) < {tex}(H = 128)",
+        hypotheses=["toy scale: teacher-net labels (16 → 16 → 2), m = 128, depth-2 students of widths 32/128/512",
+                    "full-batch Adam (lr 0.01) until zero training error and cross-entropy < 0.01",
+                    f"n = {N_PROBLEMS} problems (fixed seeds), paired by problem",
+                    f"paired Wilcoxon signed-rank test, one-sided (512 < 128), level {ALPHA_LEVEL}"],
+    )(sample(n=N_PROBLEMS, test=stats.paired("wilcoxon", alternative="less", alpha=ALPHA_LEVEL), batched=True,
+             problem=st.just(None))(_named(explains, f"{name.replace('-', '_')}_explains_width")))
+
+
+l2_explains_width = _width_claim("l2", r"\mu_{\ell_2}")
+l1_path_explains_width = _width_claim("l1-path", r"\mu_{\ell_1\text{-path}}")
+l2_path_explains_width = _width_claim("l2-path", r"\mu_{\ell_2\text{-path}}")
