@@ -181,3 +181,15 @@ def test_report_renders_in_a_real_browser(results, tmp_path):
     assert html.count("<svg") >= 3
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html
     assert shot.exists() and shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_atomic_write_leaves_a_normally_readable_file(tmp_path):
+    """mkstemp makes 0600 files; the report must get the usual umask-derived mode (e.g. 0644)."""
+    import os
+
+    from implreg.results import atomic_write_text
+
+    out = atomic_write_text(tmp_path / "r.html", "<html></html>")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == (0o666 & ~umask)
