@@ -412,6 +412,10 @@ def _scalar_summary(s: dict[str, Any]) -> dict[str, Any]:
 
 def _counterexample(exc: BaseException, rec: _record.Recorder, record: dict[str, Any]) -> dict[str, Any]:
     notes = _notes(exc)
+    # Hypothesis ≥ 6.16x says "Failing test case:" where older releases said "Falsifying example:";
+    # normalize so reports read the same whichever Hypothesis is installed.
+    notes = ["Falsifying example:" + n[len("Failing test case:"):] if n.startswith("Failing test case:") else n
+             for n in notes]
     falsifying = next((n for n in notes if n.startswith("Falsifying")), None)
     blob_note = next((n for n in notes if "@reproduce_failure(" in n), None)
     blob = None
