@@ -278,10 +278,6 @@ def test_depth2_hard_case_without_guard_returns_the_wrong_sign() -> None:
     assert any(s <= 0 for s in signs), signs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the det guard is not consulted on the step that reaches t_max (or the "
-                   "loss target): integrate() checks the guard only where status == 0, after REACHED_T_MAX / "
-                   "REACHED_EVENT were set, so with t_max equal to the time the guard trips the same state is "
-                   "returned as REACHED_T_MAX although det_guard says its det sign is noise")
 def test_depth2_hard_case_guard_applies_at_t_max() -> None:
     P, fac = hard_case(1)
     tu = float(solve(P, fac, t_max=100.0).result.unresolved_t[0])
@@ -338,10 +334,6 @@ def test_flow_pool_covers_every_ending() -> None:
     assert ends == {Status.REACHED_T_MAX, Status.REACHED_EVENT, Status.UNRESOLVED}, ends
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: batch-dependent rounding in integrate() (einsum 's,snp->np' for the RK "
-                   "increment and error, matmul/einsum in the dense output; see test_integrate): for depth ≥ 2 "
-                   "(state length ≥ 8) an instance's y, error, step counts, event/level times and saves differ in "
-                   "the last bits between a solo run and a batch")
 @settings(max_examples=12, deadline=None, derandomize=True, database=None)
 @example(depth=2, rows=[5, 4, 1, 3, 2, 3, 4, 4])  # measured: t, y, error, saves and levels differ
 @example(depth=1, rows=[2, 5, 1, 4, 0, 2, 0, 0])  # measured: save_y differs (dense output only)

@@ -301,9 +301,6 @@ def test_save_at_zero_and_beyond_t_max() -> None:
     assert torch.isnan(r.save_y[0, 2]).all() and torch.isnan(r.save_error[0, 2])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: save_at times after a located event but inside the event's step are "
-                   "filled from the dense output (saves are written before the event is located), although "
-                   "IntegrationResult documents save_y as NaN where the instance stopped before")
 def test_saves_after_the_event_time_are_nan() -> None:
     # rtol 1e-3: two steps to t ≈ 0.69 with the last one spanning past 1.0, so saves 0.7–1.0 lie inside it
     r = integrate(decay, torch.ones(1, 1, dtype=f64), t_max=10.0, rtol=1e-3, atol=1e-6,
@@ -313,9 +310,6 @@ def test_saves_after_the_event_time_are_nan() -> None:
     assert torch.isnan(r.save_y[0, 1:]).all(), r.save_y  # measured: 0.4963, 0.4493, 0.3681 (not NaN)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: integrate() skips the guard on the step that ends the integration "
-                   "(guard is only consulted where status == 0, but REACHED_T_MAX / REACHED_EVENT are set first), "
-                   "so a final state the guard rejects is returned as a confident result")
 @pytest.mark.parametrize("stop", ["t_max", "event"])
 def test_guard_is_consulted_on_the_final_step(stop: str) -> None:
     """y' = −y from 1, guard 'y < 0.4' (e^{−1} = 0.37): one step of size 1 ends below the guard threshold."""
@@ -329,8 +323,6 @@ def test_guard_is_consulted_on_the_final_step(stop: str) -> None:
     assert r.statuses() == [Status.UNRESOLVED], r.messages()  # … so it must not be a confident result
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: atol = 0 is accepted, but a state component that is exactly 0 "
-                   "makes the error norm 0/0 = NaN, every step is rejected and the run ends MAX_STEPS at t = 0")
 def test_zero_atol_with_a_zero_component() -> None:
     r = integrate(decay, torch.tensor([[1.0, 0.0]], dtype=f64), t_max=1.0, rtol=1e-8, atol=0.0, max_steps=200)
     assert r.statuses() == [Status.REACHED_T_MAX], r.messages()
@@ -443,7 +435,6 @@ BUG_DENSE_MATMUL = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_RK_EINSUM)
 @SETTINGS
 @example(rows=[1, 2, 3, 4, 5, 0])  # measured: t, y, error and unresolved_t differ from the solo runs
 @example(rows=[0] * 8)  # measured: y and error differ
@@ -456,7 +447,6 @@ def test_batch_independence_bit_identical_core_state_length_12(rows: list[int]) 
         assert_same_row(r, pos, solo(i, False, 10), 0)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_DENSE_MATMUL)
 @SETTINGS
 @example(rows=[0, 0])  # measured: save_y differs in the last bit (1.7e-18) from the solo run
 @example(rows=[0] * 7)  # measured: the located event time t differs

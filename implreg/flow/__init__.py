@@ -8,10 +8,12 @@
 from implreg.flow.descent import DescentSolution, descend
 from implreg.flow.gradient_flow import FlowSolution, det_guard, solve, vector_field
 from implreg.flow.integrate import IntegrationResult, Status, integrate
+from implreg.flow.spectral import BalancedFlowSolution, rosenbrock, solve_balanced
 from implreg.flow.tableau import DOPRI5, ButcherTableau
 
 __all__ = [
     "DOPRI5",
+    "BalancedFlowSolution",
     "ButcherTableau",
     "DescentSolution",
     "FlowSolution",
@@ -20,6 +22,8 @@ __all__ = [
     "descend",
     "det_guard",
     "integrate",
+    "rosenbrock",
     "solve",
+    "solve_balanced",
     "vector_field",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,16 @@ from torch import Tensor
 
 from implreg.errors import InvalidInputError
 from implreg.factorization import FactorLayout, Factors, check_factors, end_to_end, factor_grads
-from implreg.flow.integrate import IntegrationResult, Status, integrate
+from implreg.flow.integrate import IntegrationResult, Status, _integrate
+from implreg.flow.kernels import (
+    CompiledKernel,
+    RKCoefficients,
+    dmf_field,
+    dmf_guard,
+    dmf_step_kernel,
+    rk_attempt,
+)
+from implreg.flow.tableau import DOPRI5
 from implreg.problems import Problem
 
 __all__ = ["FlowSolution", "det_guard", "solve", "vector_field"]
@@ -28,25 +38,61 @@ def vector_field(problem: Problem, layout: FactorLayout):
     return f
 
 
+_FUSED_MAX_DIM = 4  # factorizations whose widths are all ≤ this use the fused small-matrix kernels
+
+
+@dataclass(frozen=True)
+class _Fused:
+    f: object
+    guard: object
+    step: CompiledKernel  # a whole integration step (returns the last stage only)
+    full_attempt: object  # the same arithmetic returning every stage (for the dense output)
+
+
+_FUSED: dict[tuple, _Fused] = {}
+
+
+def _fused(layout: FactorLayout, kind: str, use_guard: bool) -> _Fused:
+    """The fused field, loss, guard and RK-attempt kernel of one factorization shape (cached per process, so a
+    compiled kernel is compiled once)."""
+    key = (layout.dims, kind, use_guard)
+    if key not in _FUSED:
+        f, f_aux = dmf_field(layout.shapes, kind)
+        g = dmf_guard(layout.shapes) if use_guard else None
+        name = "dmf_" + "x".join(map(str, layout.dims)) + "_" + kind + ("_guard" if use_guard else "")
+        co = RKCoefficients.of(DOPRI5)
+        _FUSED[key] = _Fused(f, g, dmf_step_kernel(co, layout.shapes, kind, use_guard, name),
+                             functools.partial(rk_attempt, co, f, f_aux, g))
+    return _FUSED[key]
+
+
 def det_guard(layout: FactorLayout, safety: float = 10.0):
     """Guard tripping where ``|det W_j|`` is within float64 resolution for some square factor W_j.
 
-    Threshold ``τ_j = safety · k · (e/r_min + u) · Π_i ‖row_i(W_j)‖`` with k the size, e the absolute error
+    Threshold ``τ_j = safety · k · (√k·e/r_min + u) · Π_i ‖row_i(W_j)‖`` with k the size, e the absolute error
     estimate of the entries, r_min the smallest row norm and u the unit roundoff: by Hadamard's inequality
     perturbing row i by at most e·√k changes det by at most ≈ e√k·Π_{l≠i}‖row_l‖, summed over rows, and LU
     evaluation of det adds a relative k·u of the Hadamard bound.  Below τ_j the computed sign is noise.
+
+    Evaluated without square roots (a kernel must not take √, see ``kernels.rk_attempt``) as
+    ``det² ≤ 2·(safety·k)²·(k·e²/r²_min + u²)·Π_i ‖row_i‖²``: since (a + b)² ≤ 2(a² + b²) this trips wherever
+    ``|det| ≤ τ_j`` does, and never above √2·τ_j.  Square factors of size ≤ 4 use the closed-form det in
+    fixed-order arithmetic (``kernels.dmf_guard``), the same function the fused solver runs.
     """
+
+    if all(a == b and a <= _FUSED_MAX_DIM for a, b in layout.shapes):
+        return dmf_guard(layout.shapes, safety)
 
     def guard(y: Tensor, err: Tensor) -> Tensor:
         u = torch.finfo(y.dtype).eps
         bad = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         for W in layout.unpack(y):
             k = W.shape[-1]
-            rows = torch.linalg.vector_norm(W, dim=-1)  # (n, k)
-            had = rows.prod(-1)
-            rmin = rows.amin(-1).clamp(min=torch.finfo(y.dtype).tiny)
-            tau = safety * k * (math.sqrt(k) * err / rmin + u) * had
-            bad = bad | (torch.linalg.det(W).abs() <= tau)
+            R = (W * W).sum(-1)  # (n, k) squared row norms
+            rmin = R.amin(-1).clamp(min=torch.finfo(y.dtype).tiny)
+            tau2 = (2.0 * (safety * k) ** 2) * ((k * (err * err)) / rmin + u * u) * R.prod(-1)
+            det = torch.linalg.det(W)
+            bad = bad | (det * det <= tau2)
         return bad
 
     return guard
@@ -214,24 +260,37 @@ def solve(
     # The problem's tensors are per-instance parameters compacted with the state by the integrator.
     names = list(problem.tensors())
     params = [problem.tensors()[n] for n in names]
+    y0 = layout.pack(factors)
+    common = dict(t_max=t_max, rtol=rtol, atol=atol, n_levels=lv.numel(), save_at=save_at, max_steps=max_steps,
+                  params=params, h0=None, divergence_limit=1e100, tableau=DOPRI5, bisection_iters=60)
 
     def prob(*pr: Tensor) -> Problem:
         return Problem(problem.name, **dict(zip(names, pr, strict=True)))
 
-    def f(t: Tensor, y: Tensor, *pr: Tensor) -> Tensor:
-        _, grads = factor_grads(prob(*pr), layout.unpack(y))
-        return -layout.pack(grads)
-
     def loss_of(y: Tensor, *pr: Tensor) -> Tensor:
         return prob(*pr).loss(end_to_end(layout.unpack(y)))
 
+    # Events and levels are located (bisection of the dense output) with the same loss as FlowSolution.loss,
+    # so the returned state is on the target side of ℓ as the user computes it.
     event = (lambda y, *pr: loss_of(y, *pr) - loss_target) if loss_target is not None else None
     levels = (lambda y, *pr: loss_of(y, *pr).unsqueeze(-1) - lv) if lv.numel() else None
-    dguard = det_guard(layout) if use_guard else None
-    guard_fn = (lambda y, err, *pr: dguard(y, err)) if dguard is not None else None
-    res = integrate(
-        f, layout.pack(factors), t_max=t_max, rtol=rtol, atol=atol, event=event, levels=levels,
-        n_levels=lv.numel(), save_at=save_at, guard=guard_fn, max_steps=max_steps, params=params,
-    )
+    if max(layout.dims) <= _FUSED_MAX_DIM:
+        # Small matrices: fixed-order unrolled arithmetic in one (optionally compiled) kernel per RK attempt;
+        # the loss comes out of the last stage, so detecting the crossing costs nothing extra.
+        fz = _fused(layout, "completion" if problem.is_completion else "sensing", use_guard)
+        res = _integrate(
+            fz.f, y0, event=event, levels=levels, guard=fz.guard, step_kernel=fz.step, full_attempt=fz.full_attempt,
+            aux_target=loss_target, aux_levels=lv if lv.numel() else None, **common,
+        )
+        res.meta["kernel"] = fz.step.name
+    else:
+
+        def f(t: Tensor, y: Tensor, *pr: Tensor) -> Tensor:
+            _, grads = factor_grads(prob(*pr), layout.unpack(y))
+            return -layout.pack(grads)
+
+        dguard = det_guard(layout) if use_guard else None
+        guard_fn = (lambda y, err, *pr: dguard(y, err)) if dguard is not None else None
+        res = _integrate(f, y0, event=event, levels=levels, guard=guard_fn, **common)
     res.meta.update(guard="det" if use_guard else "none", problem=problem.name, dims=layout.dims)
     return FlowSolution(problem, layout, res, lv)

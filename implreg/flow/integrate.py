@@ -1,12 +1,14 @@
 """Batched adaptive embedded Runge–Kutta integration of ``dy/dt = f(t, y)`` with per-instance control.
 
 Every instance has its own time, step size, error control, events and status; instances that finish drop
-out of the work (batch compaction).  All arithmetic is row-wise, so an instance's result is bit-identical
-whether it is integrated alone or inside any batch (tested): Hypothesis shrinking re-runs instances alone.
+out of the work (batch compaction).  All arithmetic is row-wise (see :mod:`implreg.flow.kernels`), so an
+instance's result is bit-identical whether it is integrated alone or inside any batch (tested): Hypothesis
+shrinking re-runs instances alone.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +18,16 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
+from implreg.flow.kernels import (
+    RKCoefficients,
+    dense_coefficients,
+    dense_eval,
+    ratio,
+    rk_attempt,
+    rk_post,
+    rms,
+    root_table,
+)
 from implreg.flow.tableau import DOPRI5, ButcherTableau
 
 __all__ = ["IntegrationResult", "Status", "integrate"]
@@ -90,28 +102,15 @@ class IntegrationResult:
         return out
 
 
-def _coeffs(tab: ButcherTableau, dtype: torch.dtype, device: torch.device) -> dict[str, object]:
-    def vec(xs: Sequence) -> Tensor:
-        return torch.tensor([float(x) for x in xs], dtype=dtype, device=device)
-
-    return {
-        "a": [[float(x) for x in row] for row in tab.a],
-        "c": [float(x) for x in tab.c],
-        "b": vec(tab.b),
-        "e": vec(tab.e),
-        "dense": torch.tensor([[float(x) for x in row] for row in tab.dense], dtype=dtype, device=device),
-    }
-
-
 def _pow(x: Tensor, p: float) -> Tensor:
     """x^p for x > 0 as exp(p·log x): torch.pow with a scalar exponent takes a vectorized path for the bulk
     of a tensor and scalar libm for the tail, which differ in the last bit, so results would depend on an
-    instance's position in the batch; exp and log are evaluated identically at every position."""
+    instance's position in the batch; exp and log are evaluated identically at every position.  (Eager only:
+    never inside a compiled kernel, whose vectorized and scalar exp need not agree.)"""
     return torch.exp(p * torch.log(x))
 
 
-def _rms(x: Tensor) -> Tensor:
-    return torch.sqrt((x * x).mean(-1))
+_FLUSH_ROWS = 4096  # pending dense-output work (events, levels, saves) is done in batches of about this many rows
 
 
 def integrate(
@@ -135,19 +134,64 @@ def integrate(
 ) -> IntegrationResult:
     """Integrate ``dy/dt = f(t, y)`` for a batch ``y0`` (B, P) from t = 0 to ``t_max`` (scalar or (B,)).
 
-    Step control: Hairer–Nørsett–Wanner II.4, RMS norm of ``err_i / (atol + rtol·max(|y_i|, |y_new,i|))``,
-    ``h ← h·clip(0.9·err^{−1/5}, 0.2, 10)``.  ``event(y)`` (B,) stops an instance at its first crossing to
-    ≤ 0, located by ``bisection_iters`` bisections of the dense output (so the located time is exact to
-    2^-60 of a step, and the state carries the dense output's O(h⁵) error).  ``levels(y)`` (B, L) records
-    the first crossing of each column without stopping.  ``guard(y, err)`` (B,) bool stops an instance
-    as UNRESOLVED where float64 cannot resolve a quantity the caller cares about.  ``params`` are
-    batch-first per-instance constants (e.g. the problem's data) passed as extra arguments to f, event,
-    levels and guard, and compacted together with the state, so those functions stay pure and row-wise.
+    Step control: Hairer–Nørsett–Wanner II.4, RMS norm of ``err_i / (atol + rtol·max(|y_i|, |y_new,i|))``
+    (0/0 read as 0), ``h ← h·clip(0.9·err^{−1/5}, 0.2, 10)``.  ``event(y)`` (B,) stops an instance at its first
+    crossing to ≤ 0, located by ``bisection_iters`` bisections of the dense output (so the located time is exact
+    to 2^-60 of a step, and the state carries the dense output's O(h⁵) error).  ``levels(y)`` (B, L) records
+    the first crossing of each column without stopping (crossings after the stopping event are not recorded).
+    ``guard(y, err)`` (B,) bool stops an instance as UNRESOLVED where float64 cannot resolve a quantity the
+    caller cares about; it is consulted on every accepted step, including the one that ends the integration
+    (at t_max, or at the located event state).  ``params`` are batch-first per-instance constants (e.g. the
+    problem's data) passed as extra arguments to f, event, levels and guard, and compacted together with the
+    state, so those functions stay pure and row-wise.
 
     The error estimate is ``Σ_steps (max_i |h Σ_j e_j k_j,i| + u·max_i |y_i|)`` (u = unit roundoff): the
     sum of local error estimates and rounding, without amplification by the flow.  It is validated against
     the mpmath reference in the tests; callers that need more should compare two tolerances.
+
+    Every operation is row-wise (stage sums, error norms and the dense output are accumulated term by term in a
+    fixed order, never by BLAS or reduction kernels), so an instance's result is bit-identical alone or in any
+    batch.  Per step there is one host synchronization (does any instance need attention?); dense-output work
+    for events, levels and saves is deferred and done in batches; finished instances are frozen by a mask and
+    compacted away once they are an eighth of the batch.
     """
+    return _integrate(
+        f, y0, t_max=t_max, rtol=rtol, atol=atol, event=event, levels=levels, n_levels=n_levels,
+        save_at=save_at, guard=guard, params=params, max_steps=max_steps, h0=h0,
+        divergence_limit=divergence_limit, tableau=tableau, bisection_iters=bisection_iters,
+    )
+
+
+def _integrate(
+    f: VectorField,
+    y0: Tensor,
+    *,
+    t_max: float | Tensor,
+    rtol: float,
+    atol: float,
+    event: ScalarFn | None,
+    levels: Callable[..., Tensor] | None,
+    n_levels: int,
+    save_at: Sequence[float] | Tensor | None,
+    guard: Callable[..., Tensor] | None,
+    params: Sequence[Tensor],
+    max_steps: int,
+    h0: float | None,
+    divergence_limit: float,
+    tableau: ButcherTableau,
+    bisection_iters: int,
+    step_kernel: Callable[..., tuple] | None = None,
+    full_attempt: Callable[..., tuple] | None = None,
+    aux_target: float | None = None,
+    aux_levels: Tensor | None = None,
+) -> IntegrationResult:
+    """:func:`integrate`, optionally with a fused ``step_kernel`` (``kernels.dmf_step_kernel``: attempt, step
+    control, events and statuses in one kernel, for two-tensor ``params``).  Its field returns the loss as an
+    auxiliary output: the event is then ``aux − aux_target`` and the levels ``aux − aux_levels`` (``event``
+    and ``levels`` are still used to locate crossings), and its guard is built in (``guard`` is used at located
+    event states).  It returns only the last stage, so ``full_attempt`` (``kernels.rk_attempt``, the same
+    arithmetic with every stage) is re-run on the few rows whose dense output is needed: bit-identical, so the
+    recomputed step is the step that was taken."""
     if y0.ndim != 2:
         raise InvalidInputError(f"y0 must be (B, P), got shape {tuple(y0.shape)}")
     if not y0.is_floating_point():
@@ -178,10 +222,14 @@ def integrate(
     if levels is not None and L < 1:
         raise InvalidInputError("pass n_levels ≥ 1 together with levels")
     u = torch.finfo(dtype).eps
-    co = _coeffs(tableau, dtype, device)
-    A, C, bw, ew, D = co["a"], co["c"], co["b"], co["e"], co["dense"]
-    S = tableau.stages
+    co = RKCoefficients.of(tableau)
+    attempt = functools.partial(rk_attempt, co, f, None, None)
+    if step_kernel is not None:
+        full = full_attempt
+    else:
+        full = attempt
     nan = float("nan")
+    rt, at = torch.tensor(float(rtol), **z), torch.tensor(float(atol), **z)
 
     # ---- outputs (full batch; active instances write through their original indices) -------------
     out_t = torch.zeros(B, **z)
@@ -196,6 +244,7 @@ def integrate(
     level_y = torch.full((B, L, P), nan, **z)
     level_err = torch.full((B, L), nan, **z)
     unresolved_t = torch.full((B,), nan, **z)
+    event_t = torch.full((B,), math.inf, **z)  # located event time (saves and levels after it are dropped)
 
     # ---- active state -----------------------------------------------------------------------------
     idx = torch.arange(B, device=device)
@@ -226,11 +275,11 @@ def integrate(
     # initial step (Hairer–Nørsett–Wanner II.4, "starting step size"), per instance
     if h0 is None:
         sc = atol + rtol * y.abs()
-        d0, d1 = _rms(y / sc), _rms(k1 / sc)
+        d0, d1 = rms(ratio(y, sc)), rms(ratio(k1, sc))
         ha = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
         ha = torch.minimum(ha, tm.clamp(min=1e-300))
         f1 = f(t + ha, y + ha.unsqueeze(-1) * k1, *prm)
-        d2 = _rms((f1 - k1) / sc) / ha
+        d2 = rms(ratio(f1 - k1, sc)) / ha
         dm = torch.maximum(d1, d2)
         hb = torch.where(dm <= 1e-15, torch.maximum(torch.full_like(ha, 1e-6), ha * 1e-3),
                          _pow(0.01 / dm.clamp(min=1e-300), 1.0 / tableau.order))
@@ -246,145 +295,176 @@ def integrate(
     status0 = torch.where(fired0, int(Status.REACHED_EVENT), int(Status.REACHED_T_MAX))
     out_status[done0] = status0[done0]
 
-    def dense(yb: Tensor, hb_: Tensor, K: Tensor, theta: Tensor) -> Tensor:
-        """Continuous extension y(t + θh) = y + h Σ_i k_i b_i(θ); K (S, n, P), θ (n,)."""
-        powers = [theta]
-        for _ in range(D.shape[1] - 1):
-            powers.append(powers[-1] * theta)
-        powers = torch.stack(powers, dim=-1)  # (n, M): θ, θ², … by products (row-wise exact)
-        w = powers @ D.T  # (n, S)
-        return yb + hb_.unsqueeze(-1) * torch.einsum("ns,snp->np", w, K)
-
-    def locate(fn: Callable[..., Tensor], yb: Tensor, hb_: Tensor, K: Tensor, pr: tuple) -> Tensor:
+    def locate(fn: Callable[..., Tensor], yb: Tensor, C: list[Tensor], pr: tuple) -> Tensor:
         """θ ∈ (0, 1] with fn(dense(θ)) ≤ 0 at the first crossing, by fixed-count bisection (row-wise)."""
-        lo = torch.zeros_like(hb_)
-        hi = torch.ones_like(hb_)
+        lo = torch.zeros(yb.shape[0], **z)
+        hi = torch.ones(yb.shape[0], **z)
         for _ in range(bisection_iters):
             mid = 0.5 * (lo + hi)
-            below = fn(dense(yb, hb_, K, mid), *pr) <= 0
+            below = fn(dense_eval(yb, C, mid), *pr) <= 0
             hi = torch.where(below, mid, hi)
             lo = torch.where(below, lo, mid)
         return hi
 
-    keep = ~done0
-    if not keep.all():
-        idx, y, t, tm, h, err_acc, steps, rej, k1 = (
-            v[keep] for v in (idx, y, t, tm, h, err_acc, steps, rej, k1)
-        )
-        prm = tuple(q[keep] for q in prm)
-        g_old = g_old[keep] if g_old is not None else None
-    attempts = torch.zeros_like(steps)
+    pending: list[dict] = []  # per step: rows whose events, level crossings or saves need the dense output
 
-    while idx.numel():
-        # ---- one RK step for every active instance ----------------------------------------------
-        last = h >= tm - t
-        hs = torch.where(last, tm - t, h)
-        K = [k1]
-        for i in range(1, S):
-            yi = y
-            for j, aij in enumerate(A[i]):
-                if aij != 0.0:
-                    yi = yi + (hs * aij).unsqueeze(-1) * K[j]
-            K.append(f(t + C[i] * hs, yi, *prm))
-        Ks = torch.stack(K)  # (S, n, P)
-        incr = torch.einsum("s,snp->np", bw, Ks)
-        y_new = y + hs.unsqueeze(-1) * incr
-        e_loc = hs.unsqueeze(-1) * torch.einsum("s,snp->np", ew, Ks)
-        scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
-        err = _rms(e_loc / scale)
-        finite = torch.isfinite(err) & torch.isfinite(y_new).all(-1)
-        accept = finite & (err <= 1.0)
-        attempts = attempts + 1
-
-        # ---- step-size update (per instance) ------------------------------------------------------
-        fac = torch.where(
-            finite,
-            (0.9 * _pow(err.clamp(min=1e-10), -1.0 / tableau.order)).clamp(0.2, 10.0),
-            torch.full_like(err, 0.25),
-        )
-        fac = torch.where(accept, fac, fac.clamp(max=1.0))
-        h_next = hs * fac
-        t_new = torch.where(last, tm, t + hs)
-
-        status = torch.zeros_like(steps)
-        too_small = (~accept) & (h_next <= 16 * u * t.abs().clamp(min=1.0))
-        status = torch.where(too_small, int(Status.STEP_TOO_SMALL), status)
-
-        # ---- accepted steps: bookkeeping, saves, levels, event, guard -------------------------------
-        acc_err = err_acc + e_loc.abs().amax(-1) + u * y_new.abs().amax(-1)
-        if accept.any():
-            ai = accept.nonzero().flatten()
-            if T:
-                t0a, t1a = t[ai], t_new[ai]
-                inside = (saves.unsqueeze(0) > t0a.unsqueeze(1)) & (saves.unsqueeze(0) <= t1a.unsqueeze(1))
-                if inside.any():
-                    r, c = inside.nonzero(as_tuple=True)
-                    rows = ai[r]
-                    theta = (saves[c] - t[rows]) / hs[rows]
-                    ys = dense(y[rows], hs[rows], Ks[:, rows], theta)
-                    ys = torch.where((theta >= 1.0).unsqueeze(-1), y_new[rows], ys)
-                    save_y[idx[rows], c] = ys
-                    save_err[idx[rows], c] = acc_err[rows]
-            if levels is not None:
-                g_lv = levels(y_new[ai], *(q[ai] for q in prm))  # (na, L)
-                fresh = (g_lv <= 0) & ~lev_done[idx[ai]]
-                if fresh.any():
-                    r, c = fresh.nonzero(as_tuple=True)
-                    rows = ai[r]
-                    col = c
-
-                    def g_col(yy: Tensor, *pr: Tensor, col: Tensor = col) -> Tensor:
-                        return levels(yy, *pr).gather(-1, col.unsqueeze(-1)).squeeze(-1)
-
-                    pr = tuple(q[rows] for q in prm)
-                    theta = locate(g_col, y[rows], hs[rows], Ks[:, rows], pr)
-                    yl = dense(y[rows], hs[rows], Ks[:, rows], theta)
-                    level_t[idx[rows], col] = t[rows] + theta * hs[rows]
-                    level_y[idx[rows], col] = yl
-                    level_err[idx[rows], col] = acc_err[rows]
-                    lev_done[idx[rows], col] = True
-            if event is not None:
-                g_new = event(y_new[ai], *(q[ai] for q in prm))
-                fired = g_new <= 0
-                if fired.any():
-                    rows = ai[fired]
-                    theta = locate(event, y[rows], hs[rows], Ks[:, rows], tuple(q[rows] for q in prm))
-                    ye = dense(y[rows], hs[rows], Ks[:, rows], theta)
-                    y_new[rows] = ye
-                    t_new[rows] = t[rows] + theta * hs[rows]
-                    status[rows] = int(Status.REACHED_EVENT)
-            big = ~(y_new[ai].abs().amax(-1) < divergence_limit)
-            status[ai[big]] = int(Status.DIVERGED)
-            ended_t = accept & last & (status == 0)
-            status = torch.where(ended_t, int(Status.REACHED_T_MAX), status)
+    def flush() -> None:
+        """Dense-output work deferred from past steps, for all pending rows at once (row-wise, so batching it
+        changes no bit): locate events (then their status, divergence and guard at the located state), then
+        level crossings and saves (dropping those after a located event)."""
+        if not pending:
+            return
+        cat = {k: (torch.cat([p[k] for p in pending]) if k != "prm" else
+                   tuple(torch.cat([p["prm"][i] for p in pending]) for i in range(len(prm))))
+               for k in pending[0] if pending[0][k] is not None}
+        pending.clear()
+        g, yb, hb, tb, eb = cat["g"], cat["y0"], cat["h"], cat["t0"], cat["err"]
+        pr = cat["prm"]
+        if "K" in cat:
+            Kb = cat["K"]
+        else:  # recompute the stages of the steps taken (same inputs, same bits)
+            Kb = full(tb, yb, cat["k1"], cat["h_in"], cat["tm"], cat["ea"], rt, at, *pr)[3]
+        if "fired" in cat and bool(cat["fired"].any()):
+            m = cat["fired"].nonzero().flatten()
+            C = dense_coefficients(co, hb[m], Kb[m])
+            prm_m = tuple(q[m] for q in pr)
+            theta = locate(event, yb[m], C, prm_m)
+            ye = dense_eval(yb[m], C, theta)
+            te = tb[m] + theta * hb[m]
+            gm = g[m]
+            st = torch.full_like(gm, int(Status.REACHED_EVENT))
+            big = ~(ye.abs().amax(-1) < divergence_limit)
+            st = torch.where(big, int(Status.DIVERGED), st)
             if guard is not None:
-                bad = guard(y_new[ai], acc_err[ai], *(q[ai] for q in prm)) & (status[ai] == 0)
-                if bad.any():
-                    rows = ai[bad]
-                    status[rows] = int(Status.UNRESOLVED)
-                    unresolved_t[idx[rows]] = t_new[rows]
+                bad = guard(ye, eb[m], *prm_m) & ~big
+                st = torch.where(bad, int(Status.UNRESOLVED), st)
+                unresolved_t[gm[bad]] = te[bad]
+            out_y[gm], out_t[gm], out_status[gm] = ye, te, st
+            event_t[gm] = te
+        if "lev" in cat and bool(cat["lev"].any()):
+            r, col = cat["lev"].nonzero(as_tuple=True)
 
-        # ---- commit -------------------------------------------------------------------------------
-        y = torch.where(accept.unsqueeze(-1), y_new, y)
-        t = torch.where(accept, t_new, t)
-        err_acc = torch.where(accept, acc_err, err_acc)
-        k1 = torch.where(accept.unsqueeze(-1), K[-1] if tableau.fsal else f(t, y, *prm), k1)
-        steps = steps + accept.to(steps.dtype)
-        rej = rej + (~accept).to(rej.dtype)
-        h = h_next
-        status = torch.where((status == 0) & (attempts >= max_steps), int(Status.MAX_STEPS), status)
+            def g_col(yy: Tensor, *p: Tensor) -> Tensor:
+                return levels(yy, *p).gather(-1, col.unsqueeze(-1)).squeeze(-1)
 
+            C = dense_coefficients(co, hb[r], Kb[r])
+            theta = locate(g_col, yb[r], C, tuple(q[r] for q in pr))
+            tl = tb[r] + theta * hb[r]
+            keep = tl <= event_t[g[r]]
+            yl = dense_eval(yb[r], C, theta)
+            gr, cr = g[r][keep], col[keep]
+            level_t[gr, cr] = tl[keep]
+            level_y[gr, cr] = yl[keep]
+            level_err[gr, cr] = eb[r][keep]
+        if "save" in cat and bool(cat["save"].any()):
+            r, col = cat["save"].nonzero(as_tuple=True)
+            theta = (saves[col] - tb[r]) / hb[r]
+            ys = dense_eval(yb[r], dense_coefficients(co, hb[r], Kb[r]), theta)
+            ys = torch.where((theta >= 1.0).unsqueeze(-1), cat["y1"][r], ys)
+            keep = saves[col] <= event_t[g[r]]
+            gr, cr = g[r][keep], col[keep]
+            save_y[gr, cr] = ys[keep]
+            save_err[gr, cr] = eb[r][keep]
+
+    keep0 = ~done0
+    if not keep0.all():
+        idx, y, t, tm, h, err_acc, steps, rej, k1, lev_done = (
+            v[keep0] for v in (idx, y, t, tm, h, err_acc, steps, rej, k1, lev_done)
+        )
+        prm = tuple(q[keep0] for q in prm)
+    attempts = torch.zeros_like(steps)
+    prep = getattr(step_kernel, "prepare", None)  # the layout a fused kernel wants its batch-first inputs in
+    if prep is not None:
+        y, k1, prm = prep(y), prep(k1), tuple(prep(q) for q in prm)
+    n = int(idx.numel())
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    n_frozen = 0
+    n_pending = 0
+
+    c_max = torch.tensor(max_steps, dtype=torch.int64, device=device)
+    c_lim = torch.tensor(divergence_limit, **z)
+    c_tiny = torch.tensor(16 * u, **z)
+    saves_arg = saves if T else None
+    if step_kernel is not None:
+        c_target = torch.tensor(aux_target, **z) if (event is not None and aux_target is not None) else None
+        c_levels = aux_levels.to(**z) if (levels is not None and aux_levels is not None) else None
+        if (event is not None) != (c_target is not None) or (levels is not None) != (c_levels is not None):
+            raise InvalidInputError("a fused step kernel needs aux_target with event and aux_levels with levels")
+        table = root_table(2 * co.order, dtype, device)
+    while n:
+        y_old, t_old, k1_old, h_old, ea_old = y, t, k1, h, err_acc
+        lev_in = lev_done if levels is not None else None
+        if step_kernel is not None:
+            # ---- the whole step in one fused kernel --------------------------------------------------------
+            (y, t, err_acc, k1, steps, rej, h, attempts, status, fired, lev_new, lev_done_new, save_in, record,
+             attention, hs, y_new, acc_err, any_attention) = step_kernel(
+                t, y, k1, h, tm, err_acc, steps, rej, attempts, active, lev_in, rt, at, c_target, c_levels,
+                saves_arg, c_max, c_lim, c_tiny, table, *prm)
+        else:
+            # ---- generic field: the RK attempt, then f's functions of y, then the step bookkeeping -----------
+            hs, last, t_new, K, y_new, msq, finite, acc_err, ymax, _, bad = attempt(
+                t, y, k1, h, tm, err_acc, rt, at, *prm
+            )
+            # step-size factor err^(−1/order), err = √msq clipped below at 1e-10 (eager: exp and log)
+            p = _pow(msq.clamp(min=1e-20), -0.5 / co.order)
+            y_eval = None  # the state each row would commit (finite for every row)
+            if event is not None or levels is not None or guard is not None:
+                y_eval = torch.where(finite.unsqueeze(-1), y_new, y)
+            g_new = event(y_eval, *prm) if event is not None else None
+            g_lv = levels(y_eval, *prm) if levels is not None else None
+            bad = guard(y_eval, acc_err, *prm) if guard is not None else None
+            (y, t, err_acc, k1, steps, rej, h, attempts, status, fired, lev_new, lev_done_new, save_in, record,
+             attention) = rk_post(p, hs, last, t_new, K[:, -1], y_new, msq, finite, acc_err, ymax, bad, y, t,
+                                  err_acc, k1, steps, rej, attempts, active, g_new, g_lv, lev_in, saves_arg, c_max,
+                                  c_lim, c_tiny)
+            if not co.fsal:
+                k1 = f(t, y, *prm)
+            any_attention = attention.any()
+        if lev_done_new is not None:
+            lev_done = lev_done_new
+        if not bool(any_attention):  # the one host synchronization of a quiet step
+            continue
         fin = status != 0
-        if fin.any():
-            fi = fin.nonzero().flatten()
+
+        if record is not None and bool(record.any()):
+            ri = record.nonzero().flatten()
+            rec = {
+                "g": idx[ri], "y0": y_old[ri], "h": hs[ri], "t0": t_old[ri], "err": acc_err[ri],
+                "y1": y_new[ri], "prm": tuple(q[ri] for q in prm),
+                "fired": fired[ri] if fired is not None else None,
+                "lev": lev_new[ri] if lev_new is not None else None,
+                "save": save_in[ri] if save_in is not None else None,
+            }
+            if step_kernel is None:
+                rec["K"] = K[ri]
+            else:
+                rec.update(k1=k1_old[ri], h_in=h_old[ri], tm=tm[ri], ea=ea_old[ri])
+            pending.append(rec)
+            n_pending += int(ri.numel())
+        fi = fin.nonzero().flatten()
+        if fi.numel():
             gi = idx[fi]
             out_t[gi], out_y[gi], out_status[gi] = t[fi], y[fi], status[fi]
             out_err[gi], out_steps[gi], out_rej[gi] = err_acc[fi], steps[fi], rej[fi]
-            keep = ~fin
-            idx, y, t, tm, h, err_acc, steps, rej, k1, attempts = (
-                v[keep] for v in (idx, y, t, tm, h, err_acc, steps, rej, k1, attempts)
+            un = status[fi] == int(Status.UNRESOLVED)
+            unresolved_t[gi[un]] = t[fi][un]
+            active = active & ~fin
+            n_frozen += int(fi.numel())
+        if n_pending >= _FLUSH_ROWS:
+            flush()
+            n_pending = 0
+        if n_frozen and (8 * n_frozen >= n):
+            keep = active
+            idx, y, t, tm, h, err_acc, steps, rej, k1, attempts, lev_done = (
+                v[keep] for v in (idx, y, t, tm, h, err_acc, steps, rej, k1, attempts, lev_done)
             )
             prm = tuple(q[keep] for q in prm)
+            if prep is not None:
+                y, k1, prm = prep(y), prep(k1), tuple(prep(q) for q in prm)
+            n -= n_frozen
+            n_frozen = 0
+            active = torch.ones(n, dtype=torch.bool, device=device)
+    flush()
 
     return IntegrationResult(
         t=out_t, y=out_y, status=out_status, error=out_err, n_steps=out_steps, n_rejected=out_rej,
