@@ -1,0 +1,308 @@
+"""Shared plumbing of the matrix-factorization claims (no claims here): solves at loss levels, error
+propagation into the compared quantities, and escalation of undecided comparisons to the mpmath reference.
+
+Which solver: depth ≥ 3 (and any unbalanced init) runs the plain factor-coordinate gradient flow
+(``implreg.flow.solve``, Dormand–Prince, det guard on) — it assumes nothing about balancedness, so its states are
+independent evidence.  Depth 2 with a balanced init runs ``implreg.flow.spectral.solve_balanced``: the same
+factor-coordinate flow until σ_min/σ_max < 1e-3 (where float64 stops resolving det W), then the balanced
+end-to-end flow in coordinates that carry log σ_min.  Its det sign past the switch is carried by construction
+(σ_min = e^λ > 0), which is the mechanism of Razin & Cohen's proof; the claims say so in their notes.
+
+Every state a claim compares comes with an entrywise error bound of the end-to-end matrix: the solver's own
+estimate for the hybrid solver, and ``matrix_bounds.product_error`` of the factors' estimate otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from mpmath import mp
+from torch import Tensor
+
+from implreg import certify, flow, reference
+from implreg.errors import ImplregError
+from implreg.flow.spectral import solve_balanced
+from implreg.matrix_bounds import U64, product_error
+from implreg.problems import Problem
+from implreg.strategies.matrix import BalancedInit, stack_factors
+
+# Batched 2×2 linear algebra (det, svd) in torch's intra-op thread pool costs ~50× more than single-threaded
+# on a loaded 2-core machine (measured: 14 ms vs 0.04 ms per det of 16 matrices); claims run one process per
+# core (xdist), so one thread per process is also the right division of the machine.
+torch.set_num_threads(1)
+
+#: Loss levels (all below ½) at which the 2×2 claims check their finite-time corollaries.
+LEVELS = (0.4, 0.2, 0.1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3)
+#: Default tolerances of the torch solvers (the claims' error bounds are built from their estimates).
+RTOL, ATOL = 1e-9, 1e-12
+#: The reference integrator's schedule of decimal digits and wall budget per solve (escalations only).
+REF_DPS = (30, 60)
+REF_BUDGET_S = 20.0
+#: Wall budget of all escalations of one ReferenceLevels (one batch of one example): past it, undecided
+#: entries stay undecided (the claim becomes inconclusive rather than slow).
+REF_TOTAL_BUDGET_S = 60.0
+
+
+@dataclass
+class LevelStates:
+    """End-to-end states of a batch at each loss level (B, L, d, d'), with entrywise error bounds (B, L)."""
+
+    depth: int
+    levels: Tensor
+    W: Tensor
+    err: Tensor
+    t: Tensor
+    reached: Tensor
+    solver: str
+    status: list[str]
+    det_sign: Tensor | None = None        # hybrid solver only: sign det W at each level (certified by it)
+    log_abs_det: Tensor | None = None     # hybrid solver only
+    final_W: Tensor | None = None
+    final_err: Tensor | None = None
+    save_t: Tensor | None = None
+    save_W: Tensor | None = None
+    save_err: Tensor | None = None
+    save_det_sign: Tensor | None = None
+    save_log_abs_det: Tensor | None = None
+    sv_lo: Tensor | None = None           # (B, L, d): extra lower bounds on the singular values (hybrid solver)
+    sv_hi: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def B(self) -> int:
+        return int(self.W.shape[0])
+
+
+
+def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float] = LEVELS, *,
+                 save_at: Sequence[float] | None = None, guard: str = "auto", hybrid: bool | None = None,
+                 t_max: float = math.inf, max_steps: int = 200_000, sigma_intervals: bool = False) -> LevelStates:
+    """Solve gradient flow for a batch of inits (one depth) until the smallest level, recording every level.
+
+    ``hybrid`` (default: depth 2 and balanced inits) selects ``solve_balanced``; otherwise ``flow.solve``.
+    ``sigma_intervals`` (hybrid only): also bound σ_min at every level from log σ_min, whose error is estimated
+    by a second solve at 100× looser tolerances (|λ_tight − λ_loose| over-estimates the tight run's error);
+    the hybrid solver keeps σ_min to relative precision even where it is far below the entries' error.
+    """
+    depth = inits[0].depth
+    B = len(inits)
+    lv = sorted((float(x) for x in levels), reverse=True)
+    if problem.batch == 1 and B > 1:
+        problem = problem.expand(B)
+    factors = stack_factors(inits)
+    if hybrid is None:
+        hybrid = depth == 2 and all(isinstance(i, BalancedInit) for i in inits) and problem.shape[0] == problem.shape[1]
+    target = None if math.isfinite(t_max) else lv[-1]
+    if hybrid:
+        sol = solve_balanced(problem, factors, depth, loss_target=target, t_max=t_max, loss_levels=lv,
+                             save_at=save_at, rtol=RTOL, atol=ATOL, max_steps=max_steps)
+        out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, sol.level_error,
+                          sol.level_t, torch.isfinite(sol.level_t), "hybrid balanced solver (factor → log σ)",
+                          sol.messages(), det_sign=sol.level_det_sign, log_abs_det=sol.level_log_abs_det,
+                          final_W=sol.end_to_end, final_err=sol.error)
+        if save_at is not None:
+            out.save_t, out.save_W, out.save_err = sol.save_t, sol.save_end_to_end, sol.save_error
+            out.save_det_sign = sol.save_det_sign
+            out.save_log_abs_det = sol.save_log_sigma.sum(-1)
+        if sigma_intervals:
+            loose = solve_balanced(problem, factors, depth, loss_target=target, t_max=t_max, loss_levels=lv,
+                                   rtol=100 * RTOL, atol=100 * ATOL, max_steps=max_steps)
+            lam = sol.level_log_sigma[..., -1]
+            dlam = (lam - loose.level_log_sigma[..., -1]).abs() + 1e-12
+            drift = 2e-6  # the solver keeps ‖UᵀU − I‖, ‖VᵀV − I‖ ≤ 1e-6 (its drift guard)
+            d = sol.level_log_sigma.shape[-1]
+            lo = torch.zeros_like(sol.level_log_sigma)
+            hi = torch.full_like(sol.level_log_sigma, math.inf)
+            lo[..., d - 1] = torch.exp(lam - dlam) * (1 - drift)
+            hi[..., d - 1] = torch.exp(lam + dlam) * (1 + drift)
+            ok = torch.isfinite(dlam)
+            out.sv_lo = torch.where(ok[..., None], lo, torch.zeros_like(lo))
+            out.sv_hi = torch.where(ok[..., None], hi, torch.full_like(hi, math.inf))
+        out.extra["solution"] = sol
+        return out
+    sol = flow.solve(problem, factors, loss_target=target, t_max=t_max, loss_levels=lv, save_at=save_at,
+                     rtol=RTOL, atol=ATOL, guard=guard, max_steps=max_steps)
+    L = len(lv)
+    lf = sol.level_factors  # each (B, L, a, b)
+    err = product_error(lf, sol.level_error)
+    out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, err, sol.level_t,
+                      torch.isfinite(sol.level_t), "Dormand–Prince 5(4) in factor coordinates", sol.messages(),
+                      final_W=sol.end_to_end, final_err=product_error(sol.factors, sol.error))
+    if save_at is not None:
+        sy = sol.layout.unpack(sol.result.save_y)
+        out.save_t, out.save_W = sol.save_t, sol.save_end_to_end
+        se = sol.result.save_error
+        out.save_err = product_error(tuple(torch.nan_to_num(W) for W in sy), torch.nan_to_num(se))
+        out.save_err = torch.where(torch.isfinite(se), out.save_err, torch.full_like(out.save_err, math.nan))
+    out.extra["solution"] = sol
+    assert out.W.shape[:2] == (B, L)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- placeholders
+
+
+def fill_missing(value: Tensor, bound: Tensor, error: Tensor, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Replace entries that were not computed (``~ok``) by an undecidable placeholder (0 vs 0 ± 1), so that
+    certify hands exactly those entries to the escalation (never to a verdict)."""
+    z = torch.zeros_like(value)
+    return (torch.where(ok, value, z), torch.where(ok, bound, z),
+            torch.where(ok, error, torch.ones_like(error)))
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+
+class ReferenceLevels:
+    """mpmath reference states of a batch at loss levels, solved on demand and cached per (i, level, dps).
+
+    Factors are formed at the reference's precision (``init.factors_mp``), so a balanced init is balanced to
+    that precision.  A state is ``(W, err)`` with ``W`` an mp.matrix and ``err`` its ‖δW‖_F estimate, or None
+    when the reference could not get there within its budget (the comparison then stays undecided).
+    """
+
+    def __init__(self, problem_of: Callable[[int], Problem], inits: Sequence[Any], levels: Sequence[float],
+                 budget_s: float = REF_BUDGET_S, total_budget_s: float = REF_TOTAL_BUDGET_S):
+        self.problem_of, self.inits, self.budget_s = problem_of, list(inits), budget_s
+        self.levels = [float(x) for x in levels]
+        self.cache: dict[tuple[int, int, int], tuple[Any, Any] | None] = {}
+        self.notes: list[str] = []
+        self.total_budget_s, self.spent_s = total_budget_s, 0.0
+
+    def state(self, i: int, k: int, dps: int) -> tuple[Any, Any] | None:
+        key = (i, k, dps)
+        if key not in self.cache and self.spent_s >= self.total_budget_s:
+            self.notes.append(f"reference budget of {self.total_budget_s:g} s spent; instance {i}, level {k} stays "
+                              "undecided")
+            return None
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            try:
+                sol = reference.solve(self.problem_of(i), self.inits[i].factors_mp(dps), t_end=1e6, dps=dps,
+                                      loss_target=self.levels[k], budget_s=self.budget_s)
+                self.cache[key] = (sol.end_to_end, sol.error_estimate)
+            except ImplregError as exc:  # budget exceeded or numerical failure: leave undecided
+                self.notes.append(f"reference at {dps} digits for instance {i}, ℓ = {self.levels[k]:g}: {exc}")
+                self.cache[key] = None
+            self.spent_s += time.perf_counter() - t0
+        return self.cache[key]
+
+    def escalation(self, quantity: Callable[[Callable[[int, int], tuple[Any, Any] | None], tuple[int, ...]],
+                                            tuple[Any, Any, Any] | None],
+                   dps: Sequence[int] = REF_DPS) -> certify.Escalate:
+        """An ``escalate`` for certify.  For every undecided entry (index tuple ``idx`` of the comparison)
+        ``quantity(fetch, idx)`` is called under ``mp.workdps(dps)``; ``fetch(i, k)`` returns the reference state
+        ``(W, err)`` of instance i at level k (or None); it returns refined (value, bound, error) or None."""
+
+        def fn(mask: np.ndarray, dps: int) -> tuple[list, list, list]:
+            vals, bnds, errs = [], [], []
+            for flat in np.flatnonzero(mask):
+                idx = tuple(int(x) for x in np.unravel_index(flat, mask.shape))
+                with mp.workdps(dps):
+                    out = quantity(lambda i, k, dps=dps: self.state(i, k, dps), idx)
+                    if out is None:
+                        out = (mp.mpf(0), mp.mpf(0), mp.mpf(1))
+                vals.append(out[0])
+                bnds.append(out[1])
+                errs.append(out[2])
+            return vals, bnds, errs
+
+        return certify.rising_precision(fn, dps=tuple(dps))
+
+
+    def escalation_f64(self, states: Callable[[tuple[int, ...]], list[tuple[int, int]]],
+                       q: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]],
+                       dps: Sequence[int] = REF_DPS) -> certify.Escalate:
+        """An ``escalate`` that re-evaluates a float64 quantity on reference states: entry ``idx`` needs the
+        states ``states(idx)`` = [(i, k), …]; they are rounded to float64 (their error bound grows by the
+        rounding, ≤ u·max|W|) and ``q(W (m, d, d'), e (m,))`` returns (value, bound, error) for that entry.
+        Right where float64 itself resolves the comparison (norms, entries); det-type quantities use
+        :meth:`escalation` (mpmath) instead."""
+
+        def quantity(fetch, idx):
+            Ws, es = [], []
+            for i, k in states(idx):
+                st = fetch(i, k)
+                if st is None:
+                    return None
+                W, e = st
+                Wf = torch.tensor([[float(W[r, c]) for c in range(W.cols)] for r in range(W.rows)],
+                                  dtype=torch.float64)
+                Ws.append(Wf)
+                es.append(float(e) * (1 + 1e-12) + 2 * U64 * float(Wf.abs().max()))
+            v, b, err = (float(x) for x in q(torch.stack(Ws), torch.tensor(es, dtype=torch.float64)))
+            if not all(math.isfinite(x) for x in (v, b, err)):
+                return None  # the reference's own error is too large here: stays undecided
+            return mp.mpf(v), mp.mpf(b), mp.mpf(err)
+
+        return self.escalation(quantity, dps)
+
+
+def mp_det2(W: Any) -> Any:
+    return W[0, 0] * W[1, 1] - W[0, 1] * W[1, 0]
+
+
+def mp_det2_error(W: Any, e: Any) -> Any:
+    """The mp analogue of ``matrix_bounds.det2_error`` (e bounds every entry's error)."""
+    return e * sum(abs(W[i, j]) for i in range(2) for j in range(2)) + 2 * e * e
+
+
+# ---------------------------------------------------------------------------------------------- 2×2 algebra
+
+
+def w11_lower_bound(loss: Any, sqrt: Callable[[Any], Any]) -> Any:
+    """f(ℓ) = (1 − √(2ℓ))²/√(2ℓ): a lower bound on |W₁₁| at any W with det W > 0 and ℓ(W) < ½ on the
+    Razin–Cohen problem (|W₁₂ − 1|, |W₂₁ − 1|, |W₂₂| ≤ δ = √(2ℓ), so W₁₂W₂₁ ≥ (1 − δ)² and
+    |W₁₁| ≥ W₁₂W₂₁/|W₂₂| ≥ (1 − δ)²/δ).  Works on floats, numpy arrays, torch tensors and mpf."""
+    d = sqrt(2 * loss)
+    return (1 - d) ** 2 / d
+
+
+def w11_bound_error(loss: Tensor, loss_err: Tensor) -> Tensor:
+    """Bound on |f(ℓ') − f(ℓ)| for |ℓ' − ℓ| ≤ loss_err: with δ = √(2ℓ), |f'(δ)| = |1 − 1/δ²| ≤ 1/δ_lo² and
+    |δ' − δ| ≤ √(2·loss_err) ∧ loss_err/δ_lo (δ_lo = √(2(ℓ − loss_err)))."""
+    lo = (loss - loss_err).clamp(min=1e-300)
+    d_lo = torch.sqrt(2 * lo)
+    dd = torch.minimum(torch.sqrt(2 * loss_err), 2 * loss_err / (d_lo + torch.sqrt(2 * loss)))
+    return dd / (d_lo * d_lo) * (1 + 1e-12) + 1e-15 * (1 / d_lo)
+
+
+def loss_2x2(W: Any) -> Any:
+    """ℓ on the Razin–Cohen problem: ½((W₁₂ − 1)² + (W₂₁ − 1)² + W₂₂²) (W indexable as W[..., i, j] or mp)."""
+    return ((W[0, 1] - 1) ** 2 + (W[1, 0] - 1) ** 2 + W[1, 1] ** 2) / 2
+
+
+# ---------------------------------------------------------------------------------------------- certify at levels
+
+
+def certify_levels(op: str, value: Tensor, bound: Tensor, error: Tensor, reached: Tensor, *, what: str,
+                   ref: ReferenceLevels | None = None,
+                   q: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
+                   mp_quantity: Callable[[Callable, tuple[int, int]], tuple[Any, Any, Any] | None] | None = None,
+                   consider: Tensor | None = None,
+                   states: Callable[[int, int], list[tuple[int, int]]] | None = None) -> None:
+    """Certify ``value op bound`` (op "≥" or "≤") over the (B, L) entries where ``consider`` (default: all).
+
+    Reached entries compare as given; unreached ones (the solver stopped before that level) are placeholders
+    that certify hands to the reference: ``q`` re-evaluates the float64 quantity on reference states
+    (``states(i, k)``, default [(i, k)]), or ``mp_quantity(fetch, (i, k))`` computes it in mpmath.
+    """
+    if consider is None:
+        consider = torch.ones_like(reached)
+    pairs = [tuple(int(x) for x in r) for r in consider.nonzero().tolist()]
+    ok = reached[consider]
+    v, b, e = fill_missing(value[consider], bound[consider], error[consider], ok)
+    esc = None
+    if ref is not None and q is not None:
+        st_of = states or (lambda i, k: [(i, k)])
+        esc = ref.escalation_f64(lambda j: st_of(*pairs[j[0]]), q)
+    elif ref is not None and mp_quantity is not None:
+        esc = ref.escalation(lambda fetch, j: mp_quantity(fetch, pairs[j[0]]))
+    fn = certify.at_least if op == "≥" else certify.at_most
+    fn(v, b, error=e, what=what, escalate=esc)

@@ -1,0 +1,293 @@
+"""Claims from Arora, Cohen & Hazan, "On the Optimization of Deep Networks: Implicit Acceleration by
+Overparameterization" (ICML 2018, arXiv 1802.06509): CLAIMS.md 11 (balancedness is conserved), 12 (end-to-end
+dynamics under balanced init) and 15 (the loss is non-increasing along gradient flow, a sanity claim).
+Theorem/lemma numbers are as reconstructed.
+
+Each exact identity is proved symbolically (sympy, ``implreg.symbolic``: kind ``identity``) and separately checked
+numerically along simulated trajectories with certified error bounds (kind ``theorem``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from mpmath import mp
+
+from implreg import certify, evidence, flow, reference
+from implreg import factorization as fz
+from implreg import matrix_bounds as mb
+from implreg import symbolic as sym
+from implreg.claims import Source, batches, claim
+from implreg.errors import ImplregError
+from implreg.flow.integrate import integrate
+from implreg.strategies.matrix import (
+    LinearProblem,
+    balanced_inits,
+    gaussian_inits,
+    stack_factors,
+    stack_problems,
+)
+from theorems import _factorization  # noqa: F401  (one thread per worker process; see there)
+
+ARORA_2018 = Source(
+    key="arora-2018",
+    title="On the Optimization of Deep Networks: Implicit Acceleration by Overparameterization",
+    authors="S. Arora, N. Cohen, E. Hazan",
+    year=2018,
+    arxiv="1802.06509",
+    venue="ICML 2018",
+)
+
+SHAPES = [(2, 2), (2, 3), (3, 2), (3, 3)]
+SAVE_T = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)
+
+
+@st.composite
+def _cases(draw, balanced: bool, depths: tuple[int, int], kinds=("completion", "sensing")):
+    """One problem family (shape, kind, #measurements) and depth per example; a batch of (problem, init)."""
+    N = draw(st.integers(*depths))
+    d, e = draw(st.sampled_from(SHAPES))
+    kind = draw(st.sampled_from(list(kinds)))
+    m = draw(st.integers(1, d * e)) if kind == "sensing" else 0
+    h = draw(st.integers(min(d, e), 3))
+    if balanced:
+        init = balanced_inits(depth=N, shape=(d, e), width=h, scale=(0.3, 1.5))
+    else:
+        init = gaussian_inits(dims=(e, *([h] * (N - 1)), d), scale=(0.3, 1.0))
+    pair = st.tuples(st.integers(0, 2**32 - 1).map(lambda s: LinearProblem(kind, (d, e), s, m)), init)
+    return draw(batches(pair, max_size=8))
+
+
+def _stack(batch):
+    return stack_problems([p.problem() for p, _ in batch]), stack_factors([i for _, i in batch])
+
+
+# ---------------------------------------------------------------------------------------------- claim 11
+
+
+@claim(
+    "arora-2018/balancedness-conserved",
+    source=ARORA_2018.at("Theorem 1 (proof: balancedness is conserved)", confirmed=False),
+    kind="identity",
+    expect="holds",
+    statement="For any differentiable loss and any init, W_{j+1}ᵀW_{j+1} − W_jW_jᵀ is constant under gradient "
+              "flow on W_N⋯W_1.  Symbolic proof (sympy) with symbolic factor entries and a symbolic gradient "
+              "∇ℓ(W), for every drawn list of widths.",
+    latex=r"\frac{d}{dt}\big(W_{j+1}^\top W_{j+1} - W_j W_j^\top\big) = 0",
+    hypotheses=("factor widths d_0 … d_N ∈ {1, 2, 3}, N ∈ {2, 3}", "any loss (∇ℓ(W) a symbolic matrix)"),
+    max_examples=10,
+)
+@given(dims=st.lists(st.integers(1, 3), min_size=3, max_size=4).map(tuple))
+def balancedness_conserved(dims):
+    proof = sym.balancedness_conservation(dims)
+    evidence.note("symbolic proof (sympy): " + proof.statement)
+    certify.that(proof.holds, what=proof.statement)
+
+
+def _gram_error(W: torch.Tensor, e: torch.Tensor, left: bool) -> torch.Tensor:
+    """Bound on ‖δ(WᵀW)‖_F (left) or ‖δ(WWᵀ)‖_F for entry errors ≤ e: 2‖W‖₂ε + ε², ε = √(ab)·e, plus the
+    float64 rounding of the product, ≤ k·u·‖W‖_F²."""
+    a, b = W.shape[-2:]
+    eps = math.sqrt(a * b) * e
+    k = a if left else b
+    rnd = (k + 2) * mb.U64 * torch.linalg.matrix_norm(W) ** 2
+    return 2 * torch.linalg.matrix_norm(W, ord=2) * eps + eps * eps + rnd
+
+
+@claim(
+    "arora-2018/balancedness-drift",
+    source=ARORA_2018.at("Theorem 1 (proof: balancedness is conserved)", confirmed=False),
+    kind="theorem",
+    expect="holds",
+    statement="Numeric check of balancedness conservation: along simulated gradient flow (unbalanced Gaussian "
+              "inits, random completion and sensing losses, depths 2–4, hidden widths up to 3), "
+              "max_j ‖D_j(t) − D_j(0)‖_F, D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ, stays within the bound implied by the "
+              f"simulator's error estimate at the times {list(SAVE_T)}.",
+    latex=r"\|D_j(t) - D_j(0)\|_F \le 2\|W_{j+1}\|_2\varepsilon_{j+1} + \varepsilon_{j+1}^2 + 2\|W_j\|_2\varepsilon_j "
+          r"+ \varepsilon_j^2 + \text{rounding}",
+    hypotheses=("depth 2–4", "i.i.d. Gaussian init, scale 0.3–1", "random completion or sensing problems"),
+    budget_s=60,
+    max_examples=6,
+)
+@given(batch=_cases(balanced=False, depths=(2, 4)))
+def balancedness_drift(batch):
+    P, factors = _stack(batch)
+    sol = flow.solve(P, factors, t_max=max(SAVE_T), save_at=SAVE_T, guard="none")
+    sol.raise_on_failure()
+    Fs = sol.layout.unpack(sol.result.save_y)  # each (B, T, a, b)
+    e = sol.result.save_error  # (B, T)
+    worst, bound = None, None
+    for j in range(len(Fs) - 1):
+        Wj, Wn = Fs[j], Fs[j + 1]
+        D = Wn.transpose(-1, -2) @ Wn - Wj @ Wj.transpose(-1, -2)
+        drift = torch.linalg.matrix_norm(D - D[:, :1])
+        b = (_gram_error(Wn, e, True) + _gram_error(Wj, e, False)
+             + _gram_error(Wn[:, :1], torch.zeros_like(e[:, :1]), True)
+             + _gram_error(Wj[:, :1], torch.zeros_like(e[:, :1]), False))
+        worst = drift if worst is None else torch.maximum(worst, drift)
+        bound = b if bound is None else torch.maximum(bound, b)
+        certify.at_most(drift, b, what=f"‖D_{j + 1}(t) − D_{j + 1}(0)‖_F within the simulator's error bound")
+    evidence.series("balancedness drift max_j ‖D_j(t) − D_j(0)‖_F", x=torch.tensor(SAVE_T), y=worst,
+                    group="drift", xlabel="t", ylabel="drift", log_y=True)
+    evidence.series("balancedness drift max_j ‖D_j(t) − D_j(0)‖_F", x=torch.tensor(SAVE_T), y=bound,
+                    group="bound from the error estimate")
+
+
+# ---------------------------------------------------------------------------------------------- claim 12
+
+
+@claim(
+    "arora-2018/end-to-end-rule",
+    source=ARORA_2018.theorem(1, confirmed=False),
+    kind="identity",
+    expect="holds",
+    statement="At a balanced point, the end-to-end matrix moves by Ẇ = −Σ_{j=1}^{N} (WWᵀ)^{(j−1)/N} ∇ℓ(W) "
+              "(WᵀW)^{(N−j)/N}.  Symbolic proof (sympy) at a generic balanced 2×2 point (symbolic singular values "
+              "and rotations, symbolic gradient), N = 2, 3, 4.",
+    latex=r"\dot W = -\sum_{j=1}^{N} (WW^\top)^{\frac{j-1}{N}}\, \nabla\ell(W)\, (W^\top W)^{\frac{N-j}{N}}",
+    hypotheses=("balanced 2×2 factors W_1 = R_1 S^{1/N} Vᵀ, …, W_N = U S^{1/N} R_{N−1}ᵀ", "N ∈ {2, 3, 4}"),
+    max_examples=4,
+)
+@given(depth=st.integers(2, 4))
+def end_to_end_rule(depth):
+    proof = sym.end_to_end_rule(depth)
+    evidence.note("symbolic proof (sympy): " + proof.statement)
+    certify.that(proof.holds, what=proof.statement)
+
+
+@claim(
+    "arora-2018/end-to-end-simulation",
+    source=ARORA_2018.theorem(1, confirmed=False),
+    kind="theorem",
+    expect="holds",
+    statement="Balanced init ⇒ the factorized gradient flow and the end-to-end ODE "
+              "Ẇ = −Σ_j (WWᵀ)^{(j−1)/N}∇ℓ(W)(WᵀW)^{(N−j)/N} give the same W(t): at the times "
+              f"{list(SAVE_T)} the two simulations differ by at most the sum of their error estimates (each "
+              "simulation's error estimated from two tolerances, 1e-8 and 1e-10).",
+    latex=r"W_N(t)\cdots W_1(t) = W(t) \text{ solving the end-to-end ODE from } W(0)",
+    hypotheses=("depth 2–4, shapes 2×2 … 3×3, hidden width ≥ min(d, d')", "balanced init (σ₁ ∈ [0.3, 1.5])",
+                "random completion or sensing problems"),
+    budget_s=90,
+    max_examples=5,
+)
+@given(batch=_cases(balanced=True, depths=(2, 4)))
+def end_to_end_simulation(batch):
+    """Each simulation runs at two tolerances; its error is |tight − loose| plus the tight run's own estimate
+    (the integrators' estimates sum local errors without the flow's amplification, so alone they can be short
+    of the true global error)."""
+    P, factors = _stack(batch)
+    N = len(factors)
+    names = list(P.tensors())
+    d, e = P.shape
+    T = max(SAVE_T)
+
+    def factorized(rtol):
+        sol = flow.solve(P, factors, t_max=T, save_at=SAVE_T, guard="none", rtol=rtol, atol=rtol * 1e-3)
+        sol.raise_on_failure()
+        return sol.save_end_to_end, mb.product_error(sol.layout.unpack(sol.result.save_y), sol.result.save_error)
+
+    def f(t, y, *pr):
+        from implreg.problems import Problem
+
+        return fz.end_to_end_velocity(Problem(P.name, **dict(zip(names, pr, strict=True))),
+                                      y.reshape(-1, d, e), N).reshape(y.shape[0], -1)
+
+    W0 = fz.end_to_end(factors)
+
+    def end_to_end(rtol):
+        res = integrate(f, W0.reshape(W0.shape[0], -1), t_max=T, save_at=SAVE_T, rtol=rtol, atol=rtol * 1e-3,
+                        params=[P.tensors()[n] for n in names])
+        return res.save_y.reshape(*res.save_y.shape[:2], d, e), res.save_error
+
+    def with_error(run):
+        (Wt, et), (Wl, _) = run(1e-10), run(1e-8)
+        return Wt, et + (Wt - Wl).abs().flatten(-2).amax(-1)
+
+    W_f, err_f = with_error(factorized)
+    W_e, err_e = with_error(end_to_end)
+    diff = (W_f - W_e).abs().flatten(-2).amax(-1)
+    allowed = err_f + err_e + 8 * mb.U64 * W_f.abs().flatten(-2).amax(-1)
+    certify.at_most(diff, allowed, what="max |W_factorized − W_end-to-end| ≤ sum of the two error estimates")
+    evidence.series("factorized vs end-to-end simulation", x=torch.tensor(SAVE_T), y=diff[:4],
+                    group="max |ΔW|", xlabel="t", ylabel="|ΔW|", log_y=True)
+    evidence.series("factorized vs end-to-end simulation", x=torch.tensor(SAVE_T), y=allowed[:4],
+                    group="error estimate (two tolerances)")
+
+
+# ---------------------------------------------------------------------------------------------- claim 15
+
+
+def _loss_drop_escalation(batch, P, T):
+    """Escalation for ℓ(t_k) − ℓ(t_{k+1}) ≥ 0: the mpmath reference at the save times (one solve per
+    instance and precision, cached)."""
+    cache: dict[tuple[int, int], object] = {}
+
+    def states(i: int, dps: int):
+        if (i, dps) not in cache:
+            factors = [torch.as_tensor(W[0]).tolist() for W in batch[i][1].factors()]
+            try:
+                cache[(i, dps)] = reference.solve(P.select([i]), factors, t_end=max(T), dps=dps, save_at=T,
+                                                  budget_s=30)
+            except ImplregError:
+                cache[(i, dps)] = None
+        return cache[(i, dps)]
+
+    def fn(mask, dps):
+        import numpy as np
+
+        vals, bnds, errs = [], [], []
+        mask_t, target_t = P.mask, P.target
+        for flat in np.flatnonzero(mask):
+            i, k = (int(x) for x in np.unravel_index(flat, mask.shape))
+            sol = states(i, dps)
+            with mp.workdps(dps):
+                if sol is None:
+                    vals.append(mp.mpf(0))
+                    bnds.append(mp.mpf(0))
+                    errs.append(mp.mpf(1))
+                    continue
+                m = float(mask_t[i].sum())
+                out = []
+                for kk in (k, k + 1):
+                    W, err = sol.save_end_to_end[kk], sol.save_errors[kk]
+                    r = [(W[a, b] - float(target_t[i, a, b])) for a in range(W.rows) for b in range(W.cols)
+                         if float(mask_t[i, a, b]) == 1.0]
+                    nr = mp.sqrt(mp.fsum(x * x for x in r))
+                    out.append((sol.save_loss[kk], nr * mp.sqrt(m) * err + m * err * err / 2))
+                vals.append(out[0][0] - out[1][0])
+                bnds.append(mp.mpf(0))
+                errs.append(out[0][1] + out[1][1])
+        return vals, bnds, errs
+
+    return certify.rising_precision(fn, dps=(30, 60))
+
+
+@claim(
+    "arora-2018/loss-non-increasing",
+    source=ARORA_2018.at("§3 (gradient flow; sanity claim)", confirmed=False),
+    kind="theorem",
+    expect="holds",
+    statement="Along gradient flow dℓ/dt = −Σ_j ‖∂ℓ/∂W_j‖² ≤ 0: the loss never increases.  Checked between "
+              f"consecutive times {list(SAVE_T)}: ℓ(t_k) − ℓ(t_{{k+1}}) ≥ 0 with the simulator's error carried "
+              "into ℓ; undecided intervals go to the mpmath reference.",
+    latex=r"\frac{d}{dt}\ell(W(t)) = -\sum_{j=1}^N \Big\|\frac{\partial \ell}{\partial W_j}\Big\|_F^2 \le 0",
+    hypotheses=("depth 1–4, shapes 2×2 … 3×3", "Gaussian or balanced init", "random completion problems"),
+    budget_s=90,
+    max_examples=6,
+)
+@given(batch=st.booleans().flatmap(lambda bal: _cases(balanced=bal, depths=(1, 4), kinds=("completion",))))
+def loss_non_increasing(batch):
+    P, factors = _stack(batch)
+    sol = flow.solve(P, factors, t_max=max(SAVE_T), save_at=SAVE_T, guard="none")
+    sol.raise_on_failure()
+    W = sol.save_end_to_end
+    e = mb.product_error(sol.layout.unpack(sol.result.save_y), sol.result.save_error)
+    loss = sol.save_loss
+    lerr = mb.completion_loss_error(P.mask[:, None], P.target[:, None], W, e)
+    certify.at_least(loss[:, :-1] - loss[:, 1:], 0.0, error=lerr[:, :-1] + lerr[:, 1:] + 4 * mb.U64 * loss[:, :-1],
+                     what="ℓ(t_k) − ℓ(t_{k+1}) ≥ 0", escalate=_loss_drop_escalation(batch, P, SAVE_T))
+    evidence.series("loss along gradient flow", x=torch.tensor(SAVE_T), y=loss[:6], group=f"depth {len(factors)}",
+                    xlabel="t", ylabel="ℓ", log_y=True)
