@@ -32,11 +32,6 @@ from implreg.matrix_bounds import U64, product_error
 from implreg.problems import Problem
 from implreg.strategies.matrix import BalancedInit, stack_factors
 
-# Batched 2×2 linear algebra (det, svd) in torch's intra-op thread pool costs ~50× more than single-threaded
-# on a loaded 2-core machine (measured: 14 ms vs 0.04 ms per det of 16 matrices); claims run one process per
-# core (xdist), so one thread per process is also the right division of the machine.
-torch.set_num_threads(1)
-
 #: Loss levels (all below ½) at which the 2×2 claims check their finite-time corollaries.
 LEVELS = (0.4, 0.2, 0.1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3)
 #: Default tolerances of the torch solvers (the claims' error bounds are built from their estimates).
@@ -98,7 +93,7 @@ def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float]
     factors = stack_factors(inits)
     if hybrid is None:
         hybrid = depth == 2 and all(isinstance(i, BalancedInit) for i in inits) and problem.shape[0] == problem.shape[1]
-    target = None if math.isfinite(t_max) else lv[-1]
+    target = lv[-1]
     if hybrid:
         sol = solve_balanced(problem, factors, depth, loss_target=target, t_max=t_max, loss_levels=lv,
                              save_at=save_at, rtol=RTOL, atol=ATOL, max_steps=max_steps)
@@ -129,8 +124,10 @@ def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float]
     sol = flow.solve(problem, factors, loss_target=target, t_max=t_max, loss_levels=lv, save_at=save_at,
                      rtol=RTOL, atol=ATOL, guard=guard, max_steps=max_steps)
     L = len(lv)
-    lf = sol.level_factors  # each (B, L, a, b)
-    err = product_error(lf, sol.level_error)
+    lf = sol.level_factors  # each (B, L, a, b); NaN at levels not reached
+    reached = torch.isfinite(sol.level_t)
+    err = product_error(tuple(torch.nan_to_num(W) for W in lf), torch.nan_to_num(sol.level_error, nan=0.0))
+    err = torch.where(reached, err, torch.full_like(err, math.nan))
     out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, err, sol.level_t,
                       torch.isfinite(sol.level_t), "Dormand–Prince 5(4) in factor coordinates", sol.messages(),
                       final_W=sol.end_to_end, final_err=product_error(sol.factors, sol.error))

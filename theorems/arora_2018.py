@@ -30,7 +30,6 @@ from implreg.strategies.matrix import (
     stack_factors,
     stack_problems,
 )
-from theorems import _factorization  # noqa: F401  (one thread per worker process; see there)
 
 ARORA_2018 = Source(
     key="arora-2018",
