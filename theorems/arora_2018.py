@@ -72,7 +72,7 @@ def _stack(batch):
     source=ARORA_2018.at("Theorem 1 (proof: balancedness is conserved)", confirmed=False),
     kind="identity",
     expect="holds",
-    statement="For any differentiable loss and any init, W_{j+1}ᵀW_{j+1} − W_jW_jᵀ is constant under gradient "
+    statement="For any differentiable loss and any init, W_(j+1)ᵀW_(j+1) − W_jW_jᵀ is constant under gradient "
               "flow on W_N⋯W_1.  Symbolic proof (sympy) with symbolic factor entries and a symbolic gradient "
               "∇ℓ(W), for every drawn list of widths.",
     latex=r"\frac{d}{dt}\big(W_{j+1}^\top W_{j+1} - W_j W_j^\top\big) = 0",
@@ -103,7 +103,7 @@ def _gram_error(W: torch.Tensor, e: torch.Tensor, left: bool) -> torch.Tensor:
     expect="holds",
     statement="Numeric check of balancedness conservation: along simulated gradient flow (unbalanced Gaussian "
               "inits, random completion and sensing losses, depths 2–4, hidden widths up to 3), "
-              "max_j ‖D_j(t) − D_j(0)‖_F, D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ, stays within the bound implied by the "
+              "max_j ‖D_j(t) − D_j(0)‖_F, D_j = W_(j+1)ᵀW_(j+1) − W_jW_jᵀ, stays within the bound implied by the "
               f"simulator's error estimate at the times {list(SAVE_T)}.",
     latex=r"\|D_j(t) - D_j(0)\|_F \le 2\|W_{j+1}\|_2\varepsilon_{j+1} + \varepsilon_{j+1}^2 + 2\|W_j\|_2\varepsilon_j "
           r"+ \varepsilon_j^2 + \text{rounding}",
@@ -272,7 +272,7 @@ def _loss_drop_escalation(batch, P, T):
     statement="Along gradient flow dℓ/dt = −Σ_j ‖∂ℓ/∂W_j‖² ≤ 0: the loss never increases.  Checked between "
               f"consecutive times {list(SAVE_T)}: ℓ(t_k) − ℓ(t_{{k+1}}) ≥ 0 with the simulator's error carried "
               "into ℓ; undecided intervals go to the mpmath reference.",
-    latex=r"\frac{d}{dt}\ell(W(t)) = -\sum_{j=1}^N \Big\|\frac{\partial \ell}{\partial W_j}\Big\|_F^2 \le 0",
+    latex=r"\frac{d}{dt}\ell(W(t)) = -\sum_{j=1}^N \left\|\frac{\partial \ell}{\partial W_j}\right\|_F^2 \le 0",
     hypotheses=("depth 1–4, shapes 2×2 … 3×3", "Gaussian or balanced init", "random completion problems"),
     budget_s=90,
     max_examples=6,

@@ -74,7 +74,7 @@ NORM_LEVELS = (0.4, 0.2, 0.1, 3e-2, 1e-2, 3e-3, 1e-3)
 SAVE_T = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 MASK = torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
 TARGET = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
-BALANCED_2X2 = ("N ≥ 2 (depths 2–5 drawn)", "balanced init: W_{j+1}ᵀW_{j+1} = W_jW_jᵀ (built from drawn σ and Haar "
+BALANCED_2X2 = ("N ≥ 2 (depths 2–5 drawn)", "balanced init: W_(j+1)ᵀW_(j+1) = W_jW_jᵀ (built from drawn σ and Haar "
                 "rotations)", "det W(0) > 0 (by construction)", f"init scale σ₁(W(0)) ∈ {list(INIT_SCALE)}")
 
 
@@ -137,10 +137,10 @@ def _agreement(batch, run, levels_idx: list[int]) -> None:
             "ratio |Δ| / (sum of estimates)": diff / allowed})
         evidence.scalar("simulator vs reference: |ΔW| / (sum of error estimates)", diff / allowed)
         evidence.series("simulator vs mpmath reference (first instance of each depth)", x=[lvl], y=[diff],
-                        group=f"depth {run.depth}: max |W_sim − W_ref|", xlabel="loss level ℓ", ylabel="|ΔW|",
+                        group=f"N={run.depth} |ΔW|", xlabel="loss level ℓ", ylabel="|ΔW|",
                         log_x=True, log_y=True, kind="scatter")
         evidence.series("simulator vs mpmath reference (first instance of each depth)", x=[lvl],
-                        y=[float(run.err[0, k])], group=f"depth {run.depth}: simulator error estimate", kind="scatter")
+                        y=[float(run.err[0, k])], group=f"N={run.depth} estimate", kind="scatter")
         if diff > allowed:
             raise NumericalError(
                 f"depth {run.depth}, ℓ = {lvl:g}: simulator and mpmath reference differ by {diff:.3g} > the sum of "
@@ -232,7 +232,7 @@ def _norm_quantity(name: str, sv_lo=None, sv_hi=None):
               "is ≥ that bound (each dominates |W₁₁|) and → ∞ as ℓ → 0; each norm increases as the loss falls.  "
               f"Checked at the loss levels {list(NORM_LEVELS)} for depths 2–5.",
     latex=r"\ell(W(t)) < \tfrac12 \;\Rightarrow\; \|W(t)\| \ge |W_{11}(t)| \ge "
-          r"\frac{(1-\sqrt{2\ell})^2}{\sqrt{2\ell}} \xrightarrow[\ell\to 0]{} \infty",
+          r"\frac{(1-\sqrt{2\ell})^2}{\sqrt{2\ell}} \to \infty \quad (\ell \to 0)",
     hypotheses=BALANCED_2X2,
     budget_s=240,
     max_examples=1,
@@ -468,8 +468,8 @@ def det_positive_probability_half(setting, rng):
     statement="Every solution of P is [[w, 1], [1, 0]] with det −1 (rank 2); over the solutions the nuclear norm "
               "is √(w² + 4), minimized at the bounded completion w = 0 (value 2), and so is every other listed norm "
               "and quasi-norm.  Symbolic proof (sympy), cross-checked numerically at drawn w.",
-    latex=r"\det\begin{pmatrix} w & 1\\ 1 & 0\end{pmatrix} = -1,\quad \Big\|\begin{pmatrix} w & 1\\ 1 & 0"
-          r"\end{pmatrix}\Big\|_* = \sqrt{w^2+4} \ge 2 = \min",
+    latex=r"\det\begin{pmatrix} w & 1\\ 1 & 0\end{pmatrix} = -1,\quad \left\|\begin{pmatrix} w & 1\\ 1 & 0"
+          r"\end{pmatrix}\right\|_* = \sqrt{w^2+4} \ge 2 = \min",
     hypotheses=("w any real number (drawn in [−10⁶, 10⁶] for the numeric cross-check)",),
     max_examples=40,
 )
