@@ -18,6 +18,7 @@ baseline runs, and medians are reported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -216,17 +217,17 @@ def w1_agreement(n: int = 32, w: W1 = W1(), device: torch.device | str = "cpu", 
 
 # ---- flop count ----------------------------------------------------------------------------------
 def flops_per_attempt(w: W1 = W1()) -> int:
-    """Floating-point operations per instance in one RK attempt of the fused engine (stages, error norm, step
-    control, commit), counted by running the eager kernel on one instance under a dispatch mode."""
+    """Floating-point operations per instance in one step attempt of the fused engine (stages, error norm,
+    step-size factor, commit), counted by running the eager kernel on one instance under a dispatch mode."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from implreg.factorization import FactorLayout
     from implreg.flow.gradient_flow import _fused
-    from implreg.flow.kernels import rk_post
+    from implreg.flow.kernels import root_table
 
     aten = torch.ops.aten
     arith = {aten.add, aten.sub, aten.mul, aten.div, aten.neg, aten.abs, aten.maximum, aten.minimum,
-             aten.clamp, aten.sqrt, aten.exp, aten.log, aten.rsub}
+             aten.clamp, aten.sqrt, aten.exp, aten.log, aten.rsub, aten.sum}
 
     class Count(TorchDispatchMode):
         flops = 0
@@ -246,13 +247,13 @@ def flops_per_attempt(w: W1 = W1()) -> int:
     h, tm = torch.full((1,), 1e-3, **z), torch.full((1,), math.inf, **z)
     prm = (problem.mask, problem.target)
     k1 = fz.f(t, y, *prm)
+    i64 = dict(dtype=torch.int64)
+    args = (t, y, k1, h, tm, ea, torch.zeros(1, **i64), torch.zeros(1, **i64), torch.zeros(1, **i64),
+            torch.ones(1, dtype=torch.bool), None, torch.tensor(w.rtol, **z), torch.tensor(w.atol, **z),
+            torch.tensor(w.loss_target, **z), None, None, torch.tensor(10**6), torch.tensor(1e100, **z),
+            torch.tensor(1e-15, **z), root_table(10, F64, "cpu"), *prm)
     with Count():
-        out = fz.attempt.fn(t, y, k1, h, tm, ea, torch.tensor(w.rtol, **z), torch.tensor(w.atol, **z), *prm)
-        p = torch.exp(-0.1 * torch.log(out[5].clamp(min=1e-20)))
-        rk_post(p, *out[:5], *out[5:9], out[10], y, t, ea, k1, torch.zeros(1, dtype=torch.int64),
-                torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), torch.ones(1, dtype=torch.bool),
-                out[9] - w.loss_target, None, None, None, torch.tensor(10**6), torch.tensor(1e100, **z),
-                torch.tensor(1e-15, **z))
+        fz.step.fn(*args)
     return Count.flops
 
 
@@ -329,7 +330,8 @@ QUICK = Plan(batch=64, scaling=(1, 16, 64), n_scipy=2, n_gd=1, gd_max_iters=20_0
              w3={"depths": (2,), "horizons": (10.0,), "dps": (30,), "n": 1}, w2=False)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 | None = None) -> int:
+    """Run the benchmark; ``plan`` and ``w`` override the sizes and the workload (tests use tiny ones)."""
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="torch device for the engine (cpu, cuda, cuda:1, …)")
     ap.add_argument("--quick", action="store_true", help="reduced run (< 1 min): small batches, W2 skipped")
@@ -340,14 +342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--w2-timeout", type=float, default=None, help="seconds allowed for W2 (default 480)")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 200 engine steps")
     args = ap.parse_args(argv)
-    plan = QUICK if args.quick else Plan()
+    plan = plan or (QUICK if args.quick else Plan())
     if args.skip_w2:
-        plan.w2 = False
+        plan = dataclasses.replace(plan, w2=False)
     if args.w2_timeout is not None:
-        plan.w2_timeout = args.w2_timeout
+        plan = dataclasses.replace(plan, w2_timeout=args.w2_timeout)
     torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
-    w = W1()
+    w = w or W1()
     out = print
     t_bench = time.perf_counter()
 

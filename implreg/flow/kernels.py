@@ -73,6 +73,10 @@ def fsum(x: Tensor, dim: int = -1) -> Tensor:
 def mm(A: Tensor, B: Tensor) -> Tensor:
     """Batched ``A @ B`` for small matrices, ``C_ij = ((A_i0 B_0j + A_i1 B_1j) + A_i2 B_2j) + …`` in that order."""
     prod = A.unsqueeze(-1) * B.unsqueeze(-3)  # (..., a, k, b)
+    if A.shape[-1] == 2 and prod.numel() <= 8192:
+        # one addition, so any summation order gives the same bits: one dispatch instead of three (which
+        # matters for small eager batches; for large ones torch's reduction kernel is slower than the add)
+        return prod.sum(-2)
     out = prod[..., 0, :]
     for i in range(1, A.shape[-1]):
         out = out + prod[..., i, :]
@@ -301,20 +305,32 @@ def dmf_guard(shapes: Sequence[tuple[int, int]], safety: float = 10.0) -> Callab
     ``det(W_j)² ≤ 2·(safety·k)²·(k·e²/r²_min + u²)·Π_i ‖row_i(W_j)‖²``."""
     shapes = tuple(shapes)
 
+    # consecutive factors of one size are evaluated together, as one (n, g, k, k) view of the state: the same
+    # arithmetic per factor (so the same bits as one at a time and as the column form), fewer dispatches
+    groups: list[tuple[int, int, int]] = []  # (offset, count, k)
+    off = 0
+    for a, _b in shapes:
+        if groups and groups[-1][2] == a:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1, a)
+        else:
+            groups.append((off, 1, a))
+        off += a * a
+
     def guard(y: Tensor, err: Tensor, *_: Tensor) -> Tensor:
         u = torch.finfo(y.dtype).eps
         tiny = torch.finfo(y.dtype).tiny
         bad = None
-        for W in _unpack(y, shapes):
-            k = W.shape[-1]
-            R = fsum(W * W)  # (n, k) squared row norms
+        e2 = (err * err).unsqueeze(-1)
+        for o, g, k in groups:
+            W = y[..., o : o + g * k * k].reshape(*y.shape[:-1], g, k, k)
+            R = fsum(W * W)  # (n, g, k) squared row norms
             had = R[..., 0]
             for i in range(1, k):
                 had = had * R[..., i]
             rmin = R.amin(-1).clamp(min=tiny)
-            tau2 = (2.0 * (safety * k) ** 2) * ((k * (err * err)) / rmin + u * u) * had
+            tau2 = (2.0 * (safety * k) ** 2) * ((k * e2) / rmin + u * u) * had
             det = small_det(W)
-            b = det * det <= tau2
+            b = (det * det <= tau2).any(-1)
             bad = b if bad is None else bad | b
         return bad
 
@@ -740,20 +756,6 @@ def rk_post(
 # ---------------------------------------------------------------------------------------------------------
 # the whole step in one kernel
 # ---------------------------------------------------------------------------------------------------------
-def _ipow(p: Tensor, m: int) -> Tensor:
-    """p^m (integer m ≥ 1) by square-and-multiply from the top bit, a fixed sequence of products."""
-    bits, k = [], m
-    while k > 0:
-        bits.append(k % 2)
-        k //= 2
-    out = p
-    for bit in reversed(bits[:-1]):
-        out = out * out
-        if bit:
-            out = out * p
-    return out
-
-
 def root_table(m: int, dtype: torch.dtype, device: torch.device | str) -> Tensor:
     """``2^(−e/m)`` for e = −64 … 63 (index e + 64): the exponent part of :func:`inv_root`."""
     return torch.tensor([2.0 ** (-e / m) for e in range(-64, 64)], dtype=dtype, device=device)
@@ -761,46 +763,60 @@ def root_table(m: int, dtype: torch.dtype, device: torch.device | str) -> Tensor
 
 def frexp_exact(x: Tensor, ladder: bool = False) -> tuple[Tensor, Tensor]:
     """``x = f·2^e`` with f ∈ [½, 1) and e an integer-valued float, for x in [2⁻⁶⁰, 2⁶⁰].  ``ladder=False`` uses
-    ``torch.frexp`` (eager); ``ladder=True`` gets the same two numbers by exact power-of-two scalings and
-    comparisons (compiled code: inductor's vectorized frexp does not compile in torch 2.13)."""
+    ``torch.frexp`` (eager); ``ladder=True`` gets the same two numbers by comparisons with 2^j and an exact
+    power-of-two scaling (compiled code: inductor's vectorized frexp does not compile in torch 2.13; the
+    comparisons all read x itself, so the expression does not grow with their number)."""
     if not ladder:
         f, e = torch.frexp(x)
         return f, e.to(x.dtype)
-    e = torch.zeros_like(x)
-    for S in (32, 16, 8, 4, 2, 1):
-        c = x >= 2.0**S
-        x = torch.where(c, x * 2.0**-S, x)
-        e = torch.where(c, e + S, e)
-    for S in (32, 16, 8, 4, 2, 1):
-        c = x < 2.0**-S
-        x = torch.where(c, x * 2.0**S, x)
-        e = torch.where(c, e - S, e)
-    c = x >= 1.0
-    return torch.where(c, x * 0.5, x), torch.where(c, e + 1, e)
+    e = (x >= 2.0**-60).to(x.dtype)
+    for j in range(-59, 61):
+        e = e + (x >= 2.0**j).to(x.dtype)
+    e = e - 60.0  # = ⌊log2 x⌋ + 1
+    scale = torch.tensor([2.0 ** -k for k in range(-64, 64)], dtype=x.dtype, device=x.device)
+    return x * scale[(e + 64.0).clamp(0.0, 127.0).to(torch.int64)], e
 
 
-def inv_root(x: Tensor, m: int, table: Tensor, ladder: bool = False) -> Tensor:
+_ROOT_POLY: dict[int, tuple[float, ...]] = {}
+
+
+def _root_poly(m: int) -> tuple[float, ...]:
+    """Monomial coefficients (in u = 4(f − ¾), f ∈ [½, 1]) of the degree-18 Chebyshev interpolant of
+    f^(−1/m): relative error ≈ 3·10⁻¹⁶ on [½, 1]."""
+    if m not in _ROOT_POLY:
+        import numpy as np
+
+        cheb = np.polynomial.Chebyshev.interpolate(lambda u: (0.75 + 0.25 * u) ** (-1.0 / m), 18)
+        _ROOT_POLY[m] = tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(cheb.coef))
+    return _ROOT_POLY[m]
+
+
+def inv_root(x: Tensor, m: int, table: Tensor, ladder: bool = False, coeffs: Sequence[float] | None = None) -> Tensor:
     """``x^(−1/m)`` for x > 0 without exp/log (x clamped to [2⁻⁶⁰, 2⁶⁰], NaN read as 1): x = f·2^e exactly
-    (:func:`frexp_exact`), ``2^(−e/m)`` from :func:`root_table`, ``f^(−1/m)`` for f ∈ [½, 1) by four Newton
-    steps from the chord (error ≤ 3·10⁻³ → ~10⁻¹⁶).  Exact operations and a table lookup only, so eager and
-    compiled agree bit for bit (``torch.exp``/``log`` do not: vectorized and libm versions differ in the last
-    bit)."""
+    (:func:`frexp_exact`), ``2^(−e/m)`` from :func:`root_table`, ``f^(−1/m)`` for f ∈ [½, 1) by a polynomial
+    (Horner; relative error ~10⁻¹⁵).  Exact operations and table lookups only, so eager and compiled code agree
+    bit for bit (``torch.exp``/``log`` do not: vectorized and libm versions differ in the last bit).  (Horner
+    rather than Newton steps: an expression that reuses its previous value several times makes inductor's
+    compile time grow exponentially with the number of steps.)"""
     x = torch.where(x == x, x, torch.ones_like(x)).clamp(min=2.0**-60, max=2.0**60)
     f, e = frexp_exact(x, ladder)
-    p = 1.0 + (1.0 - f) * (2.0 * (2.0 ** (1.0 / m) - 1.0))
-    for _ in range(4):
-        p = p + p * (1.0 - f * _ipow(p, m)) * (1.0 / m)
-    return p * table[(e + 64.0).clamp(0.0, 127.0).to(torch.int64)]
+    u = (f - 0.75) * 4.0
+    c = _root_poly(m) if coeffs is None else coeffs
+    acc = u * c[-1] + c[-2]
+    for ck in reversed(c[:-2]):
+        acc = acc * u + ck
+    return acc * table[(e + 64.0).clamp(0.0, 127.0).to(torch.int64)]
 
 
 def _fused_step(co: RKCoefficients, attempt: Callable[..., tuple], ladder: bool) -> Callable[..., tuple]:
     m = 2 * co.order  # the factor is err^(−1/order) = msq^(−1/(2·order))
+    coeffs = _root_poly(m)  # computed here, outside any traced code
 
     def step(t, y, k1, h, tm, err_acc, steps, rej, attempts, active, lev_done, rtol, atol, target, lv, saves,
              max_steps, limit, tiny_step, table, p0, p1):
         hs, last, t_new, k_last, y_new, msq, finite, acc_err, ymax, aux, bad = attempt(
             t, y, k1, h, tm, err_acc, rtol, atol, p0, p1)
-        p = inv_root(msq, m, table, ladder)
+        p = inv_root(msq, m, table, ladder, coeffs)
         g_new = aux - target if target is not None else None
         g_lv = aux.unsqueeze(-1) - lv if lv is not None else None
         post = rk_post(p, hs, last, t_new, k_last, y_new, msq, finite, acc_err, ymax, bad, y, t, err_acc, k1,
