@@ -151,6 +151,7 @@ class ClaimSpec:
     budget_s: float | None = None
     max_examples: int | None = None
     deviation: str | None = None                # empirical only: documented disagreement with the paper
+    finding: str | None = None                  # the catalogue states this as holding; refuted as stated
     test: Callable[..., Any] | None = None     # the @given test, or the sampler built by @sample
     sample: SampleSpec | None = None
     problems: list[str] = field(default_factory=list)   # malformations: each makes the verdict `error`
@@ -178,6 +179,7 @@ class ClaimSpec:
             "kind": self.kind,
             "expect": self.expect,
             "deviation": self.deviation,
+            "finding": self.finding,
             "statement": self.statement,
             "latex": self.latex,
             "hypotheses": list(self.hypotheses),
@@ -253,7 +255,8 @@ def claim(id: str | None = None, *, source: Source | SourceRef | None = None, ki
           expect: str = "holds", statement: str | None = None, latex: str | None = None,
           hypotheses: Sequence[str] = (), budget_s: float | None = None,
           max_examples: int | None = None,
-          deviation: str | None = None) -> Callable[[Callable[..., Any]], Callable[[], None]]:
+          deviation: str | None = None,
+          finding: str | None = None) -> Callable[[Callable[..., Any]], Callable[[], None]]:
     """Declare a claim: a Hypothesis test (``@given`` or ``@sample`` below this) plus what it states.
 
     ``id`` is "paper-key/slug" (stable; lower case, digits, ``.-_``); ``source`` a ``Source`` or
@@ -267,12 +270,18 @@ def claim(id: str | None = None, *, source: Source | SourceRef | None = None, ki
     toy replication disagrees with the paper.  ``expect`` stays what the paper reports and the verdict is
     still shown as differing from it; the run does not fail on it, and the report prints the explanation
     beside the verdict.  If the deviation stops reproducing, the report says so.
+
+    ``finding`` (any kind, with ``expect="refuted"``): the claim catalogue states this claim as holding, and the
+    harness found it false *as stated*; the string gives the evidence (e.g. the certificate and the shrunk
+    counterexample).  The statement and hypotheses stay the catalogue's: the claim is not weakened to pass.
+    The report flags it as a catalogue finding, and the run fails if the refutation stops reproducing.
     """
     if callable(id) and not isinstance(id, str):
         # used bare, as @claim: record the mistake on the function itself
         return _make(id, None, {}, ["@claim must be called with an id: @claim('paper-key/slug', statement=...)"])
     meta = dict(source=source, kind=kind, expect=expect, statement=statement, latex=latex,
-                hypotheses=hypotheses, budget_s=budget_s, max_examples=max_examples, deviation=deviation)
+                hypotheses=hypotheses, budget_s=budget_s, max_examples=max_examples, deviation=deviation,
+                finding=finding)
 
     def decorate(fn: Callable[..., Any]) -> Callable[[], None]:
         return _make(fn, id, meta, [])
@@ -331,8 +340,17 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
         deviation = None
     if deviation is not None and kind != "empirical":
         problems.append(f"claim {shown!r}: only empirical claims may document a deviation from the paper; "
-                        f"a {kind} that fails its expectation is a finding to fix or a refutation to report")
+                        f"a {kind} that fails its expectation is a bug to fix or, if the catalogue is wrong, a "
+                        "refutation to report with expect='refuted' and finding='...'")
         deviation = None
+    finding = meta.get("finding")
+    if finding is not None and (not isinstance(finding, str) or not finding.strip()):
+        problems.append(f"claim {shown!r}: finding must be a non-empty explanation, got {finding!r}")
+        finding = None
+    if finding is not None and expect != "refuted":
+        problems.append(f"claim {shown!r}: a finding records a catalogue claim the harness refutes as stated; "
+                        f"give expect='refuted' with it (got expect={expect!r})")
+        finding = None
     sample_spec = getattr(fn, "__implreg_sample__", None)
     if sample_spec is not None:
         problems.extend(f"claim {shown!r}: {p}" for p in sample_spec.problems)
@@ -349,7 +367,7 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
         kind=kind if kind in KINDS else str(kind), expect=str(expect),
         statement=str(statement or ""), latex=latex_or_none(meta.get("latex")),
         hypotheses=tuple(str(h) for h in hyps), budget_s=budget, max_examples=max_ex, deviation=deviation,
-        test=fn if callable(fn) else None, sample=sample_spec, problems=problems,
+        finding=finding, test=fn if callable(fn) else None, sample=sample_spec, problems=problems,
     )
     REGISTRY.add(spec)
 

@@ -91,7 +91,7 @@ def format_table(rows: Iterable[dict[str, Any]]) -> list[str]:
     head = f"  {'verdict':<13} {'expected':<9} {'id':<{idw}} {'instances':>9} {'escal.':>6} {'time':>8}"
     lines = [head, "  " + "─" * (len(head) - 2)]
     for r in rows:
-        ok = "" if r.get("matches_expect") else (
+        ok = ("  ◀ catalogue finding: refuted as stated" if r.get("finding") else "") if r.get("matches_expect") else (
             "  ◀ deviates from the paper (documented)" if r.get("deviation_documented") else "  ◀ MISMATCH")
         cid = r["id"] if len(r["id"]) <= idw else r["id"][: idw - 1] + "…"
         lines.append(
@@ -103,7 +103,8 @@ def format_table(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 def _table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"id": r["id"], "verdict": r["verdict"], "expect": r["expect"], "matches_expect": r["matches_expect"],
-             "deviation_documented": r.get("deviation_documented", False), "instances": r.get("instances"),
+             "deviation_documented": r.get("deviation_documented", False), "finding": bool(r.get("finding")),
+             "instances": r.get("instances"),
              "escalations": (r.get("certification") or {}).get("escalation_count", 0),
              "wall_s": (r.get("timing") or {}).get("wall_s", 0.0)} for r in results["claims"]]
 
@@ -195,6 +196,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         extra = f" ({len(devs)} documented empirical deviation(s) from the papers: {', '.join(devs)})" if devs else ""
         head = "PASS: every verdict matches its expectation" + (" or documents its deviation" if devs else "")
         print(head + extra)
+        finds = results["run"].get("catalogue_findings") or []
+        if finds:
+            print(f"{len(finds)} claim(s) from the catalogue are refuted as stated (see their findings in the report): "
+                  + ", ".join(finds))
         return EXIT_OK
     print(f"FAIL: {len(results['run']['mismatches'])} verdict(s) differ from their expectation: "
           + ", ".join(results["run"]["mismatches"]))

@@ -308,3 +308,48 @@ def test_documented_deviation_of_an_empirical_claim_is_reported_not_failed():
         bad = run_claim(get_spec(theorem_dev), profile="ci")
         assert bad["verdict"] == "error"
         assert any("only empirical claims may document a deviation" in p for p in bad["problems"])
+
+
+def test_catalogue_finding_is_a_refutation_shown_as_such_and_fails_when_it_stops_reproducing():
+    """A claim the catalogue states as holding but the harness refutes as stated: expect='refuted' plus the
+    evidence; the run passes while it is refuted, fails once it holds, and a finding needs expect='refuted'."""
+    from implreg.report.render import render_html
+    from implreg.results import build_results
+
+    header = {"pytest_exit": 0, "profile": "ci", "seed": 0, "paths": ["x"], "workers": 1, "command": "implreg verify x",
+              "versions": {"implreg": "0.1.0"}, "platform": "Linux", "cpu_count": 2,
+              "timing": {"wall_s": 1.0, "started": "2024-01-01 00:00:00 UTC"}}
+    with REGISTRY.isolated():
+        @claim("test/false-as-stated", kind="proposition", expect="refuted", statement="x is always > 5.",
+               finding="x = 0 is a counterexample: the catalogue forgot the hypothesis x > 5.")
+        @given(st.integers(0, 10))
+        def false_as_stated(x):
+            assert x > 5
+
+        @claim("test/finding-no-longer-reproduces", kind="proposition", expect="refuted", statement="x ≥ 0.",
+               finding="was refuted once")
+        @given(st.integers(0, 10))
+        def now_holds(x):
+            assert x >= 0
+
+        @claim("test/finding-expecting-holds", expect="holds", statement="x ≥ 0.", finding="contradictory")
+        @given(st.integers(0, 10))
+        def contradictory(x):
+            assert x >= 0
+
+        r = run_claim(get_spec(false_as_stated), profile="ci")
+        assert r["verdict"] == "refuted" and r["matches_expect"] and "forgot" in r["finding"]
+        results = build_results([r], header)
+        assert results["run"]["passed"] and results["run"]["catalogue_findings"] == ["test/false-as-stated"]
+        html = render_html(results)
+        assert "Catalogue finding." in html and "refutes it as stated" in html and "forgot the hypothesis" in html
+
+        stale = run_claim(get_spec(now_holds), profile="ci")
+        assert stale["verdict"] == "holds" and not stale["matches_expect"]
+        results = build_results([stale], header)
+        assert not results["run"]["passed"] and results["run"]["catalogue_findings"] == []
+        assert "the finding did not reproduce" in render_html(results)
+
+        bad = run_claim(get_spec(contradictory), profile="ci")
+        assert bad["verdict"] == "error"
+        assert any("give expect='refuted'" in p for p in bad["problems"])

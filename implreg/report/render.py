@@ -115,6 +115,14 @@ def _claim_view(c: dict[str, Any], used: set[str]) -> dict[str, Any]:
     if c.get("deviation") and c.get("matches_expect"):
         v["deviation_note"] = ("This claim documents a deviation from the paper, but in this run the verdict "
                                "agrees with the paper: the documented deviation did not reproduce.")
+    v["finding_note"] = None
+    if c.get("finding"):
+        v["finding_note"] = (
+            ("The claim catalogue states this claim as holding; the harness refutes it as stated (statement and "
+             "hypotheses unchanged). " if c.get("matches_expect") else
+             "The claim carries a catalogue finding (refuted as stated), but in this run it was not refuted: "
+             "the finding did not reproduce. ")
+            + f"Evidence recorded with the claim: {c['finding']}")
     if c.get("matches_expect"):
         v["mismatch"] = None
     elif c.get("deviation_documented"):
