@@ -549,33 +549,75 @@ def _perturbed_instance(N: int):
 PERTURBED_LEVELS = (0.1, 3e-2, 1e-2, 3e-3)
 
 
+PERTURBED_HYPOTHESES = ("N ∈ {2, 3, 4}", "balanced init, det W(0) < 0", f"init scale {list(INIT_SCALE)}",
+                        "ε ∈ [0.05, 0.5]")
+TRAP = ("a state with ℓ < ⅛, det W < 0 and W₁₁ > 0 keeps W₁₁ > 0 and W₂₂ < 0 forever (W₁₁ cannot cross 0 while "
+        "det < 0 and W₁₂W₂₁ < 0), so ℓ ≥ ε²/2 for all t and no completion is approached")
+
+
 @claim(
     "razin-cohen-2020/perturbed-rank-one",
     source=RAZIN_COHEN_2020.at("authors' code (perturbed problem); paper wording unconfirmed", confirmed=False),
     kind="proposition",
-    expect="holds",
+    expect="refuted",
+    finding="CLAIMS.md (claim 8) lists this as holding.  It is false as stated: a positive fraction of balanced "
+            "inits with det W(0) < 0 is trapped.  Certificate: at ℓ < ⅛ the observed entries satisfy "
+            "|W₁₂ + 2|, |W₂₁ − ½| < ½, so W₁₂W₂₁ < 0; if there det W < 0 and W₁₁ > 0, then W₁₁ can never reach 0 "
+            "(det would be −W₁₂W₂₁ > 0, contradicting claim 1's sign preservation, which the same det argument "
+            "gives here), so W₂₂ < 0 for ever and ℓ ≥ ε²/2: no completion is approached.  The harness certifies "
+            "det W < 0, ℓ < ⅛ and W₁₁ > 0 at ℓ = 0.1 (shrunk to depth 2, σ = (0.1, 0.1), ε = 0.1).  What does "
+            "hold is the conditional form, checked as razin-cohen-2020/perturbed-rank-one-if-converging.",
     statement="Perturbed problem b₁₂ = −2, b₂₁ = ½, b₂₂ = ε > 0, balanced init with det W(0) < 0: completions have "
               "det εw + 1, the sign condition forces w ≲ −1/ε, and gradient flow approaches the rank-1 completion "
               "w = −1/ε rather than a small-norm one.  Finite-time checks: det W < 0 at every loss level reached; "
               "whenever δ = √(2ℓ) < min(ε, ½), W₁₁ ≤ −(2 − δ)(½ − δ)/(ε + δ) (→ −1/ε); and the flow is never "
-              "trapped: a state with ℓ < ⅛, det W < 0 and W₁₁ > 0 keeps W₁₁ > 0 and W₂₂ < 0 forever (W₁₁ cannot "
-              "cross 0 while det < 0 and W₁₂W₂₁ < 0), so ℓ ≥ ε²/2 for all t and no completion is approached.",
+              f"trapped: {TRAP}.",
     latex=r"\det W(0) < 0 \;\Rightarrow\; W(t) \to \begin{pmatrix} -1/\varepsilon & -2\\ 1/2 & \varepsilon"
           r"\end{pmatrix}",
-    hypotheses=("N ∈ {2, 3, 4}", "balanced init, det W(0) < 0", f"init scale {list(INIT_SCALE)}",
-                "ε ∈ [0.05, 0.5]"),
+    hypotheses=PERTURBED_HYPOTHESES,
     budget_s=200,
     max_examples=3,
 )
 @given(by_depth=depth_batches((2, 3, 4), _perturbed_instance, min_size=1, max_size=8))
 def perturbed_rank_one(by_depth):
-    """Stage 1 solves every depth to ℓ = 0.1 (< ⅛) and checks the trap there (a trapped flow never reaches small
-    loss, so it would otherwise run to its step limit); stage 2 continues to the deeper levels.  Once W₁₁ < 0 at
-    ℓ < ⅛ with det W < 0 it stays < 0, so stage 1 decides the trap for all later times."""
+    """As stated: a trapped instance (W₁₁ > 0 at ℓ = 0.1 with det W < 0) refutes the claim."""
+    _check_perturbed(by_depth, conditional=False)
+
+
+@claim(
+    "razin-cohen-2020/perturbed-rank-one-if-converging",
+    source=RAZIN_COHEN_2020.at("authors' code (perturbed problem); corrected form of catalogue claim 8",
+                               confirmed=False),
+    kind="proposition",
+    expect="holds",
+    statement="Claim 8 with its conclusion made conditional on convergence (the harness's correction; see the "
+              "finding on razin-cohen-2020/perturbed-rank-one).  Perturbed problem b₁₂ = −2, b₂₁ = ½, b₂₂ = ε > 0, "
+              "balanced init with det W(0) < 0: det W < 0 at every loss level the flow reaches, and whenever it "
+              "reaches ℓ with δ = √(2ℓ) < min(ε, ½), W₁₁ ≤ −(2 − δ)(½ − δ)/(ε + δ) (→ −1/ε): a flow that "
+              "approaches a completion approaches one with w ≤ −1/ε, never a small-norm one.  Instances "
+              f"certified trapped at ℓ = 0.1 ({TRAP}) are counted and reported, not continued.",
+    latex=r"\det W(0) < 0,\ \delta = \sqrt{2\ell(W(t))} < \min(\varepsilon, \tfrac12) \;\Rightarrow\; "
+          r"W_{11}(t) \le -\frac{(2-\delta)(\frac12-\delta)}{\varepsilon+\delta}",
+    hypotheses=PERTURBED_HYPOTHESES,
+    budget_s=200,
+    max_examples=3,
+)
+@given(by_depth=depth_batches((2, 3, 4), _perturbed_instance, min_size=1, max_size=8))
+def perturbed_rank_one_if_converging(by_depth):
+    """Conditional form: trapped instances are set aside (the finding), the rest must satisfy the bound."""
+    _check_perturbed(by_depth, conditional=True)
+
+
+def _check_perturbed(by_depth, *, conditional: bool) -> None:
+    """Stage 1 solves every depth to ℓ = 0.1 (< ⅛) and decides the trap there (a trapped flow never reaches
+    small loss, so it would otherwise run to its step limit); stage 2 continues the untrapped instances to the
+    deeper levels.  Once W₁₁ < 0 at ℓ < ⅛ with det W < 0 it stays < 0, so stage 1 decides the trap for all
+    later times.  ``conditional=False`` (the claim as stated) makes a trapped instance a refutation."""
     proof = sym.perturbed_det()
     evidence.note(proof.note())
     certify.that(proof.holds, what=proof.statement)
     cases = []
+    n_all = n_trapped = 0
     for N, batch in by_depth.items():
         inits = [b for b, _ in batch]
         eps = torch.tensor([x for _, x in batch], dtype=torch.float64)
@@ -594,11 +636,22 @@ def perturbed_rank_one(by_depth):
             det, derr = torch.linalg.det(run.W), mb.det2_error(run.W, run.err)
         certify_levels("≤", det, torch.zeros_like(det), derr, run.reached, what=f"det W < 0 at ℓ = 0.1 (depth {N})",
                        ref=ref1, mp_quantity=_det_mp)
-        certify.at_most(W[:, 0, 0], 0.0, error=e,
-                        what=f"W₁₁ < 0 at ℓ = 0.1 (depth {N}); otherwise the flow is trapped: W₁₁ > 0 and W₂₂ < 0 "
-                             "forever, so ℓ ≥ ε²/2 and no completion is approached")
-        cases.append((N, inits, eps, P))
-    for N, inits, eps, P in cases:  # stage 2: the deeper levels
+        if not conditional:
+            certify.at_most(W[:, 0, 0], 0.0, error=e,
+                            what=f"W₁₁ < 0 at ℓ = 0.1 (depth {N}); otherwise the flow is trapped: W₁₁ > 0 and "
+                                 "W₂₂ < 0 forever, so ℓ ≥ ε²/2 and no completion is approached")
+        # certified trapped: W₁₁ > 0 beyond its error bound (det < 0 and ℓ < ⅛ were certified above)
+        trapped = W[:, 0, 0] - e > 0
+        n_all += len(inits)
+        n_trapped += int(trapped.sum())
+        keep = [i for i in range(len(inits)) if not bool(trapped[i])]
+        if keep:
+            cases.append((N, [inits[i] for i in keep], eps[keep]))
+    if conditional:
+        evidence.scalar("instances certified trapped at ℓ = 0.1 (never approach a completion)", n_trapped)
+        evidence.scalar("instances drawn", n_all)
+    for N, inits, eps in cases:  # stage 2: the deeper levels
+        P = razin_cohen_perturbed(eps)
         ref = ReferenceLevels(lambda i, eps=eps: razin_cohen_perturbed(float(eps[i])), inits, PERTURBED_LEVELS,
                               total_budget_s=20.0)
         run = solve_levels(P, inits, PERTURBED_LEVELS, t_max=2e3, max_steps=20_000)
