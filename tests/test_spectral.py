@@ -284,6 +284,12 @@ def test_hard_case_depth2_det_positive_to_1e_4() -> None:
         assert row.numel() >= 5 and (row.diff() < 0).all()
     assert (s.save_det_sign[torch.isfinite(s.save_det_sign)] == 1).all()
     assert (s.drift < 1e-8).all()
+    # the level states sit on their levels, also in the log σ phase with its long loose-tolerance steps (they
+    # once fell back to the step's end, ℓ = 0.0976 for the level 0.1): ℓ ≤ level, and within 1e-6 relative
+    # (the crossing is located to ~1e-12 in θ; 1e-6 leaves room for the step's own error at rtol 1e-7)
+    lvl_loss = 0.5 * ((W[..., 0, 1] - 1) ** 2 + (W[..., 1, 0] - 1) ** 2 + W[..., 1, 1] ** 2)
+    assert (lvl_loss <= lv * (1 + 1e-12)).all() and (lvl_loss >= lv * (1 - 1e-6)).all(), lvl_loss
+    assert (s.loss >= 1e-4 * (1 - 1e-6)).all()  # the stopping state too
 
 
 def test_matches_mpmath_reference_past_float64_det_resolution() -> None:

@@ -462,11 +462,14 @@ def rosenbrock(
     J = _fd_jacobian(f, y, prm) if idx.numel() else torch.zeros(0, P, P, **z)
 
     def crossing(fn, rows: Tensor, hs: Tensor, y_new: Tensor, f_new: Tensor, pr: tuple) -> tuple[Tensor, ...]:
-        """First crossing of fn ≤ 0 inside the step of ``rows`` (fn(y) > 0 ≥ fn(y_new)).  θ is bracketed by
-        bisection of the Hermite interpolant, then refined by Newton steps (interpolant slope) on states made by
-        fresh RODAS steps of size θh from the step's start, so the reported state has the method's accuracy and
-        is on the fn ≤ 0 side (the earliest such θ tried; θ = 1, the step's end, qualifies).  Returns
-        (θ, y(θ), its error)."""
+        """First crossing of fn ≤ 0 inside the step of ``rows`` (fn(y) > 0 ≥ fn(y_new)).  θ is first estimated by
+        bisection of the Hermite interpolant, then refined on states made by fresh RODAS steps of size θh from
+        the step's start (so the reported state has the method's accuracy): g(θ) = fn(step(θh)) is kept
+        bracketed (g(0) > 0 ≥ g(1), the step's end) and each iterate is a Newton step (interpolant slope) when it
+        stays inside the bracket, else a regula-falsi step, else the bracket's midpoint.  (Newton alone is not
+        enough: with the long steps of loose tolerances the interpolant's slope can be poor, and a failed
+        refinement would fall back to the step's end, a state well past the level.)  The reported state is on
+        the fn ≤ 0 side (the earliest such θ tried).  Returns (θ, y(θ), its error)."""
         ya, fa, yb, fb, hb, Jr = y[rows], fy[rows], y_new[rows], f_new[rows], hs[rows], J[rows]
         lo, hi = torch.zeros_like(hb), torch.ones_like(hb)
         for _ in range(bisection_iters):
@@ -480,18 +483,26 @@ def rosenbrock(
                  - fn(_hermite(ya, fa, yb, fb, hb, (theta - dth).clamp(min=0.0)), *pr)) / (
                      (theta + dth).clamp(max=1.0) - (theta - dth).clamp(min=0.0))
         best_t, best_y, best_e = torch.ones_like(hb), yb, torch.zeros_like(hb)
-        for _ in range(3):
+        b_lo, b_hi = torch.zeros_like(hb), torch.ones_like(hb)  # bracket on the fresh-step function
+        g_lo, g_hi = fn(ya, *pr), fn(yb, *pr)
+        for _ in range(12):
             y_th, e_th = rodas_step(f, ya, fa, Jr, theta * hb, pr)
             g = fn(y_th, *pr)
-            take = (g <= 0) & (theta < best_t)
+            below = g <= 0
+            take = below & (theta < best_t)
             best_t = torch.where(take, theta, best_t)
             best_y = torch.where(take.unsqueeze(-1), y_th, best_y)
             best_e = torch.where(take, e_th.abs().amax(-1), best_e)
-            delta = -g / slope
+            up_hi = below & (theta < b_hi)
+            up_lo = (~below) & (theta > b_lo)
+            b_hi, g_hi = torch.where(up_hi, theta, b_hi), torch.where(up_hi, g, g_hi)
+            b_lo, g_lo = torch.where(up_lo, theta, b_lo), torch.where(up_lo, g, g_lo)
             # aim just past the root when still above it, just short of it when below
-            delta = delta * torch.where(g > 0, 1.0 + 1e-6, 1.0 - 1e-6)
-            nxt = theta + torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
-            theta = torch.where((nxt > 0) & (nxt <= 1), nxt, theta)
+            newton = theta - g / slope * torch.where(g > 0, 1.0 + 1e-6, 1.0 - 1e-6)
+            secant = b_lo + g_lo * (b_hi - b_lo) / (g_lo - g_hi)
+            inside_n = torch.isfinite(newton) & (newton > b_lo) & (newton < b_hi)
+            inside_s = torch.isfinite(secant) & (secant > b_lo) & (secant < b_hi)
+            theta = torch.where(inside_n, newton, torch.where(inside_s, secant, 0.5 * (b_lo + b_hi)))
         e_out = err_acc[rows] + torch.where(best_t < 1, best_e, acc_err[rows] - err_acc[rows]) \
             + u * best_y.abs().amax(-1)
         return best_t, best_y, e_out
