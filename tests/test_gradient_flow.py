@@ -458,3 +458,67 @@ def test_inf_t_max_with_a_loss_target_is_allowed() -> None:
     t0 = time.perf_counter()
     sol = solve(P, (W0,), loss_target=float(L0.min()) * 0.1)
     assert sol.result.statuses() == [Status.REACHED_EVENT] * 5 and time.perf_counter() - t0 < 30
+
+
+# ---------------------------------------------------------------------------------------------- two-tolerance error
+
+
+def _saddle_case(B: int = 3):
+    """Razin–Cohen 2×2, depth 3, balanced init at scale 1e-3: the saddle escape amplifies early errors."""
+    g = torch.Generator().manual_seed(1)
+    W0 = with_det_sign(1e-3 * torch.randn(B, 2, 2, generator=g, dtype=f64), +1)
+    return razin_cohen_2x2(B), balanced_init(W0, 3)
+
+
+def test_two_tolerance_error_is_estimate_plus_difference_with_the_same_states() -> None:
+    from implreg.flow import TWO_TOL_FACTOR
+
+    P, fac = _saddle_case()
+    kw = dict(loss_target=1e-2, loss_levels=(0.3, 0.1, 3e-2), save_at=(10.0, 50.0, 100.0))
+    est = solve(P, fac, error="estimate", **kw)
+    two = solve(P, fac, error="two-tolerance", **kw)
+    loose = solve(P, fac, rtol=TWO_TOL_FACTOR * 1e-9, atol=TWO_TOL_FACTOR * 1e-12, **kw)
+    # the states are the tight run's, bit for bit; only the errors change
+    for name in ("y", "level_y", "save_y", "level_t"):
+        a, b = getattr(est.result, name), getattr(two.result, name)
+        assert torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0)), name
+    want = est.level_error + (est.result.level_y - loose.result.level_y).abs().amax(-1)
+    assert torch.equal(two.level_error, want)
+    assert (two.level_error >= est.level_error).all()
+    want_final = est.error + (est.result.y - loose.result.y).abs().amax(-1)  # both stopped at the loss target
+    assert torch.equal(two.error, want_final)
+    assert "two-tolerance" in two.result.meta["error_model"]
+
+
+def test_two_tolerance_error_bounds_the_actual_error_across_the_saddle_escape() -> None:
+    """At the save times (t ≤ 100, through the escape from scale 1e-3), |y − y_ref| ≤ two-tolerance error, with
+    y_ref from scipy DOP853 at rtol 1e-13 (its own uncertainty |y_ref(1e-13) − y_ref(1e-12)| added)."""
+    P, fac = _saddle_case(2)
+    save = (5.0, 20.0, 50.0, 100.0)
+    two = solve(P, fac, t_max=100.0, save_at=save, error="two-tolerance")
+    layout = FactorLayout.of(fac)
+    for i in range(2):
+        f = numpy_field(P.select([i]), layout.dims)
+        x0 = layout.pack(fac)[i].numpy()
+        refs = [solve_ivp(f, (0.0, 100.0), x0, method="DOP853", rtol=r, atol=a, t_eval=save).y.T
+                for r, a in ((1e-13, 1e-15), (1e-12, 1e-14))]
+        actual = np.abs(two.result.save_y[i].numpy() - refs[0]).max(-1)
+        unc = np.abs(refs[0] - refs[1]).max(-1)
+        assert (actual <= two.result.save_error[i].numpy() + unc).all(), (actual, two.result.save_error[i])
+
+
+def test_two_tolerance_error_is_infinite_where_the_loose_run_has_no_state() -> None:
+    import dataclasses
+
+    from implreg.flow import two_tolerance_error
+
+    P, fac = _saddle_case(2)
+    tight = solve(P, fac, loss_levels=(0.3, 0.1), t_max=200.0)
+    loose = solve(P, fac, loss_levels=(0.3, 0.1), t_max=200.0, rtol=1e-7, atol=1e-10)
+    ly = loose.result.level_y.clone()
+    ly[1, 1] = math.nan  # pretend the loose run never crossed level 0.1 for instance 1
+    out = two_tolerance_error(tight, dataclasses.replace(loose, result=dataclasses.replace(loose.result, level_y=ly)))
+    assert math.isinf(float(out.level_error[1, 1]))
+    assert torch.isfinite(out.level_error[0]).all() and math.isfinite(float(out.level_error[1, 0]))
+    with pytest.raises(InvalidInputError, match="error must be 'estimate' or 'two-tolerance'"):
+        solve(P, fac, t_max=1.0, error="bound")

@@ -6,13 +6,14 @@
 """
 
 from implreg.flow.descent import DescentSolution, descend
-from implreg.flow.gradient_flow import FlowSolution, det_guard, solve, vector_field
+from implreg.flow.gradient_flow import TWO_TOL_FACTOR, FlowSolution, det_guard, solve, two_tolerance_error, vector_field
 from implreg.flow.integrate import IntegrationResult, Status, integrate
 from implreg.flow.spectral import BalancedFlowSolution, rosenbrock, solve_balanced
 from implreg.flow.tableau import DOPRI5, ButcherTableau
 
 __all__ = [
     "DOPRI5",
+    "TWO_TOL_FACTOR",
     "BalancedFlowSolution",
     "ButcherTableau",
     "DescentSolution",
@@ -25,5 +26,6 @@ __all__ = [
     "rosenbrock",
     "solve",
     "solve_balanced",
+    "two_tolerance_error",
     "vector_field",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from implreg.flow.kernels import (
 from implreg.flow.tableau import DOPRI5
 from implreg.problems import Problem
 
-__all__ = ["FlowSolution", "det_guard", "solve", "vector_field"]
+__all__ = ["TWO_TOL_FACTOR", "FlowSolution", "det_guard", "solve", "two_tolerance_error", "vector_field"]
 
 
 def vector_field(problem: Problem, layout: FactorLayout):
@@ -96,6 +97,39 @@ def det_guard(layout: FactorLayout, safety: float = 10.0):
         return bad
 
     return guard
+
+
+#: Tolerance ratio of the loose run in ``error="two-tolerance"``.  Why 100: the global error of an adaptive
+#: 5(4) pair grows at least like tol^(1/6) even in the worst case (err ∝ tol^(p/(p+1)), p = 5), so the loose
+#: run's error is ≥ 100^(1/6) ≈ 2.2× the tight run's, and then |y_tight − y_loose| ≥ err_loose − err_tight ≥
+#: err_tight.  (arora-2018/end-to-end-simulation uses the same ratio.)
+TWO_TOL_FACTOR = 100.0
+
+
+def two_tolerance_error(tight: FlowSolution, loose: FlowSolution) -> FlowSolution:
+    """``tight`` with its error estimates replaced by ``e_tight + max_i |y_tight,i − y_loose,i|`` (final state,
+    levels, saves).  Where the tight run has a state (a level crossed, a save reached) but the loose run has
+    none, the error is +∞: the estimate could not be validated, and the caller must not use that state (it
+    escalates or stays undecided)."""
+    r, lo = tight.result, loose.result
+
+    def combine(e: Tensor, y: Tensor, yl: Tensor) -> Tensor:
+        d = (y - yl).abs().amax(-1) if y.shape[-1] else torch.zeros_like(e)
+        out = e + d
+        missing = torch.isfinite(y).all(-1) & ~torch.isfinite(yl).all(-1)
+        return torch.where(missing, torch.full_like(out, math.inf), out)
+
+    # final states are comparable where both runs stopped at t_max (same time) or both at the located loss
+    # target (same level, as for the level states); otherwise (e.g. one run UNRESOLVED) not validated
+    t_max_both = (r.status == int(Status.REACHED_T_MAX)) & (lo.status == int(Status.REACHED_T_MAX)) & (r.t == lo.t)
+    event_both = (r.status == int(Status.REACHED_EVENT)) & (lo.status == int(Status.REACHED_EVENT))
+    final_ok = t_max_both | event_both
+    final = torch.where(final_ok, r.error + (r.y - lo.y).abs().amax(-1), torch.full_like(r.error, math.inf))
+    res = dataclasses.replace(
+        r, error=final, level_error=combine(r.level_error, r.level_y, lo.level_y),
+        save_error=combine(r.save_error, r.save_y, lo.save_y),
+        meta={**r.meta, "error_model": f"two-tolerance (loose run at {TWO_TOL_FACTOR:g}× the tolerances)"})
+    return dataclasses.replace(tight, result=res)
 
 
 @dataclass
@@ -220,6 +254,7 @@ def solve(
     guard: Literal["auto", "det", "none"] = "auto",
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    error: Literal["estimate", "two-tolerance"] = "estimate",
 ) -> FlowSolution:
     """Gradient flow on ``ℓ(W_N⋯W_1)`` from ``factors`` until ``t_max`` or ``ℓ ≤ loss_target``.
 
@@ -227,7 +262,20 @@ def solve(
     of the dense output).  ``guard="auto"`` turns on :func:`det_guard` when every factor is square: an
     instance whose det W_j falls below float64 resolution stops with status UNRESOLVED instead of returning
     a sign that rounding decided.  ``device`` defaults to the factors' device; everything runs there.
+
+    ``error="estimate"``: the integrator's summed local error estimates (they miss the flow's amplification of
+    earlier errors).  ``error="two-tolerance"``: also solve at ``TWO_TOL_FACTOR``× looser tolerances and report
+    ``estimate + max_i |y_tight − y_loose|`` at the final state, every level and every save, which does see the
+    amplification (see :func:`two_tolerance_error`); costs about 1.5× one solve.
     """
+    if error not in ("estimate", "two-tolerance"):
+        raise InvalidInputError(f"error must be 'estimate' or 'two-tolerance', got {error!r}")
+    if error == "two-tolerance":
+        kw = dict(t_max=t_max, loss_target=loss_target, loss_levels=loss_levels, save_at=save_at,
+                  max_steps=max_steps, guard=guard, dtype=dtype, device=device)
+        tight = solve(problem, factors, rtol=rtol, atol=atol, **kw)
+        loose = solve(problem, factors, rtol=TWO_TOL_FACTOR * rtol, atol=TWO_TOL_FACTOR * atol, **kw)
+        return two_tolerance_error(tight, loose)
     check_factors(factors)
     dev = torch.device(device) if device is not None else factors[0].device
     factors = tuple(W.to(dtype=dtype, device=dev) for W in factors)

@@ -146,8 +146,10 @@ def integrate(
     state, so those functions stay pure and row-wise.
 
     The error estimate is ``Σ_steps (max_i |h Σ_j e_j k_j,i| + u·max_i |y_i|)`` (u = unit roundoff): the
-    sum of local error estimates and rounding, without amplification by the flow.  It is validated against
-    the mpmath reference in the tests; callers that need more should compare two tolerances.
+    sum of local error estimates and rounding, without amplification by the flow.  It is an *estimate*, not a
+    rigorous bound: where the flow amplifies earlier errors it can be too small (once seen 1.2× too small, in
+    arora-2018/end-to-end-simulation).  It is validated against the mpmath reference in the tests (actual /
+    estimated ≤ 0.1 across the 2×2 saddle escape); callers that need more compare two tolerances.
 
     Every operation is row-wise (stage sums, error norms and the dense output are accumulated term by term in a
     fixed order, never by BLAS or reduction kernels), so an instance's result is bit-identical alone or in any
