@@ -9,7 +9,9 @@ end-to-end flow in coordinates that carry log σ_min.  Its det sign past the swi
 (σ_min = e^λ > 0), which is the mechanism of Razin & Cohen's proof; the claims say so in their notes.
 
 Every state a claim compares comes with an entrywise error bound of the end-to-end matrix: the solver's own
-estimate for the hybrid solver, and ``matrix_bounds.product_error`` of the factors' estimate otherwise.
+estimate for the hybrid solver, and ``matrix_bounds.product_error`` of the factors' estimate otherwise, each
+made two-tolerance (``flow.two_tolerance_error``: estimate + |tight − loose| with the loose run at 100× the
+tolerances), because the integrators' estimates alone miss the flow's amplification of earlier errors.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from implreg import certify, flow, reference
 from implreg.errors import ImplregError
+from implreg.flow.gradient_flow import TWO_TOL_FACTOR
 from implreg.flow.spectral import solve_balanced
 from implreg.matrix_bounds import U64, product_error
 from implreg.problems import Problem
@@ -97,17 +100,22 @@ def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float]
     if hybrid:
         sol = solve_balanced(problem, factors, depth, loss_target=target, t_max=t_max, loss_levels=lv,
                              save_at=save_at, rtol=RTOL, atol=ATOL, max_steps=max_steps)
-        out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, sol.level_error,
-                          sol.level_t, torch.isfinite(sol.level_t), "hybrid balanced solver (factor → log σ)",
+        # the two-tolerance error (see flow.two_tolerance_error: the estimate alone misses amplification)
+        loose = solve_balanced(problem, factors, depth, loss_target=target, t_max=t_max, loss_levels=lv,
+                               save_at=save_at, rtol=TWO_TOL_FACTOR * RTOL, atol=TWO_TOL_FACTOR * ATOL,
+                               max_steps=max_steps)
+        level_err = _two_tol(sol.level_error, sol.level_end_to_end, loose.level_end_to_end)
+        reached = torch.isfinite(sol.level_t) & torch.isfinite(level_err)
+        out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, level_err,
+                          sol.level_t, reached, "hybrid balanced solver (factor → log σ)",
                           sol.messages(), det_sign=sol.level_det_sign, log_abs_det=sol.level_log_abs_det,
-                          final_W=sol.end_to_end, final_err=sol.error)
+                          final_W=sol.end_to_end, final_err=_two_tol(sol.error, sol.end_to_end, loose.end_to_end))
         if save_at is not None:
-            out.save_t, out.save_W, out.save_err = sol.save_t, sol.save_end_to_end, sol.save_error
+            out.save_t, out.save_W = sol.save_t, sol.save_end_to_end
+            out.save_err = _two_tol(sol.save_error, sol.save_end_to_end, loose.save_end_to_end)
             out.save_det_sign = sol.save_det_sign
             out.save_log_abs_det = sol.save_log_sigma.sum(-1)
         if sigma_intervals:
-            loose = solve_balanced(problem, factors, depth, loss_target=target, t_max=t_max, loss_levels=lv,
-                                   rtol=100 * RTOL, atol=100 * ATOL, max_steps=max_steps)
             lam = sol.level_log_sigma[..., -1]
             dlam = (lam - loose.level_log_sigma[..., -1]).abs() + 1e-12
             drift = 2e-6  # the solver keeps ‖UᵀU − I‖, ‖VᵀV − I‖ ≤ 1e-6 (its drift guard)
@@ -122,24 +130,37 @@ def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float]
         out.extra["solution"] = sol
         return out
     sol = flow.solve(problem, factors, loss_target=target, t_max=t_max, loss_levels=lv, save_at=save_at,
-                     rtol=RTOL, atol=ATOL, guard=guard, max_steps=max_steps)
+                     rtol=RTOL, atol=ATOL, guard=guard, max_steps=max_steps, error="two-tolerance")
     L = len(lv)
     lf = sol.level_factors  # each (B, L, a, b); NaN at levels not reached
-    reached = torch.isfinite(sol.level_t)
-    err = product_error(tuple(torch.nan_to_num(W) for W in lf), torch.nan_to_num(sol.level_error, nan=0.0))
+    # a level whose two-tolerance error is infinite (the loose run did not get there) counts as not reached
+    reached = torch.isfinite(sol.level_t) & torch.isfinite(sol.level_error)
+    err = product_error(tuple(torch.nan_to_num(W) for W in lf),
+                        torch.where(reached, sol.level_error, torch.zeros_like(sol.level_error)))
     err = torch.where(reached, err, torch.full_like(err, math.nan))
     out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, err, sol.level_t,
-                      torch.isfinite(sol.level_t), "Dormand–Prince 5(4) in factor coordinates", sol.messages(),
+                      reached, "Dormand–Prince 5(4) in factor coordinates", sol.messages(),
                       final_W=sol.end_to_end, final_err=product_error(sol.factors, sol.error))
     if save_at is not None:
         sy = sol.layout.unpack(sol.result.save_y)
         out.save_t, out.save_W = sol.save_t, sol.save_end_to_end
         se = sol.result.save_error
-        out.save_err = product_error(tuple(torch.nan_to_num(W) for W in sy), torch.nan_to_num(se))
-        out.save_err = torch.where(torch.isfinite(se), out.save_err, torch.full_like(out.save_err, math.nan))
+        ok_se = torch.isfinite(se)
+        out.save_err = product_error(tuple(torch.nan_to_num(W) for W in sy),
+                                     torch.where(ok_se, se, torch.zeros_like(se)))
+        out.save_err = torch.where(ok_se, out.save_err, torch.full_like(out.save_err, math.nan))
     out.extra["solution"] = sol
     assert out.W.shape[:2] == (B, L)
     return out
+
+
+def _two_tol(e: Tensor, W: Tensor, W_loose: Tensor) -> Tensor:
+    """``e + max|W − W_loose|`` per state (end-to-end entries), +∞ where the loose run has no state (see
+    ``flow.two_tolerance_error``; the same model for the hybrid solver, whose error is on W itself)."""
+    d = (W - W_loose).abs().flatten(-2).amax(-1)
+    out = e + d
+    missing = torch.isfinite(W).flatten(-2).all(-1) & ~torch.isfinite(W_loose).flatten(-2).all(-1)
+    return torch.where(missing, torch.full_like(out, math.inf), out)
 
 
 # ---------------------------------------------------------------------------------------------- placeholders
@@ -271,7 +292,10 @@ def w11_bound_error(loss: Tensor, loss_err: Tensor) -> Tensor:
 
 
 def loss_2x2(W: Any) -> Any:
-    """ℓ on the Razin–Cohen problem: ½((W₁₂ − 1)² + (W₂₁ − 1)² + W₂₂²) (W indexable as W[..., i, j] or mp)."""
+    """ℓ on the Razin–Cohen problem: ½((W₁₂ − 1)² + (W₂₁ − 1)² + W₂₂²), for a tensor batch (..., 2, 2) or an
+    mp.matrix (which has no ``...`` indexing)."""
+    if isinstance(W, torch.Tensor):
+        return ((W[..., 0, 1] - 1) ** 2 + (W[..., 1, 0] - 1) ** 2 + W[..., 1, 1] ** 2) / 2
     return ((W[0, 1] - 1) ** 2 + (W[1, 0] - 1) ** 2 + W[1, 1] ** 2) / 2
 
 

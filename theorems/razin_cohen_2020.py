@@ -517,7 +517,8 @@ def solutions_det_minus_one(w):
 def unbalanced_det_sign_preserved(batch):
     save = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0)
     P = razin_cohen_2x2(len(batch))
-    sol = flow.solve(P, stack_factors(batch), loss_target=1e-3, t_max=1e4, save_at=save, guard="none")
+    sol = flow.solve(P, stack_factors(batch), loss_target=1e-3, t_max=1e4, save_at=save, guard="none",
+                     error="two-tolerance")
     sol.raise_on_failure()
     W, Wt = sol.end_to_end, sol.save_end_to_end
     sy = sol.layout.unpack(sol.result.save_y)
