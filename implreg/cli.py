@@ -83,12 +83,12 @@ _ICON = {"holds": "✓", "refuted": "✗", "inconclusive": "?", "error": "!"}
 
 
 def format_table(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """Summary table lines: verdict, expectation, id, instances, escalations, time."""
+    """Summary table lines: verdict, expectation, id, instances in passing examples, escalations, time."""
     rows = list(rows)
     if not rows:
         return ["(no claims)"]
     idw = min(max(len(r["id"]) for r in rows), 70)
-    head = f"  {'verdict':<13} {'expected':<9} {'id':<{idw}} {'instances':>9} {'escal.':>6} {'time':>8}"
+    head = f"  {'verdict':<13} {'expected':<9} {'id':<{idw}} {'passed':>9} {'escal.':>6} {'time':>8}"
     lines = [head, "  " + "─" * (len(head) - 2)]
     for r in rows:
         ok = ("  ◀ catalogue finding: refuted as stated" if r.get("finding") else "") if r.get("matches_expect") else (
