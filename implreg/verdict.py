@@ -475,10 +475,22 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
         budget_note = (f" The wall budget of {spec.budget_s:g} s ran out after {n_valid} example(s); "
                        "no further examples were started.")
     if rec.undecided_count:
+        first = ""
+        if rec.undecided:
+            u = rec.undecided[0]
+            first = (f" First: {u.get('what')} at instance {u.get('instance')}: value = {u.get('value')}, "
+                     f"bound = {u.get('bound')}, error bound = {u.get('error')}.")
+            try:
+                if float(u.get("gap")) == 0.0:
+                    first += (" The value equals the bound: an equality case.  If it is allowed and both sides are "
+                              "exact, pass error=0 (≥/≤ then include equality); otherwise exclude it in the "
+                              "claim's hypotheses.")
+            except (TypeError, ValueError):
+                pass
         return "inconclusive", (
             f"{rec.undecided_count} comparison(s) could not be decided: |value − bound| stayed within the "
             f"error bound after {rec.escalation_count} escalation(s); no counterexample was found in "
-            f"{n_valid} decided example(s).{budget_note}")
+            f"{n_valid} decided example(s).{first}{budget_note}")
     if n_valid == 0:
         if rec.budget_exhausted:
             return "inconclusive", f"No example completed within the wall budget of {spec.budget_s:g} s."

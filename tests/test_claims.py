@@ -353,3 +353,18 @@ def test_catalogue_finding_is_a_refutation_shown_as_such_and_fails_when_it_stops
         bad = run_claim(get_spec(contradictory), profile="ci")
         assert bad["verdict"] == "error"
         assert any("give expect='refuted'" in p for p in bad["problems"])
+
+
+def test_inconclusive_names_the_first_undecided_comparison_and_spots_equality():
+    """A conjecture tight at some instances (|tr W| = ‖W‖_* for 1×1 W) is inconclusive, and the explanation shows
+    the first undecided comparison and says it is an equality case, with what to do about it."""
+    with REGISTRY.isolated():
+        @claim("test/tight-at-d1", kind="conjecture", statement="|x| ≤ |x| + 0, certified with a positive error.")
+        @given(st.floats(0.5, 2.0))
+        def tight(x):
+            certify.at_most(abs(x), abs(x), error=1e-12, what="|x| − |x|")
+
+        r = run_claim(get_spec(tight), profile="ci")
+    assert r["verdict"] == "inconclusive"
+    assert "First: |x| − |x| at instance" in r["explanation"] and "equality case" in r["explanation"]
+    assert "pass error=0" in r["explanation"]
