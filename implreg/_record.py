@@ -49,6 +49,8 @@ class Recorder:
     last_failure: BaseException | None = None
     last_failure_kwargs: str | None = None
     budget_exhausted: bool = False
+    t_first_failure: float | None = None
+    shrink_cut: int = 0         # shrink candidates skipped because the budget ran out while shrinking
 
     # certification
     comparisons: int = 0        # certify calls in valid examples
@@ -88,6 +90,12 @@ class Recorder:
 
     def over_budget(self) -> bool:
         return self.budget_s is not None and time.monotonic() - self.t0 > self.budget_s
+
+    def over_shrink_budget(self) -> bool:
+        """Shrinking gets the claim's budget again, counted from the first failure (so a refuted claim takes
+        at most about twice its budget, however slow its body)."""
+        return (self.budget_s is not None and self.t_first_failure is not None
+                and time.monotonic() - self.t_first_failure > self.budget_s)
 
     @property
     def recording_evidence(self) -> bool:

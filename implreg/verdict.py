@@ -164,10 +164,16 @@ def _instrument(orig: Any, rec: _record.Recorder) -> Any:
     def body(*args: Any, **kwargs: Any) -> None:
         from hypothesis.control import current_build_context
 
-        batch = rec.take_batch(current_build_context())
+        ctx = current_build_context()
+        batch = rec.take_batch(ctx)
         if not rec.failure_seen and rec.over_budget():
             rec.budget_exhausted = True
             raise BudgetExhausted(f"wall budget of {rec.budget_s:g} s exhausted")
+        if rec.failure_seen and not ctx.is_final and rec.over_shrink_budget():
+            # Shrinking past the budget: skip the candidate (Hypothesis sees an invalid example and stops
+            # improving).  The final replay (is_final) still runs, so the smallest failure found is reported.
+            rec.shrink_cut += 1
+            reject()
         rec.begin_example(batch)
         try:
             result = orig(*args, **kwargs)
@@ -179,6 +185,8 @@ def _instrument(orig: Any, rec: _record.Recorder) -> Any:
             raise
         except BaseException as exc:
             rec.failures += 1
+            if rec.t_first_failure is None:
+                rec.t_first_failure = time.monotonic()
             rec.failure_seen = True
             rec.last_failure = exc
             rec.last_failure_kwargs = _safe_repr(kwargs) if not args else _safe_repr((args, kwargs))
@@ -377,6 +385,7 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         "stopped_because": stats.get("stopped-because"),
         "budget_s": spec.budget_s,
         "budget_exhausted": rec.budget_exhausted,
+        "shrink_cut": rec.shrink_cut,
     }
     record["instances"] = rec.instances
     record["certification"] = {
@@ -460,8 +469,11 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
         record["counterexample"] = _counterexample(exc, rec, record)
         if not conclusion:
             return crash("AssertionError", f"an assertion inside library code failed at {where}: {exc}")
+        cut = (f" (Shrinking was cut short at the wall budget of {spec.budget_s:g} s after the first failure; "
+               f"{rec.shrink_cut} candidate(s) skipped: the example is the smallest found by then.)"
+               if rec.shrink_cut else "")
         return "refuted", ("Hypothesis found an instance that violates the conclusion and shrank it to the "
-                           f"example below: {exc}")
+                           f"example below: {exc}{cut}")
     if isinstance(exc, FailedHealthCheck) and "filter_too_much" not in str(exc):
         # data_too_large, large_base_example, …: the strategy itself is unusable
         return crash("FailedHealthCheck", str(exc).split("\n\n")[0])

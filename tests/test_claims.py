@@ -368,3 +368,27 @@ def test_inconclusive_names_the_first_undecided_comparison_and_spots_equality():
     assert r["verdict"] == "inconclusive"
     assert "First: |x| − |x| at instance" in r["explanation"] and "equality case" in r["explanation"]
     assert "pass error=0" in r["explanation"]
+
+
+def test_budget_bounds_shrinking_and_the_smallest_failure_found_is_still_reported():
+    """A slow refuted claim: shrinking stops about one budget after the first failure, the verdict stays refuted
+    with a replayable counterexample, and the explanation says it was cut."""
+    import time as _time
+
+    with REGISTRY.isolated():
+        @claim("test/slow-refuted", kind="conjecture", statement="no list has 8 distinct values summing to ≥ 1000.",
+               budget_s=1.0, max_examples=50)
+        @given(st.lists(st.integers(0, 10**6), min_size=1, max_size=30))
+        def slow(xs):
+            if len(set(xs)) >= 8 and sum(xs) >= 1000:
+                _time.sleep(0.1)  # only failing calls are slow: the first failure comes fast, shrinking is slow
+                raise AssertionError("8 distinct values summing to ≥ 1000")
+
+        t0 = _time.monotonic()
+        r = run_claim(get_spec(slow), profile="ci")
+        took = _time.monotonic() - t0
+    assert r["verdict"] == "refuted" and "Falsifying example" in r["counterexample"]["falsifying_example"]
+    assert r["hypothesis"]["shrink_cut"] > 0 and "Shrinking was cut short" in r["explanation"]
+    # 1 s of shrinking after the first failure + the replay and the call in flight; unbounded, the ~108 failing
+    # shrink calls take ≥ 10.8 s.  6 s leaves room for a loaded machine.
+    assert took < 6.0, took
