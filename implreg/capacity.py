@@ -481,6 +481,39 @@ def to_fractions(net: ReluNet, b: int) -> list[list[list[Fraction]]]:
     return [[[Fraction(float(v)) for v in row] for row in W[b].tolist()] for W in net.weights]
 
 
+def rows_to_fractions(t: Tensor) -> list[list[Fraction]]:
+    """A 2-D tensor (e.g. inputs, one row per sample) as rows of exact rationals."""
+    return [[Fraction(float(v)) for v in row] for row in t.tolist()]
+
+
+def scaling_to_fractions(scaling: NodeScaling, b: int) -> list[list[Fraction]]:
+    """Rescaling b's factors c_1 … c_{d−1} (one list per hidden layer) as exact rationals."""
+    return [[Fraction(float(v)) for v in c[b].tolist()] for c in scaling.factors]
+
+
+def rescale_fractions(weights: list[list[list[Fraction]]], cs: list[list[Fraction]]) -> list[list[list[Fraction]]]:
+    """ρ_c(w) exactly (Neyshabur et al. 2015, §3): W_k ↦ diag(c_k) W_k diag(c_{k−1})⁻¹ with c_0 = c_d = 1."""
+    d = len(weights)
+    out = []
+    for k, W in enumerate(weights, start=1):
+        head = cs[k - 1] if k < d else [Fraction(1)] * len(W)
+        tail = cs[k - 2] if k > 1 else [Fraction(1)] * len(W[0])
+        out.append([[w * head[i] / tail[j] for j, w in enumerate(row)] for i, row in enumerate(W)])
+    return out
+
+
+def forward_fractions(weights: list[list[list[Fraction]]], x: list[list[Fraction]]) -> list[list[Fraction]]:
+    """f(x) = W_d σ(W_{d−1} ⋯ σ(W_1 x)) exactly, for every row of x (bias-free, ReLU σ)."""
+    out = []
+    for xn in x:
+        h = list(xn)
+        for k, W in enumerate(weights):
+            z = [sum((w * hi for w, hi in zip(row, h, strict=True)), Fraction(0)) for row in W]
+            h = [max(v, Fraction(0)) for v in z] if k < len(weights) - 1 else z
+        out.append(h)
+    return out
+
+
 def exact_unit_norms_pow(weights: list[list[list[Fraction]]], p: int) -> list[list[Fraction]]:
     """Σ_{u→v} |w_{u→v}|^p for every non-input unit, exactly (integer p)."""
     return [[sum(abs(w) ** p for w in row) for row in W] for W in weights]

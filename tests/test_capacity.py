@@ -366,3 +366,41 @@ def test_random_draws_do_not_depend_on_batch_mates():
     v = C.rademacher_search(xs[0], xi, 2, 4, steps=5, restarts=2, seed=2)
     v1 = C.rademacher_search(xs[0], xi[2:], 2, 4, steps=5, restarts=2, seed=2)
     assert v[2].item() == pytest.approx(v1[0].item(), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- exact rationals
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_exact_rescaling_preserves_the_function_and_forward_matches_float(data):
+    """ρ_c with c > 0 leaves f unchanged exactly (Neyshabur et al. 2015, §3); a negative factor does not in
+    general; and the exact forward pass agrees with the float64 one to rounding."""
+    net = data.draw(relu_nets(widths=net_widths(), batch=1))  # depth 2–4, widths 1–4
+    x = torch.randn(5, net.widths[0], generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))),
+                    dtype=torch.float64)
+    s = data.draw(node_rescalings(net))
+    Ws, xf = C.to_fractions(net, 0), C.rows_to_fractions(x)
+    cs = C.scaling_to_fractions(s, 0)
+    assert all(c > 0 for layer in cs for c in layer)
+    f = C.forward_fractions(Ws, xf)
+    assert C.forward_fractions(C.rescale_fractions(Ws, cs), xf) == f
+    # the float64 forward pass is within its rigorous bound (relu.forward_error_bound, Higham 3.5) of the exact one
+    got = R.forward(net, x)[0]
+    err = R.forward_error_bound(net, x)[-1][0]
+    for n in range(5):
+        for o, v in enumerate(f[n]):
+            assert abs(Fraction(float(got[n, o])) - v) <= Fraction(float(err[n, o]))
+
+
+def test_rescale_fractions_by_hand():
+    """One hidden unit scaled by 2: incoming weights ×2, outgoing ÷2; a negative factor changes f."""
+    W1 = [[Fraction(1), Fraction(-3)]]
+    W2 = [[Fraction(5)]]
+    out = C.rescale_fractions([W1, W2], [[Fraction(2)]])
+    assert out == [[[Fraction(2), Fraction(-6)]], [[Fraction(5, 2)]]]
+    x = [[Fraction(1), Fraction(0)]]
+    assert C.forward_fractions([W1, W2], x) == C.forward_fractions(out, x) == [[Fraction(5)]]
+    flipped = C.rescale_fractions([W1, W2], [[Fraction(-1)]])
+    assert C.forward_fractions(flipped, x) == [[Fraction(0)]]  # σ(−1) = 0: ReLU is only positively homogeneous
+    assert C.rows_to_fractions(torch.tensor([[0.5, -0.25]])) == [[Fraction(1, 2), Fraction(-1, 4)]]

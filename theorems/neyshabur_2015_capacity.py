@@ -64,21 +64,6 @@ def _powd(x: torch.Tensor, ex: torch.Tensor, d: int) -> tuple[torch.Tensor, torc
     return y, 1.01 * (d * x.abs() ** (d - 1) * ex + R.gamma(max(d - 1, 0), x.dtype) * y.abs())
 
 
-def _frac_rescale(Ws, cs):
-    """ρ_c(w) exactly (Fractions): W_k ↦ diag(c_k) W_k diag(c_{k−1})⁻¹, c_0 = c_d = 1."""
-    d = len(Ws)
-    out = []
-    for k, W in enumerate(Ws, start=1):
-        head = cs[k - 1] if k < d else [Fraction(1)] * len(W)
-        tail = cs[k - 2] if k > 1 else [Fraction(1)] * len(W[0])
-        out.append([[w * head[i] / tail[j] for j, w in enumerate(row)] for i, row in enumerate(W)])
-    return out
-
-
-def _frac_factors(s: R.NodeScaling, b: int):
-    return [[Fraction(float(v)) for v in c[b].tolist()] for c in s.factors]
-
-
 ps_any = st.one_of(st.sampled_from([1.0, 2.0, 3.0]), st.floats(1.0, 4.0))
 
 
@@ -117,7 +102,7 @@ def path_norm_rescaling_invariant(inst, seed):
     err = C.path_norm_error_bound(w2, p, RESCALE_REL) + C.path_norm_error_bound(net, p)
     certify.close(a, b, tol=2 * err, error=err, what=f"φ_p(ρ(w)) vs φ_p(w), p = {p:g} (float64)")
     if p in INT_PS:
-        same = [C.exact_path_norm_pow(_frac_rescale(C.to_fractions(net, i), _frac_factors(s, i)), int(p))
+        same = [C.exact_path_norm_pow(C.rescale_fractions(C.to_fractions(net, i), C.scaling_to_fractions(s, i)), int(p))
                 == C.exact_path_norm_pow(C.to_fractions(net, i), int(p)) for i in range(net.batch)]
         certify.that(torch.tensor(same), what=f"φ_p(ρ(w))^p = φ_p(w)^p in exact rational arithmetic (p = {int(p)})")
     # evidence: φ_2 and μ_{2,2} along 16 successive random rescalings (log-uniform factors in [1/4, 4])

@@ -25,7 +25,13 @@ from hypothesis import strategies as st
 from implreg import certify, evidence
 from implreg import pathsgd as PS
 from implreg import relu as R
-from implreg.capacity import to_fractions
+from implreg.capacity import (
+    forward_fractions,
+    rescale_fractions,
+    rows_to_fractions,
+    scaling_to_fractions,
+    to_fractions,
+)
 from implreg.claims import Source, claim
 from implreg.errors import InvalidInputError
 from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
@@ -45,36 +51,6 @@ RESCALE_REL = 2 * U
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _frac_scaling(s: R.NodeScaling, b: int) -> list[list[Fraction]]:
-    return [[Fraction(float(v)) for v in c[b].tolist()] for c in s.factors]
-
-
-def _frac_rescale(Ws, cs):
-    """ρ_c(w) exactly: W_k ↦ diag(c_k) W_k diag(c_{k−1})⁻¹ with c_0 = c_d = 1."""
-    d = len(Ws)
-    out = []
-    for k, W in enumerate(Ws, start=1):
-        head = cs[k - 1] if k < d else [Fraction(1)] * len(W)
-        tail = cs[k - 2] if k > 1 else [Fraction(1)] * len(W[0])
-        out.append([[w * head[i] / tail[j] for j, w in enumerate(row)] for i, row in enumerate(W)])
-    return out
-
-
-def _frac_forward(Ws, x):
-    out = []
-    for xn in x:
-        h = list(xn)
-        for k, W in enumerate(Ws):
-            z = [sum((w * hi for w, hi in zip(row, h, strict=True)), Fraction(0)) for row in W]
-            h = [max(v, Fraction(0)) for v in z] if k < len(Ws) - 1 else z
-        out.append(h)
-    return out
-
-
-def _rows(t: torch.Tensor) -> list[list[Fraction]]:
-    return [[Fraction(float(v)) for v in row] for row in t.tolist()]
 
 
 def _ratio(s: R.NodeScaling, net: R.ReluNet, k: int) -> torch.Tensor:
@@ -111,8 +87,9 @@ def _function_unchanged(net: R.ReluNet, s: R.NodeScaling, x: torch.Tensor) -> No
     same = []
     for i in range(net.batch):
         Ws = to_fractions(net, i)
-        xf = _rows(x)
-        same.append(_frac_forward(Ws, xf) == _frac_forward(_frac_rescale(Ws, _frac_scaling(s, i)), xf))
+        xf = rows_to_fractions(x)
+        rescaled = rescale_fractions(Ws, scaling_to_fractions(s, i))
+        same.append(forward_fractions(Ws, xf) == forward_fractions(rescaled, xf))
     certify.that(torch.tensor(same), what="f_{ρ(w)}(x) = f_w(x) in exact rational arithmetic")
 
 
@@ -174,16 +151,16 @@ def _step_commutes(inst, method: str, *, trajectories: bool = True) -> None:
                           error=err[float_ok], what=f"layer {k}: step(ρ(w)) vs ρ(step(w)) (float64)")
     # exact, every net (and the only decision where a mask was not certified in float)
     exact_step = PS.path_sgd_step_exact if method == "path-sgd" else PS.sgd_step_exact
-    xf, yf, eta = _rows(x), _rows(y), Fraction(lr)
+    xf, yf, eta = rows_to_fractions(x), rows_to_fractions(y), Fraction(lr)
     same, same2 = [], []
     for i in range(net.batch):
-        Ws, cs = to_fractions(net, i), _frac_scaling(s, i)
+        Ws, cs = to_fractions(net, i), scaling_to_fractions(s, i)
         one = exact_step(Ws, xf, yf, eta)
-        two = exact_step(_frac_rescale(Ws, cs), xf, yf, eta)
-        same.append(_frac_rescale(one, cs) == two)
+        two = exact_step(rescale_fractions(Ws, cs), xf, yf, eta)
+        same.append(rescale_fractions(one, cs) == two)
         if trajectories:  # two steps: both trajectories compute the same function (on the training inputs)
-            same2.append(_frac_forward(exact_step(one, xf, yf, eta), xf)
-                         == _frac_forward(exact_step(two, xf, yf, eta), xf))
+            same2.append(forward_fractions(exact_step(one, xf, yf, eta), xf)
+                         == forward_fractions(exact_step(two, xf, yf, eta), xf))
     certify.that(torch.tensor(same), what="step(ρ(w)) = ρ(step(w)) in exact rational arithmetic")
     if not trajectories:
         return
