@@ -419,6 +419,9 @@ def _scalar_summary(s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TARGET_NOTE = re.compile(r"^\s*[-+]?(?:\d[\d.eE+-]*|inf|nan)\s+\(label=.*\)\s*$", re.S)
+
+
 def _counterexample(exc: BaseException, rec: _record.Recorder, record: dict[str, Any]) -> dict[str, Any]:
     notes = _notes(exc)
     # Hypothesis ≥ 6.16x says "Failing test case:" where older releases said "Falsifying example:";
@@ -431,8 +434,12 @@ def _counterexample(exc: BaseException, rec: _record.Recorder, record: dict[str,
     if blob_note:
         m = re.search(r"(@reproduce_failure\(.*?\))", blob_note)
         blob = m.group(1) if m else None
-    other = [n for n in notes if n is not falsifying and n is not blob_note and n.strip()
-             and not n.startswith(("Highest target score", "Highest target scores"))]
+    rest = [n for n in notes if n is not falsifying and n is not blob_note and n.strip()
+            and not n.startswith(("Highest target score", "Highest target scores"))]
+    # Hypothesis' target() scores (one note per label, "  -1  (label='margin: …')"): search guidance, kept apart
+    # so the counterexample's own notes stay readable
+    targets = [n.strip() for n in rest if _TARGET_NOTE.match(n)]
+    other = [n for n in rest if not _TARGET_NOTE.match(n)]
     return {
         "exception": type(exc).__name__,
         "message": str(exc),
@@ -441,6 +448,7 @@ def _counterexample(exc: BaseException, rec: _record.Recorder, record: dict[str,
         "reproduce_failure": blob,
         "command": record["reproduce"],
         "notes": other,
+        "target_scores": targets,
     }
 
 

@@ -392,3 +392,20 @@ def test_budget_bounds_shrinking_and_the_smallest_failure_found_is_still_reporte
     # 1 s of shrinking after the first failure + the replay and the call in flight; unbounded, the ~108 failing
     # shrink calls take ≥ 10.8 s.  6 s leaves room for a loaded machine.
     assert took < 6.0, took
+
+
+def test_target_scores_are_kept_apart_from_the_counterexample_notes():
+    """certify steers Hypothesis with target(); its score lines go to target_scores, not to the notes a reader
+    sees under the counterexample."""
+    with REGISTRY.isolated():
+        @claim("test/targeted", kind="conjecture", statement="y ≤ 2000 and x ≤ 900.")
+        @given(st.integers(0, 1000), st.integers(0, 1000))
+        def targeted(x, y):
+            certify.at_most(float(y), 2000.0, error=1.0, what="y")
+            certify.at_most(float(x), 900.0, error=1.0, what="x")
+
+        r = run_claim(get_spec(targeted), profile="ci")
+    ce = r["counterexample"]
+    assert r["verdict"] == "refuted" and ce["target_scores"], ce
+    assert all("(label=" in t for t in ce["target_scores"])
+    assert not any("(label=" in n for n in ce["notes"])
