@@ -486,3 +486,22 @@ def test_integrate_rejects_bad_input() -> None:
     for kw, msg in cases:
         with pytest.raises(InvalidInputError, match=msg):
             integrate(decay, **kw)
+
+
+def test_a_field_not_finite_at_the_start_stops_at_once_as_diverged():
+    """f(y0) non-finite (e.g. an init too large for float64): DIVERGED before any step, with a message that says
+    so, and no loop of rejected steps up to max_steps (it once took 388 s at the default max_steps)."""
+    import time as _time
+
+    def f(t, y):
+        return torch.where(y.abs() > 1e100, torch.full_like(y, math.inf), -y)
+
+    y0 = torch.tensor([[1e200, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    t0 = _time.perf_counter()
+    res = integrate(f, y0, t_max=1.0, max_steps=10**6)
+    assert _time.perf_counter() - t0 < 5.0  # one attempt at most for row 0 (10⁶ rejected attempts take minutes)
+    assert res.statuses() == [Status.DIVERGED, Status.REACHED_T_MAX]
+    assert int(res.n_steps[0]) == 0 and int(res.n_rejected[0]) == 0
+    msg = res.messages()[0]
+    assert "not finite at the initial state" in msg and "1e+200" in msg
+    assert torch.allclose(res.y[1], y0[1] * math.exp(-1.0), rtol=1e-8)  # the healthy row is unaffected

@@ -98,6 +98,12 @@ class IntegrationResult:
             extra = f" at t = {float(self.t[i]):.6g}"
             if s == Status.UNRESOLVED:
                 extra = f" at t = {float(self.unresolved_t[i]):.6g}"
+            start_bad = self.meta.get("nonfinite_start")
+            if s == Status.DIVERGED and start_bad is not None and bool(start_bad[i]):
+                out.append(f"instance {i}: diverged before the first step: the vector field is not finite at the "
+                           f"initial state (largest |y0| entry {float(self.y[i].abs().max()):.3g}; too large for "
+                           f"{self.meta.get('dtype', 'the dtype')}?)")
+                continue
             out.append(f"instance {i}: {s.message}{extra} after {int(self.n_steps[i])} steps")
         return out
 
@@ -286,6 +292,9 @@ def _integrate(
         hb = torch.where(dm <= 1e-15, torch.maximum(torch.full_like(ha, 1e-6), ha * 1e-3),
                          _pow(0.01 / dm.clamp(min=1e-300), 1.0 / tableau.order))
         h = torch.minimum(100 * ha, hb)
+        # a huge but finite field can make f1 (hence hb) non-finite: fall back to the first guess, or the
+        # step-size control would shrink a NaN step for ever
+        h = torch.where(torch.isfinite(h) & (h > 0), h, ha)
     else:
         h = torch.full((B,), float(h0), **z)
 
@@ -296,6 +305,12 @@ def _integrate(
     fired0 = (g_old <= 0) if g_old is not None else torch.zeros_like(done0)
     status0 = torch.where(fired0, int(Status.REACHED_EVENT), int(Status.REACHED_T_MAX))
     out_status[done0] = status0[done0]
+    # a vector field that is not finite at the initial state (e.g. an init too large for the dtype): no step
+    # can be taken, so stop at once as DIVERGED instead of rejecting ever smaller steps until max_steps
+    field_bad = ~done0 & ~(torch.isfinite(k1).all(-1) & torch.isfinite(h) & (h > 0))
+    out_status[field_bad] = int(Status.DIVERGED)
+    nonfinite_start = field_bad.clone()
+    done0 = done0 | field_bad
 
     def locate(fn: Callable[..., Tensor], yb: Tensor, C: list[Tensor], pr: tuple) -> Tensor:
         """θ ∈ (0, 1] with fn(dense(θ)) ≤ 0 at the first crossing, by fixed-count bisection (row-wise)."""
@@ -472,5 +487,6 @@ def _integrate(
         t=out_t, y=out_y, status=out_status, error=out_err, n_steps=out_steps, n_rejected=out_rej,
         save_t=saves, save_y=save_y, save_error=save_err, level_t=level_t, level_y=level_y,
         level_error=level_err, unresolved_t=unresolved_t,
-        meta={"tableau": tableau.name, "rtol": rtol, "atol": atol, "dtype": str(dtype), "device": str(device)},
+        meta={"tableau": tableau.name, "rtol": rtol, "atol": atol, "dtype": str(dtype), "device": str(device),
+              "nonfinite_start": nonfinite_start},
     )
