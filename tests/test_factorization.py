@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from implreg_test_helpers import exact_det
 from scipy import stats
 
 from implreg.errors import InvalidInputError
@@ -324,24 +324,6 @@ def test_balanced_init_rejects_bad_input() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- det sign
-
-
-def exact_det(M) -> Fraction:
-    """Determinant of a float matrix in exact rational arithmetic."""
-    A = [[Fraction(float(x)) for x in row] for row in M]
-    n, det = len(A), Fraction(1)
-    for c in range(n):
-        p = next((r for r in range(c, n) if A[r][c] != 0), None)
-        if p is None:
-            return Fraction(0)
-        if p != c:
-            A[c], A[p] = A[p], A[c]
-            det = -det
-        det *= A[c][c]
-        for r in range(c + 1, n):
-            f = A[r][c] / A[c][c]
-            A[r] = [a - f * b for a, b in zip(A[r], A[c], strict=True)]
-    return det
 
 
 @SETTINGS

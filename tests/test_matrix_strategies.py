@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from implreg_test_helpers import exact_det
 from mpmath import mp
 
 from implreg import factorization as fz
@@ -50,26 +51,9 @@ def test_balanced_inits_with_wider_hidden_layers(init):
 def test_balanced_inits_have_the_requested_det_sign(case):
     sign, init = case
     W = fz.end_to_end(init.factors())[0].tolist()
-    det = _exact_det(W)  # exact rational det of the float64 product (W(0) is well conditioned: ratio ≥ 1e-2)
+    det = exact_det(W)  # exact rational det of the float64 product (W(0) is well conditioned: ratio ≥ 1e-2)
     assert (det > 0) == (sign > 0) and det != 0
     assert init.det_sign == sign
-
-
-def _exact_det(M_: list[list[float]] | list[list[Fraction]]) -> Fraction:
-    A = [[Fraction(x) for x in row] for row in M_]
-    n, det = len(A), Fraction(1)
-    for c in range(n):
-        p = next((r for r in range(c, n) if A[r][c] != 0), None)
-        if p is None:
-            return Fraction(0)
-        if p != c:
-            A[c], A[p] = A[p], A[c]
-            det = -det
-        det *= A[c][c]
-        for r in range(c + 1, n):
-            f = A[r][c] / A[c][c]
-            A[r] = [a - f * b for a, b in zip(A[r], A[c], strict=True)]
-    return det
 
 
 @settings(max_examples=10, deadline=None, database=None)
@@ -132,7 +116,7 @@ def test_gaussian_inits_det_sign_and_flip(case):
     sign, init = case
     f = init.factors()
     assert all(torch.isfinite(W).all() for W in f)
-    det = _exact_det(_exact_product([W[0].tolist() for W in f]))
+    det = exact_det(_exact_product([W[0].tolist() for W in f]))
     if sign is not None:
         assert (det > 0) == (sign > 0) and det != 0
     unflipped = M.GaussianInit(init.scale, init.z, False).factors()

@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from implreg_test_helpers import exact_det
 
 from implreg.errors import InvalidInputError
 from implreg.problems import (
@@ -166,24 +167,6 @@ def test_completion_equals_sensing_with_indicator_measurements() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- named problems
-
-
-def exact_det(M) -> Fraction:
-    """Determinant of a float matrix in exact rational arithmetic (fraction-valued Gaussian elimination)."""
-    A = [[Fraction(float(x)) for x in row] for row in M]
-    n, det = len(A), Fraction(1)
-    for c in range(n):
-        p = next((r for r in range(c, n) if A[r][c] != 0), None)
-        if p is None:
-            return Fraction(0)
-        if p != c:
-            A[c], A[p] = A[p], A[c]
-            det = -det
-        det *= A[c][c]
-        for r in range(c + 1, n):
-            f = A[r][c] / A[c][c]
-            A[r] = [a - f * b for a, b in zip(A[r], A[c], strict=True)]
-    return det
 
 
 def zero_loss_completion(P: Problem, w: float) -> torch.Tensor:
