@@ -29,7 +29,7 @@ from torch import Tensor
 
 from implreg import certify, flow, reference
 from implreg.errors import ImplregError
-from implreg.flow.gradient_flow import TWO_TOL_FACTOR
+from implreg.flow.gradient_flow import TWO_TOL_FACTOR, two_tolerance_combine
 from implreg.flow.spectral import solve_balanced
 from implreg.matrix_bounds import U64, product_error
 from implreg.problems import Problem
@@ -155,12 +155,8 @@ def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float]
 
 
 def _two_tol(e: Tensor, W: Tensor, W_loose: Tensor) -> Tensor:
-    """``e + max|W − W_loose|`` per state (end-to-end entries), +∞ where the loose run has no state (see
-    ``flow.two_tolerance_error``; the same model for the hybrid solver, whose error is on W itself)."""
-    d = (W - W_loose).abs().flatten(-2).amax(-1)
-    out = e + d
-    missing = torch.isfinite(W).flatten(-2).all(-1) & ~torch.isfinite(W_loose).flatten(-2).all(-1)
-    return torch.where(missing, torch.full_like(out, math.inf), out)
+    """``flow.two_tolerance_combine`` on end-to-end matrices (the hybrid solver's error is on W itself)."""
+    return two_tolerance_combine(e, W.flatten(-2), W_loose.flatten(-2))
 
 
 # ---------------------------------------------------------------------------------------------- placeholders

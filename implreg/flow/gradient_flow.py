@@ -26,7 +26,8 @@ from implreg.flow.kernels import (
 from implreg.flow.tableau import DOPRI5
 from implreg.problems import Problem
 
-__all__ = ["TWO_TOL_FACTOR", "FlowSolution", "det_guard", "solve", "two_tolerance_error", "vector_field"]
+__all__ = ["TWO_TOL_FACTOR", "FlowSolution", "det_guard", "solve", "two_tolerance_combine", "two_tolerance_error",
+           "vector_field"]
 
 
 def vector_field(problem: Problem, layout: FactorLayout):
@@ -106,28 +107,30 @@ def det_guard(layout: FactorLayout, safety: float = 10.0):
 TWO_TOL_FACTOR = 100.0
 
 
+def two_tolerance_combine(e: Tensor, y: Tensor, y_loose: Tensor) -> Tensor:
+    """``e + max_i |y_i − y_loose,i|`` over the last dimension, and +∞ where ``y`` is a state (finite) but
+    ``y_loose`` is not (the loose run never got there, so the estimate cannot be validated)."""
+    d = (y - y_loose).abs().amax(-1) if y.shape[-1] else torch.zeros_like(e)
+    out = e + d
+    missing = torch.isfinite(y).all(-1) & ~torch.isfinite(y_loose).all(-1)
+    return torch.where(missing, torch.full_like(out, math.inf), out)
+
+
 def two_tolerance_error(tight: FlowSolution, loose: FlowSolution) -> FlowSolution:
     """``tight`` with its error estimates replaced by ``e_tight + max_i |y_tight,i − y_loose,i|`` (final state,
     levels, saves).  Where the tight run has a state (a level crossed, a save reached) but the loose run has
     none, the error is +∞: the estimate could not be validated, and the caller must not use that state (it
     escalates or stays undecided)."""
     r, lo = tight.result, loose.result
-
-    def combine(e: Tensor, y: Tensor, yl: Tensor) -> Tensor:
-        d = (y - yl).abs().amax(-1) if y.shape[-1] else torch.zeros_like(e)
-        out = e + d
-        missing = torch.isfinite(y).all(-1) & ~torch.isfinite(yl).all(-1)
-        return torch.where(missing, torch.full_like(out, math.inf), out)
-
     # final states are comparable where both runs stopped at t_max (same time) or both at the located loss
     # target (same level, as for the level states); otherwise (e.g. one run UNRESOLVED) not validated
     t_max_both = (r.status == int(Status.REACHED_T_MAX)) & (lo.status == int(Status.REACHED_T_MAX)) & (r.t == lo.t)
     event_both = (r.status == int(Status.REACHED_EVENT)) & (lo.status == int(Status.REACHED_EVENT))
     final_ok = t_max_both | event_both
-    final = torch.where(final_ok, r.error + (r.y - lo.y).abs().amax(-1), torch.full_like(r.error, math.inf))
+    final = torch.where(final_ok, two_tolerance_combine(r.error, r.y, lo.y), torch.full_like(r.error, math.inf))
     res = dataclasses.replace(
-        r, error=final, level_error=combine(r.level_error, r.level_y, lo.level_y),
-        save_error=combine(r.save_error, r.save_y, lo.save_y),
+        r, error=final, level_error=two_tolerance_combine(r.level_error, r.level_y, lo.level_y),
+        save_error=two_tolerance_combine(r.save_error, r.save_y, lo.save_y),
         meta={**r.meta, "error_model": f"two-tolerance (loose run at {TWO_TOL_FACTOR:g}× the tolerances)"})
     return dataclasses.replace(tight, result=res)
 
