@@ -414,9 +414,22 @@ def _note_batch(size: int) -> None:
     rec.note_batch(ctx, size)
 
 
+def _instance_key(item: Any) -> Any:
+    """Identity of a drawn instance for ``batches``' distinctness: the value itself when hashable (frozen
+    dataclasses, tuples, numbers), else its repr (tensors hash by identity, which would make every draw
+    distinct)."""
+    try:
+        hash(item)
+    except TypeError:
+        return repr(item)
+    if isinstance(item, (list, dict, set)) or type(item).__hash__ is object.__hash__:
+        return repr(item)
+    return item
+
+
 def batches(instance: st.SearchStrategy[Any], *, max_size: int = 64, min_size: int = 1,
             stack: Callable[[list[Any]], Any] | None = None) -> st.SearchStrategy[Any]:
-    """A batch of ``min_size..max_size`` independently drawn instances, as one Hypothesis example.
+    """A batch of ``min_size..max_size`` distinct, independently drawn instances, as one Hypothesis example.
 
     The value is a ``Batch`` (a list), or ``stack(list)`` if ``stack`` is given (e.g. a function that
     concatenates problems along the batch dimension).  Shrinking deletes instances, so a failure shrinks
@@ -434,7 +447,9 @@ def batches(instance: st.SearchStrategy[Any], *, max_size: int = 64, min_size: i
         # `error`, not an import failure of the whole file
         if not (isinstance(min_size, int) and isinstance(max_size, int) and 1 <= min_size <= max_size):
             raise ValueError(f"batches: need integers 1 ≤ min_size ≤ max_size, got {min_size!r}, {max_size!r}")
-        return st.lists(instance, min_size=min_size, max_size=max_size).map(finish)
+        # distinct instances: Hypothesis' first example is its simplest one, where every element of a plain
+        # list is the same minimal draw, so a batch of 8 would test a single instance 8 times
+        return st.lists(instance, min_size=min_size, max_size=max_size, unique_by=_instance_key).map(finish)
 
     return st.deferred(build)
 

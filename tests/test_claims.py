@@ -409,3 +409,21 @@ def test_target_scores_are_kept_apart_from_the_counterexample_notes():
     assert r["verdict"] == "refuted" and ce["target_scores"], ce
     assert all("(label=" in t for t in ce["target_scores"])
     assert not any("(label=" in n for n in ce["notes"])
+
+
+def test_batches_draw_distinct_instances_even_in_the_first_example():
+    """Hypothesis' first example is its simplest: a plain list of 8 would be 8 copies of one minimal instance.
+    batches() draws distinct ones (by value when hashable, by repr otherwise), so even a one-example claim
+    tests a whole batch."""
+    seen = []
+    with REGISTRY.isolated():
+        @claim("test/distinct", statement="batches hold distinct instances.", max_examples=1)
+        @given(b=batches(st.tuples(st.integers(0, 10**6), st.floats(0.5, 2.0)), min_size=8, max_size=8),
+               u=batches(st.lists(st.integers(0, 9), min_size=1, max_size=3), min_size=4, max_size=4))
+        def distinct(b, u):
+            seen.append((list(b), list(u)))
+            assert len(set(b)) == 8 and len({repr(x) for x in u}) == 4
+
+        r = run_claim(get_spec(distinct), profile="ci")
+    assert r["verdict"] == "holds", r["explanation"]
+    assert r["instances"] == 12 and len(seen) >= 1
