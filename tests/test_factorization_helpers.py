@@ -526,3 +526,30 @@ def test_reference_state_records_a_failed_solve_once():
     assert ref.state(0, 0, 30) is None and ref.state(0, 0, 30) is None
     assert problem_of.calls == [0] and ref.cache == {(0, 0, 30): None}
     assert len(ref.notes) == 1 and "reference at 30 digits for instance 0" in ref.notes[0]
+
+
+def test_save_time_escalation_decides_an_undecided_save_state_from_the_reference():
+    """An entry given as undecidable (0 vs 0 ± 1) at a save time is decided by the reference's state there:
+    det W(t) ≥ 0 is certified (balanced init, det W(0) > 0) and det W(t) ≤ 0 refuted; only the needed
+    instance is solved, and only up to its latest undecided save time."""
+    inits = INITS_REF
+    save_t = (0.5, 1.0, 2.0)
+    calls = []
+
+    def problem_of(i):
+        calls.append(i)
+        return razin_cohen_2x2()
+
+    pairs = [(0, 0), (1, 1)]
+
+    def quantity(W, e):
+        return fz.mp_det2(W), mp.mpf(0), fz.mp_det2_error(W, e)
+
+    esc = fz.save_time_escalation(problem_of, inits, save_t, pairs, quantity)
+    value, err = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])  # entry 0 undecided, entry 1 certified
+    certify.at_least(value, 0.0, error=err, what="det W(t) ≥ 0", escalate=esc)
+    assert calls == [0]  # instance 1 was decided by its float value: never solved
+    esc2 = fz.save_time_escalation(lambda i: razin_cohen_2x2(), inits, save_t, pairs, quantity)
+    with pytest.raises(AssertionError, match="det W"):
+        certify.at_most(torch.tensor([0.0, 0.0]), 0.0, error=torch.tensor([1.0, 1.0]), what="det W(t) ≤ 0",
+                        escalate=esc2)

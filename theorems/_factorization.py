@@ -258,6 +258,59 @@ class ReferenceLevels:
         return self.escalation(quantity, dps)
 
 
+def save_time_escalation(problem_of: Callable[[int], Problem], inits: Sequence[Any], save_t: Sequence[float],
+                         pairs: Sequence[tuple[int, int]],
+                         mp_quantity: Callable[[Any, Any], tuple[Any, Any, Any]],
+                         budget_s: float = REF_BUDGET_S, total_budget_s: float = REF_TOTAL_BUDGET_S,
+                         dps: Sequence[int] = REF_DPS) -> certify.Escalate:
+    """An ``escalate`` for a comparison whose j-th entry is instance ``pairs[j][0]`` at save time index
+    ``pairs[j][1]``: the mpmath reference solves each needed instance once per precision up to its latest
+    undecided save time (factors formed at that precision), and ``mp_quantity(W, err)`` gives (value, bound,
+    error) from the reference state.  Past the budgets, entries stay undecided."""
+    cache: dict[tuple[int, int], Any] = {}
+    spent = [0.0]
+    times = [float(x) for x in save_t]
+
+    def states(i: int, need: list[int], p: int):
+        if (i, p) not in cache:
+            if spent[0] >= total_budget_s:
+                return None
+            t0 = time.perf_counter()
+            upto = times[: max(need) + 1]
+            try:
+                cache[(i, p)] = reference.solve(problem_of(i), inits[i].factors_mp(p), t_end=upto[-1], dps=p,
+                                                save_at=upto, budget_s=budget_s)
+            except ImplregError:
+                cache[(i, p)] = None
+            spent[0] += time.perf_counter() - t0
+        return cache[(i, p)]
+
+    def fn(mask: np.ndarray, dps: int) -> tuple[list, list, list]:
+        p = dps
+        flat = [int(j) for j in np.flatnonzero(mask)]
+        need: dict[int, list[int]] = {}
+        for j in flat:
+            need.setdefault(pairs[j][0], []).append(pairs[j][1])
+        vals, bnds, errs = [], [], []
+        for j in flat:
+            i, k = pairs[j]
+            sol = states(i, need[i], p)
+            with mp.workdps(p):
+                W = sol.save_end_to_end[k] if sol is not None and k < len(sol.save_end_to_end) else None
+                if W is None:
+                    vals.append(mp.mpf(0))
+                    bnds.append(mp.mpf(0))
+                    errs.append(mp.mpf(1))
+                    continue
+                v, b, e = mp_quantity(W, sol.save_errors[k])
+                vals.append(v)
+                bnds.append(b)
+                errs.append(e)
+        return vals, bnds, errs
+
+    return certify.rising_precision(fn, dps=tuple(dps))
+
+
 def mp_det2(W: Any) -> Any:
     return W[0, 0] * W[1, 1] - W[0, 1] * W[1, 0]
 

@@ -50,6 +50,7 @@ from theorems._factorization import (
     certify_levels,
     mp_det2,
     mp_det2_error,
+    save_time_escalation,
     solve_levels,
     w11_bound_error,
     w11_lower_bound,
@@ -193,8 +194,11 @@ def det_sign_preserved(by_depth):
         else:
             m = torch.isfinite(run.save_err)
             Ws = run.save_W[m]
+            esc = save_time_escalation(lambda i: razin_cohen_2x2(), batch, SAVE_T,
+                                       [tuple(x) for x in m.nonzero().tolist()],
+                                       lambda W, e: (mp_det2(W), mp.mpf(0), mp_det2_error(W, e)))
             certify.at_least(torch.linalg.det(Ws), 0.0, error=mb.det2_error(Ws, run.save_err[m]),
-                             what=f"det W ≥ 0 at the save times (depth {N})")
+                             what=f"det W ≥ 0 at the save times (depth {N})", escalate=esc)
     evidence.note("Finite-time check: det W > 0 at every recorded loss level and save time; depth 2 through the "
                   "hybrid balanced solver (det ≈ e^-100 at ℓ = 3e-3), depths 3–5 by Dormand–Prince with the det "
                   "guard; undecided entries escalate to the mpmath reference.")
