@@ -79,6 +79,9 @@ class Recorder:
     _ex_certified: int = 0
     _ex_ratio: tuple[float, str | None] = (0.0, None)
     _pending_batch: tuple[Any, int] | None = None
+    _pending_repeat: bool = False
+    batch_repeats: bool = False  # the example being run has a batch that repeats an instance
+    repeated_batches: int = 0    # examples rejected while generating because a batch repeated an instance
 
     # -- lifecycle --------------------------------------------------------------------------------
     def activate(self) -> contextvars.Token:
@@ -149,14 +152,19 @@ class Recorder:
         if len(self.escalations) < MAX_ESCALATIONS:
             self.escalations.append(entry)
 
-    def note_batch(self, context: Any, size: int) -> None:
-        """Called at draw time by ``claims.batches``: the example drawn in ``context`` holds ``size``."""
+    def note_batch(self, context: Any, size: int, repeated: bool = False) -> None:
+        """Called at draw time by ``claims.batches``: the example drawn in ``context`` holds ``size`` instances
+        (``repeated``: some instance occurs twice in one batch)."""
         if self._pending_batch is not None and self._pending_batch[0] is context:
             size += self._pending_batch[1]
+            repeated = repeated or self._pending_repeat
         self._pending_batch = (context, size)
+        self._pending_repeat = repeated
 
     def take_batch(self, context: Any) -> int | None:
         pending, self._pending_batch = self._pending_batch, None
+        repeat, self._pending_repeat = self._pending_repeat, False
+        self.batch_repeats = pending is not None and pending[0] is context and repeat
         if pending is not None and pending[0] is context:
             return pending[1]
         return None

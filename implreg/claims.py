@@ -399,7 +399,7 @@ class Batch(list):
     """A list of instances drawn as one Hypothesis example (see ``batches``)."""
 
 
-def _note_batch(size: int) -> None:
+def _note_batch(size: int, repeated: bool = False) -> None:
     from hypothesis.control import current_build_context
 
     from implreg import _record
@@ -411,7 +411,7 @@ def _note_batch(size: int) -> None:
         ctx = current_build_context()
     except Exception:  # not inside a Hypothesis test: nothing to count
         return
-    rec.note_batch(ctx, size)
+    rec.note_batch(ctx, size, repeated)
 
 
 def _instance_key(item: Any) -> Any:
@@ -429,7 +429,12 @@ def _instance_key(item: Any) -> Any:
 
 def batches(instance: st.SearchStrategy[Any], *, max_size: int = 64, min_size: int = 1,
             stack: Callable[[list[Any]], Any] | None = None) -> st.SearchStrategy[Any]:
-    """A batch of ``min_size..max_size`` distinct, independently drawn instances, as one Hypothesis example.
+    """A batch of ``min_size..max_size`` independently drawn instances, as one Hypothesis example.
+
+    While examples are generated, a batch that repeats an instance is rejected (Hypothesis' first example is
+    its simplest, where every element of a list is the same minimal draw: a batch of 8 would test one
+    instance 8 times).  While a failure shrinks, repeats are allowed, so shrinking stays as fast as for a
+    plain list.
 
     The value is a ``Batch`` (a list), or ``stack(list)`` if ``stack`` is given (e.g. a function that
     concatenates problems along the batch dimension).  Shrinking deletes instances, so a failure shrinks
@@ -439,7 +444,7 @@ def batches(instance: st.SearchStrategy[Any], *, max_size: int = 64, min_size: i
     """
 
     def finish(items: list[Any]) -> Any:
-        _note_batch(len(items))
+        _note_batch(len(items), len({_instance_key(x) for x in items}) < len(items))
         return Batch(items) if stack is None else stack(list(items))
 
     def build() -> st.SearchStrategy[Any]:
@@ -447,9 +452,7 @@ def batches(instance: st.SearchStrategy[Any], *, max_size: int = 64, min_size: i
         # `error`, not an import failure of the whole file
         if not (isinstance(min_size, int) and isinstance(max_size, int) and 1 <= min_size <= max_size):
             raise ValueError(f"batches: need integers 1 ≤ min_size ≤ max_size, got {min_size!r}, {max_size!r}")
-        # distinct instances: Hypothesis' first example is its simplest one, where every element of a plain
-        # list is the same minimal draw, so a batch of 8 would test a single instance 8 times
-        return st.lists(instance, min_size=min_size, max_size=max_size, unique_by=_instance_key).map(finish)
+        return st.lists(instance, min_size=min_size, max_size=max_size).map(finish)
 
     return st.deferred(build)
 

@@ -169,6 +169,11 @@ def _instrument(orig: Any, rec: _record.Recorder) -> Any:
         if not rec.failure_seen and rec.over_budget():
             rec.budget_exhausted = True
             raise BudgetExhausted(f"wall budget of {rec.budget_s:g} s exhausted")
+        if rec.batch_repeats and not rec.failure_seen:
+            # generating (not shrinking): a batch that repeats an instance tests fewer instances than it
+            # claims, and Hypothesis' simplest first example is exactly that; draw another
+            rec.repeated_batches += 1
+            reject()
         if rec.failure_seen and not ctx.is_final and rec.over_shrink_budget():
             # Shrinking past the budget: skip the candidate (Hypothesis sees an invalid example and stops
             # improving).  The final replay (is_final) still runs, so the smallest failure found is reported.
@@ -386,6 +391,7 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         "budget_s": spec.budget_s,
         "budget_exhausted": rec.budget_exhausted,
         "shrink_cut": rec.shrink_cut,
+        "repeated_batches": rec.repeated_batches,
     }
     record["instances"] = rec.instances
     record["certification"] = {
@@ -516,11 +522,16 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
             return "inconclusive", f"No example completed within the wall budget of {spec.budget_s:g} s."
         what = ("the strategy" if rec.calls == 0 else
                 f"the claim's assume()/reject() calls (all {rec.calls} drawn examples rejected)")
+        if rec.repeated_batches:
+            what = (f"the strategy ({rec.repeated_batches} example(s) rejected because a batch repeated an "
+                    "instance: can its instances differ?)" if rec.calls == 0 else what)
         return crash("NoValidInstances", f"{what} produced no valid instances" +
                      (f": {str(exc).splitlines()[0]}" if exc is not None else ""))
     if isinstance(exc, (Unsatisfiable, FailedHealthCheck)):
+        rep = (f" {rec.repeated_batches} more were rejected because a batch repeated an instance."
+               if rec.repeated_batches else "")
         return "inconclusive", (f"Too few valid examples: only {n_valid} of {rec.calls} drawn examples were "
-                                f"valid before Hypothesis gave up ({str(exc).splitlines()[0]}).")
+                                f"valid before Hypothesis gave up ({str(exc).splitlines()[0]}).{rep}")
 
     if spec.sample is not None:
         from implreg.stats import evaluate

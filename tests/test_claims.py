@@ -413,8 +413,8 @@ def test_target_scores_are_kept_apart_from_the_counterexample_notes():
 
 def test_batches_draw_distinct_instances_even_in_the_first_example():
     """Hypothesis' first example is its simplest: a plain list of 8 would be 8 copies of one minimal instance.
-    batches() draws distinct ones (by value when hashable, by repr otherwise), so even a one-example claim
-    tests a whole batch."""
+    While generating, a batch that repeats an instance (by value when hashable, by repr otherwise) is rejected,
+    so even a one-example claim tests a whole batch of distinct instances."""
     seen = []
     with REGISTRY.isolated():
         @claim("test/distinct", statement="batches hold distinct instances.", max_examples=1)
@@ -427,3 +427,17 @@ def test_batches_draw_distinct_instances_even_in_the_first_example():
         r = run_claim(get_spec(distinct), profile="ci")
     assert r["verdict"] == "holds", r["explanation"]
     assert r["instances"] == 12 and len(seen) >= 1
+    assert r["hypothesis"]["repeated_batches"] >= 1  # the simplest example was drawn and set aside
+
+
+def test_a_batch_strategy_that_cannot_vary_is_reported_not_passed():
+    """batches of a one-value strategy can only repeat: no valid example, and the message says why."""
+    with REGISTRY.isolated():
+        @claim("test/cannot-vary", statement="x = 1.")
+        @given(b=batches(st.just(1), min_size=2, max_size=3))
+        def cannot_vary(b):
+            assert all(x == 1 for x in b)
+
+        r = run_claim(get_spec(cannot_vary), profile="ci")
+    assert r["verdict"] in ("error", "inconclusive")
+    assert "repeated an instance" in r["explanation"], r["explanation"]
