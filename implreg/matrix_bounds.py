@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from fractions import Fraction
 
 import torch
 from torch import Tensor
@@ -232,3 +233,23 @@ def measure_interval(name: str, W: Tensor, e: Tensor | float, *, sv_lo: Tensor |
     lo, hi = _pmean(lo_x, p), _pmean(hi_x, p)
     slack = 8 * max(d, dp) * U64 * (hi + torch.linalg.matrix_norm(W, ord=2)) / p
     return (lo - slack).clamp(min=0), hi + slack
+
+
+def exact_det(M: Sequence[Sequence[object]]) -> Fraction:
+    """det M in exact rational arithmetic (Gaussian elimination over ℚ): entries are Fractions, ints or floats
+    (every float is a dyadic rational, so nothing is rounded).  The oracle for det signs that float64 cannot
+    be trusted with."""
+    A = [[x if isinstance(x, Fraction) else Fraction(float(x)) for x in row] for row in M]
+    n, det = len(A), Fraction(1)
+    for c in range(n):
+        p = next((r for r in range(c, n) if A[r][c] != 0), None)
+        if p is None:
+            return Fraction(0)
+        if p != c:
+            A[c], A[p] = A[p], A[c]
+            det = -det
+        det *= A[c][c]
+        for r in range(c + 1, n):
+            f = A[r][c] / A[c][c]
+            A[r] = [a - f * b for a, b in zip(A[r], A[c], strict=True)]
+    return det

@@ -98,3 +98,22 @@ def test_effective_rank_upper_bound(W):
     for P in _perturbations(W[2:], E):
         assert (measures.effective_rank(W[2:] + P) <= up).all()
     assert (up <= 2 * (1 + 1e-13)).all() and not math.isnan(float(up.max()))
+
+
+def test_exact_det_by_hand_and_against_a_permutation_expansion():
+    from fractions import Fraction
+    from itertools import permutations
+
+    from implreg.matrix_bounds import exact_det
+
+    assert exact_det([[0.5, 1], [1, 0]]) == -1
+    assert exact_det([[1, 2], [2, 4]]) == 0  # singular: a zero pivot column
+    assert exact_det([[0, 1], [1, 0]]) == -1  # needs a row swap
+    M = [[Fraction(3, 7), 2.5, -1], [0.125, -4, 6], [1e-3, 2, Fraction(-5, 3)]]
+    A = [[x if isinstance(x, Fraction) else Fraction(x) for x in r] for r in M]
+
+    def sign(p):
+        return (-1) ** sum(p[i] > p[j] for i in range(3) for j in range(i + 1, 3))
+
+    want = sum(sign(p) * A[0][p[0]] * A[1][p[1]] * A[2][p[2]] for p in permutations(range(3)))
+    assert exact_det(M) == want

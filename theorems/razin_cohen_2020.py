@@ -389,25 +389,12 @@ def det_sign_symmetry(init):
     flipped[-1] = fz.negate_row(factors[-1].unsqueeze(0))[0]
 
     def exact_det(Ws):
+        """det of the end-to-end product W_N⋯W_1, exactly (rational product, then mb.exact_det)."""
         M = [[Fraction(float(x)) for x in row] for row in Ws[0].tolist()]
         for Wj in Ws[1:]:
             A = [[Fraction(float(x)) for x in row] for row in Wj.tolist()]
             M = [[sum(A[i][k] * M[k][j] for k in range(len(M))) for j in range(len(M[0]))] for i in range(len(A))]
-        n = len(M)
-        det = Fraction(1)
-        M = [row[:] for row in M]
-        for c in range(n):  # exact Gaussian elimination over the rationals
-            p = next((r for r in range(c, n) if M[r][c] != 0), None)
-            if p is None:
-                return Fraction(0)
-            if p != c:
-                M[c], M[p] = M[p], M[c]
-                det = -det
-            det *= M[c][c]
-            for r in range(c + 1, n):
-                f = M[r][c] / M[c][c]
-                M[r] = [a - f * b for a, b in zip(M[r], M[c], strict=True)]
-        return det
+        return mb.exact_det(M)
 
     d0, d1 = exact_det(factors), exact_det(flipped)
     certify.that(d1 == -d0, what="det W(θ') = −det W(θ) exactly (rational arithmetic)")
