@@ -546,7 +546,7 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
                          f"{named} as the comparison that refutes it.  A claim refuted by another check (a sanity "
                          f"check, a solver's accuracy, a different inequality) proves nothing about its statement: "
                          f"{exc}{cut}")
-        reason = f" The refuting comparison: {failed}." if failed else ""
+        reason = f" (Refuting comparison: {failed}.)" if failed else ""
         return "refuted", ("Hypothesis found an instance that violates the conclusion and shrank it to the "
                            f"example below: {exc}{cut}{reason}")
     if isinstance(exc, FailedHealthCheck) and "filter_too_much" not in str(exc):
