@@ -440,6 +440,9 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         "escalations": rec.escalations,
         "escalation_count": rec.escalation_count,
         "escalations_resolved": rec.escalations_resolved,
+        # whether the certified comparisons rested on rigorous bounds or on estimates, where the recorder
+        # keeps it (certify records a "basis" per comparison: "rigorous" | "estimate"); None when it does not
+        "basis": _basis(rec),
     }
     record["evidence"] = {
         "series": list(rec.series.values()),
@@ -452,6 +455,17 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
 
 
 set_runner(run_claim)  # calling a claim function directly runs it through here (implreg.claims.set_runner)
+
+
+def _basis(rec: _record.Recorder) -> dict[str, int] | None:
+    """Counts of certified comparisons by basis ("rigorous" / "estimate"), read from the recorder if it has them
+    (a dict of counts, or a list of per-comparison records with a "basis" field)."""
+    raw = getattr(rec, "basis", None)
+    if isinstance(raw, dict):
+        return {str(k): int(v) for k, v in sorted(raw.items())}
+    if isinstance(raw, list):
+        return dict(sorted(Counter(str(e.get("basis")) for e in raw if isinstance(e, dict)).items()))
+    return None
 
 
 def _scalar_summary(s: dict[str, Any]) -> dict[str, Any]:
