@@ -324,10 +324,13 @@ def _power(spec: TestSpec, out: dict[str, Any], a: np.ndarray | None, b: np.ndar
         res["method"] = f"exact binomial distribution ({side})"
     elif spec.test == "wilcoxon":
         n_eff = int((d != 0).sum())
-        res["mde"] = (min(1.0, 2 * (_z(1 - level) + _z(TARGET_POWER)) / math.sqrt(3 * n_eff)) if n_eff else None)
+        raw = 2 * (_z(1 - level) + _z(TARGET_POWER)) / math.sqrt(3 * n_eff) if n_eff else None
+        res["mde"] = min(1.0, raw) if raw is not None else None
         res["mde_scale"] = "|matched-pairs rank-biserial r|"
         res["method"] = (f"normal approximation (Noether 1987: r ≈ 2·P[dᵢ + dⱼ > 0] − 1, n = {n_eff} non-zero "
                          f"differences; {side})")
+        if raw is not None and raw >= 1:
+            res["method"] += "; it reaches |r| = 1 at this n: only near-unanimous samples are significant"
     elif spec.test == "ttest":
         dz = _t_mde(n, level)
         res["mde"] = dz
