@@ -586,3 +586,39 @@ def test_direct_call_works_when_only_claims_is_imported(tmp_path):
     '''))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_refuted_by_and_basis_with_certified_values():
+    """The certified-values seam (certify(a >= b)) raises from implreg.numerics: its failed comparison is named
+    and matched like a legacy certify call, and the record says whether the verdict rests on rigorous bounds."""
+    import torch
+
+    from implreg.numerics import Certified
+
+    def exact(x):
+        return Certified.exact(torch.tensor([float(x)], dtype=torch.float64))
+
+    with REGISTRY.isolated():
+        @claim("t/certified-control", statement="x ≥ 5", expect="refuted", refuted_by="x ≥ 5")
+        @given(x=st.integers(0, 10))
+        def control(x):
+            certify(exact(x) >= 1.0 if x > 100 else exact(x) >= 0.0, what="x ≥ 0")
+            certify(exact(x) >= 5.0, what="x ≥ 5")
+
+        @claim("t/certified-wrong-reason", statement="x ≥ 5", expect="refuted", refuted_by="x ≥ 5")
+        @given(x=st.integers(0, 10))
+        def wrong(x):
+            certify(exact(x) >= 20.0, what="x ≥ 20")
+
+        @claim("t/certified-holds", statement="x ≥ 0")
+        @given(x=st.integers(0, 10))
+        def holds(x):
+            certify(exact(x) >= 0.0, what="x ≥ 0")
+
+        r = run_claim(get_spec(control))
+        assert r["verdict"] == "refuted" and r["refutation"]["failed_check"] == "x ≥ 5"
+        w = run_claim(get_spec(wrong))
+        assert w["verdict"] == "error" and w["error"]["type"] == "WrongReason" and "'x ≥ 20'" in w["explanation"]
+        h = run_claim(get_spec(holds))
+        assert h["verdict"] == "holds" and h["certification"]["basis"] == {"rigorous": 1}
+        assert h["certification"]["basis_by_comparison"] == {"x ≥ 0": "rigorous"}

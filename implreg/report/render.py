@@ -155,6 +155,9 @@ def _claim_view(c: dict[str, Any], used: set[str]) -> dict[str, Any]:
     v["stats_view"] = _stats_view(stats) if stats else None
     cert = c.get("certification") or {}
     v["basis_text"] = _basis_text(cert.get("basis"))
+    estimates = sorted(w for w, b in (cert.get("basis_by_comparison") or {}).items() if b == "estimate")
+    if v["basis_text"] and estimates:
+        v["basis_text"] += " — on estimates: " + "; ".join(estimates[:8]) + (" …" if len(estimates) > 8 else "")
     v["escalation_count"] = cert.get("escalation_count", 0)
     v["escalation_summary"] = _escalation_summary(cert.get("escalations") or [])
     return v
