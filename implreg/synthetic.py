@@ -1,4 +1,6 @@
-"""Synthetic supervised problems generated in code (nothing is downloaded): Gaussian mixtures, teacher nets.
+"""Synthetic supervised problems generated in code (nothing is downloaded): Gaussian mixtures, teacher nets;
+and the toy replications of Exploring §3 / In Search §2 run on them and on scikit-learn's shipped digits set
+(``implreg.datasets``).
 
 Every generator takes an explicit ``torch.Generator`` (the same seed gives the same data on every device:
 draws happen on the generator's device and are then moved), a dtype (float64 by default) and a device.
@@ -20,6 +22,8 @@ __all__ = [
     "Dataset",
     "LabelExperiment",
     "WidthExperiment",
+    "digits_label_experiment",
+    "digits_width_experiment",
     "gaussian_mixture",
     "random_label_experiment",
     "random_labels",
@@ -153,9 +157,6 @@ def random_label_experiment(
     ReLU net of the given width (He init, its own seed per (m, problem, labels)) trained by full-batch Adam
     (lr 0.01) until zero training error and cross-entropy < 0.01 (``pathsgd.fit_to_zero_error``); then the
     measures of ``capacity.exploring_measures`` (5th-percentile training margin).  Cached per process."""
-    from implreg.capacity import exploring_measures
-    from implreg.pathsgd import fit_to_zero_error
-
     true, rand, conv, steps = {}, {}, {}, {}
     for m in sizes:
         xs, ys, yr = [], [], []
@@ -165,17 +166,55 @@ def random_label_experiment(
             xs.append(d.x_train)
             ys.append(d.y_train)
             yr.append(random_labels(d.y_train, 2, generator=g))
-        x, y = torch.stack(xs + xs), torch.stack(ys + yr)
-        init = random_net((dim, width, 2), 2 * n, generator=torch.Generator().manual_seed(seed + m))
-        fit = fit_to_zero_error(init, x, y)
-        meas = exploring_measures(fit.net, x, y)
-        true[m] = {k: v[:n] for k, v in meas.items()}
-        rand[m] = {k: v[n:] for k, v in meas.items()}
-        conv[m], steps[m] = fit.converged, fit.steps
+        true[m], rand[m], conv[m], steps[m] = _fit_true_and_random(xs, ys, yr, width, 2, seed + m)
     return LabelExperiment(tuple(sizes), true, rand, conv, steps,
                            f"{n} problems: 2-class Gaussian mixture in R^{dim} (separation {separation}), "
                            f"depth-2 ReLU nets of width {width}, full-batch Adam to zero training error and "
                            f"cross-entropy < 0.01, sizes m ∈ {list(sizes)}")
+
+
+@functools.lru_cache(maxsize=2)
+def digits_label_experiment(
+    n: int = 12, sizes: tuple[int, ...] = (64, 256), width: int = 256, seed: int = 0,
+) -> LabelExperiment:
+    """The same protocol on real data: scikit-learn's digits (``implreg.datasets.digits``, fixed split by seed 0,
+    standardized); for problems i = 0 … n−1 and each size m, m training images drawn without replacement from
+    the 1,200-image training split (generator seed + 7919 i + m), their true labels and uniformly random labels
+    over the 10 classes; depth-2 ReLU nets 64 → width → 10 trained and measured as in
+    ``random_label_experiment``.  Cached per process."""
+    from implreg.datasets import digits, subsample
+
+    data = digits()
+    true, rand, conv, steps = {}, {}, {}, {}
+    for m in sizes:
+        xs, ys, yr = [], [], []
+        for i in range(n):
+            g = torch.Generator().manual_seed(seed + 7919 * i + m)
+            x, y = subsample(data, m, generator=g)
+            xs.append(x)
+            ys.append(y)
+            yr.append(random_labels(y, data.classes, generator=g))
+        true[m], rand[m], conv[m], steps[m] = _fit_true_and_random(xs, ys, yr, width, data.classes, seed + m)
+    return LabelExperiment(tuple(sizes), true, rand, conv, steps,
+                           f"{n} problems: m images drawn from {data.description}; true vs uniformly random "
+                           f"labels (10 classes); depth-2 ReLU nets of width {width}, full-batch Adam to zero "
+                           f"training error and cross-entropy < 0.01, sizes m ∈ {list(sizes)}")
+
+
+def _fit_true_and_random(xs: list[Tensor], ys: list[Tensor], yr: list[Tensor], width: int, classes: int,
+                         init_seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
+    """Train one depth-2 net (He init, seeded by ``init_seed``) per problem and labelling, true labels first, to
+    zero training error and CE < 0.01; returns the measures of the true-label nets, of the random-label nets,
+    and (2n,) converged flags and step counts."""
+    from implreg.capacity import exploring_measures
+    from implreg.pathsgd import fit_to_zero_error
+
+    n = len(xs)
+    x, y = torch.stack(xs + xs), torch.stack(ys + yr)
+    init = random_net((x.shape[-1], width, classes), 2 * n, generator=torch.Generator().manual_seed(init_seed))
+    fit = fit_to_zero_error(init, x, y)
+    meas = exploring_measures(fit.net, x, y)
+    return {k: v[:n] for k, v in meas.items()}, {k: v[n:] for k, v in meas.items()}, fit.converged, fit.steps
 
 
 @dataclass(frozen=True)
@@ -199,21 +238,53 @@ def width_experiment(
     ``teacher_width`` with 2 outputs (``teacher_classification``, seed + i), m training and m_test test
     points; depth-2 students of each width H (He init) trained by full-batch Adam (lr 0.01) to zero training
     error and cross-entropy < 0.01; test error and ``capacity.exploring_measures``.  Cached per process."""
-    from implreg.capacity import exploring_measures
-    from implreg.pathsgd import fit_to_zero_error
-
     data = [teacher_classification(m, m_test, (dim, teacher_width, 2), generator=torch.Generator().manual_seed(
         seed + 104729 * i)) for i in range(n)]
     x, y = torch.stack([d.x_train for d in data]), torch.stack([d.y_train for d in data])
     xt, yt = torch.stack([d.x_test for d in data]), torch.stack([d.y_test for d in data])
-    err, meas, conv = {}, {}, {}
-    for H in widths:
-        init = random_net((dim, H, 2), n, generator=torch.Generator().manual_seed(seed + H))
-        fit = fit_to_zero_error(init, x, y)
-        err[H] = (forward(fit.net, xt).argmax(dim=-1) != yt).to(x.dtype).mean(dim=1)
-        meas[H] = exploring_measures(fit.net, x, y)
-        conv[H] = fit.converged
+    err, meas, conv = _fit_widths(x, y, xt, yt, widths, 2, seed)
     return WidthExperiment(tuple(widths), err, meas, conv,
                            f"{n} problems: teacher ReLU net ({dim}, {teacher_width}, 2) labels, m = {m} training and "
                            f"{m_test} test points; depth-2 students of widths {list(widths)} trained by full-batch "
                            f"Adam to zero training error and cross-entropy < 0.01")
+
+
+@functools.lru_cache(maxsize=2)
+def digits_width_experiment(
+    n: int = 12, widths: tuple[int, ...] = (32, 128, 512), m: int = 256, seed: int = 0,
+) -> WidthExperiment:
+    """The same protocol on real data: for problems i = 0 … n−1, m training images drawn without replacement from
+    the 1,200-image training split of scikit-learn's digits (``implreg.datasets.digits``, split seed 0,
+    standardized; generator seed + 104729 i + 1), with their true labels; depth-2 nets 64 → H → 10 of each
+    width H trained as in ``width_experiment``; test error on the fixed 597-image test split.  Cached per
+    process."""
+    from implreg.datasets import digits, subsample
+
+    data = digits()
+    xs, ys = zip(*[subsample(data, m, generator=torch.Generator().manual_seed(seed + 104729 * i + 1))
+                   for i in range(n)], strict=True)
+    x, y = torch.stack(xs), torch.stack(ys)
+    xt = data.x_test.unsqueeze(0).expand(n, -1, -1)
+    yt = data.y_test.unsqueeze(0).expand(n, -1)
+    err, meas, conv = _fit_widths(x, y, xt, yt, widths, data.classes, seed)
+    return WidthExperiment(tuple(widths), err, meas, conv,
+                           f"{n} problems: m = {m} images drawn from {data.description}, tested on all "
+                           f"{data.x_test.shape[0]} test images; depth-2 nets of widths {list(widths)} trained by "
+                           f"full-batch Adam to zero training error and cross-entropy < 0.01")
+
+
+def _fit_widths(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, widths: tuple[int, ...], classes: int,
+                seed: int) -> tuple[dict[int, Tensor], dict[int, dict[str, Tensor]], dict[int, Tensor]]:
+    """Per width H: train one depth-2 net per problem (He init seeded by seed + H) on (x, y) (B, m, D), (B, m) to
+    zero training error and CE < 0.01; its test error on (xt, yt), its measures, and whether it converged."""
+    from implreg.capacity import exploring_measures
+    from implreg.pathsgd import fit_to_zero_error
+
+    err, meas, conv = {}, {}, {}
+    for H in widths:
+        init = random_net((x.shape[-1], H, classes), x.shape[0], generator=torch.Generator().manual_seed(seed + H))
+        fit = fit_to_zero_error(init, x, y)
+        err[H] = (forward(fit.net, xt).argmax(dim=-1) != yt).to(x.dtype).mean(dim=1)
+        meas[H] = exploring_measures(fit.net, x, y)
+        conv[H] = fit.converged
+    return err, meas, conv
