@@ -86,14 +86,15 @@ def balancedness_conserved(dims):
     certify.that(proof.holds, what=proof.statement)
 
 
-def _gram_error(W: torch.Tensor, e: torch.Tensor, left: bool) -> torch.Tensor:
-    """Bound on ‖δ(WᵀW)‖_F (left) or ‖δ(WWᵀ)‖_F for entry errors ≤ e: 2‖W‖₂ε + ε², ε = √(ab)·e, plus the
-    float64 rounding of the product, ≤ k·u·‖W‖_F²."""
+def _gram_rounding(W: torch.Tensor, left: bool) -> torch.Tensor:
+    """Float64 rounding of WᵀW (left) or WWᵀ: ≤ (k+2)·u·‖W‖_F² in Frobenius norm (k the inner dimension;
+    Higham 2002, §3.5, with the norm of the result and one more u for forming the difference)."""
     a, b = W.shape[-2:]
-    eps = math.sqrt(a * b) * e
-    k = a if left else b
-    rnd = (k + 2) * mb.U64 * torch.linalg.matrix_norm(W) ** 2
-    return 2 * torch.linalg.matrix_norm(W, ord=2) * eps + eps * eps + rnd
+    return ((a if left else b) + 2) * mb.U64 * torch.linalg.matrix_norm(W) ** 2
+
+
+#: Drift is checked on this grid (spacing 0.25, it contains SAVE_T): the bound needs max_s≤t ‖W_j(s)‖₂.
+DRIFT_T = tuple(0.25 * k for k in range(41))
 
 
 @claim(
@@ -103,36 +104,62 @@ def _gram_error(W: torch.Tensor, e: torch.Tensor, left: bool) -> torch.Tensor:
     expect="holds",
     statement="Numeric check of balancedness conservation: along simulated gradient flow (unbalanced Gaussian "
               "inits, random completion and sensing losses, depths 2–4, hidden widths up to 3), "
-              "max_j ‖D_j(t) − D_j(0)‖_F, D_j = W_(j+1)ᵀW_(j+1) − W_jW_jᵀ, stays within the bound implied by the "
-              f"simulator's error estimate at the times {list(SAVE_T)}.",
-    latex=r"\|D_j(t) - D_j(0)\|_F \le 2\|W_{j+1}\|_2\varepsilon_{j+1} + \varepsilon_{j+1}^2 + 2\|W_j\|_2\varepsilon_j "
-          r"+ \varepsilon_j^2 + \text{rounding}",
+              "‖D_j(t) − D_j(0)‖_F, D_j = W_(j+1)ᵀW_(j+1) − W_jW_jᵀ, stays within 2(max_s≤t ‖W_(j+1)(s)‖₂√|W_(j+1)| + "
+              "max_s≤t ‖W_j(s)‖₂√|W_j|)·E(t) (+ E² and rounding), E(t) the integrator's SUMMED local error "
+              "estimate: D is a first integral, so its drift is the sum of the steps' local defects and the flow "
+              f"does not amplify it.  Every 0.25 time units up to t = {DRIFT_T[-1]:g}.",
+    latex=r"\|D_j(t) - D_j(0)\|_F \le 2\big(\max_{s\le t}\|W_{j+1}\|_2\sqrt{|W_{j+1}|} + "
+          r"\max_{s\le t}\|W_j\|_2\sqrt{|W_j|}\big) \sum_{m} \|\varepsilon_m\|_\infty + \dots",
     hypotheses=("depth 2–4", "i.i.d. Gaussian init, scale 0.3–1", "random completion or sensing problems"),
     budget_s=60,
     max_examples=6,
 )
 @given(batch=_cases(balanced=False, depths=(2, 4)))
 def balancedness_drift(batch):
+    """Derivation of the bound (why it is the summed estimate, not the two-tolerance one).  Let θ_m be the
+    accepted states, φ_h the exact flow map and ε_m = θ_(m+1) − φ_h(θ_m) the local error of step m.  D_j is
+    conserved by the exact flow (claim balancedness-conserved), so D_j(φ_h(θ_m)) = D_j(θ_m) and
+        D_j(θ_n) − D_j(θ_0) = Σ_(m<n) [D_j(φ_h(θ_m) + ε_m) − D_j(φ_h(θ_m))].
+    D_j is quadratic: D_j(X + ε) − D_j(X) = W_(j+1)ᵀε_(j+1) + ε_(j+1)ᵀW_(j+1) − W_jε_jᵀ − ε_jW_jᵀ + D_j(ε), so each
+    term is ≤ 2‖W_(j+1)‖₂‖ε_(m,j+1)‖_F + 2‖W_j‖₂‖ε_(m,j)‖_F + ‖ε_m‖² with ‖ε_(m,j)‖_F ≤ √(a_j b_j)‖ε_m‖_∞.
+    Summing, with the norms' maximum over [0, t] (taken on the DRIFT_T grid) and E(t) = Σ_m ‖ε_m‖_∞ (so that
+    Σ_m ‖ε_m‖_∞² ≤ E²): ‖D_j(t) − D_j(0)‖_F ≤ 2(max‖W_(j+1)‖₂√(a_(j+1)b_(j+1)) + max‖W_j‖₂√(a_j b_j))·E
+    + (a_(j+1)b_(j+1) + a_j b_j)·E², plus the rounding of forming D_j at t and at 0 (the W's in the linear terms
+    are at φ_h(θ_m), on the trajectory).  Earlier errors are NOT amplified: each step's defect stays in D_j
+    forever, but only once.  E(t) is the integrator's summed estimate (error="estimate"): its per-step term
+    is DOPRI's embedded difference plus u·‖y‖_∞, an ESTIMATE of ‖ε_m‖_∞ (not a bound), which is why the claim
+    is of kind "theorem" checked against an estimate.
+
+    Why it cannot be much tighter: measured bound/drift ≥ 46, median 3.7e3 (ci run, 640 entries).  The
+    embedded difference estimates the error of DOPRI's 4th-order solution, while the propagated 5th-order one
+    errs by O(h) less (a factor ~1e2–1e3 at rtol 1e-9); the defects of different steps partly cancel in D_j;
+    and ‖ε_(m,j)‖_F ≤ √(a_j b_j)‖ε_m‖_∞ (≤ 3) is attained only when every entry errs alike.  None of these can be
+    removed without the actual local errors, which the integrator does not know.  (The earlier bound used the
+    two-tolerance error, which adds the flow's amplification of the STATE error: about 2× more here, and
+    unboundedly more across amplifying stretches, where it would hide a real drift.)"""
     P, factors = _stack(batch)
-    sol = flow.solve(P, factors, t_max=max(SAVE_T), save_at=SAVE_T, guard="none", error="two-tolerance")
+    sol = flow.solve(P, factors, t_max=max(DRIFT_T), save_at=DRIFT_T, guard="none")
     sol.raise_on_failure()
     Fs = sol.layout.unpack(sol.result.save_y)  # each (B, T, a, b)
-    e = sol.result.save_error  # (B, T)
+    E = sol.result.save_error  # (B, T): summed local error estimates, max over components
     worst, bound = None, None
     for j in range(len(Fs) - 1):
         Wj, Wn = Fs[j], Fs[j + 1]
         D = Wn.transpose(-1, -2) @ Wn - Wj @ Wj.transpose(-1, -2)
         drift = torch.linalg.matrix_norm(D - D[:, :1])
-        b = (_gram_error(Wn, e, True) + _gram_error(Wj, e, False)
-             + _gram_error(Wn[:, :1], torch.zeros_like(e[:, :1]), True)
-             + _gram_error(Wj[:, :1], torch.zeros_like(e[:, :1]), False))
+        size = [W.shape[-2] * W.shape[-1] for W in (Wj, Wn)]
+        gain = sum(torch.cummax(torch.linalg.matrix_norm(W, ord=2), dim=1).values * math.sqrt(k)
+                   for W, k in zip((Wj, Wn), size, strict=True))
+        rnd = _gram_rounding(Wn, True) + _gram_rounding(Wj, False)
+        b = 2 * gain * E + sum(size) * E * E + rnd + rnd[:, :1]
         worst = drift if worst is None else torch.maximum(worst, drift)
         bound = b if bound is None else torch.maximum(bound, b)
-        certify.at_most(drift, b, what=f"‖D_{j + 1}(t) − D_{j + 1}(0)‖_F within the simulator's error bound")
-    evidence.series("balancedness drift max_j ‖D_j(t) − D_j(0)‖_F", x=torch.tensor(SAVE_T), y=worst,
+        certify.at_most(drift, b, what=f"‖D_{j + 1}(t) − D_{j + 1}(0)‖_F within the drift the local errors allow")
+    evidence.scalar("bound / drift (t > 0)", (bound[:, 1:] / worst[:, 1:].clamp(min=1e-300)).flatten())
+    evidence.series("balancedness drift max_j ‖D_j(t) − D_j(0)‖_F", x=torch.tensor(DRIFT_T), y=worst,
                     group="drift", xlabel="t", ylabel="drift", log_y=True)
-    evidence.series("balancedness drift max_j ‖D_j(t) − D_j(0)‖_F", x=torch.tensor(SAVE_T), y=bound,
-                    group="bound from the error estimate")
+    evidence.series("balancedness drift max_j ‖D_j(t) − D_j(0)‖_F", x=torch.tensor(DRIFT_T), y=bound,
+                    group="bound from the summed local errors")
 
 
 # ---------------------------------------------------------------------------------------------- claim 12
