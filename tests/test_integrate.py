@@ -529,6 +529,35 @@ def test_batch_independence_bit_identical_with_events_levels_saves(rows: list[in
         assert_same_row(r, pos, solo(i), 0)
 
 
+def test_a_pooled_batch_of_hundreds_keeps_every_instance_bit_identical_to_solving_it_alone() -> None:
+    """Pooling (issue 14: every example of a claim in one large solve) must not change any instance's bits: 384
+    rows drawn from the pool in a shuffled order with repeats (many compactions, pending dense output flushed in
+    batches), every field equal to the instance's solo run."""
+    g = torch.Generator().manual_seed(14)
+    rows = torch.randint(0, len(POOL_RATE), (384,), generator=g).tolist()
+    r = pool_run(rows)
+    for pos, i in enumerate(rows):
+        assert_same_row(r, pos, solo(i), 0)
+
+
+def test_a_pooled_gradient_flow_batch_keeps_every_instance_bit_identical() -> None:
+    """The same for flow.solve's fused kernel: 200 distinct depth-3 instances (loss target, levels, saves, guard)
+    in one batch (rtol 1e-6 keeps it short); a sample solved alone gives the same bits in every field."""
+    from implreg.factorization import balanced_init, with_det_sign
+    from implreg.flow import solve
+    from implreg.problems import razin_cohen_2x2
+
+    g = torch.Generator().manual_seed(3)
+    B = 200
+    W0 = with_det_sign(torch.randn(B, 2, 2, generator=g, dtype=f64), +1)
+    fac = balanced_init(W0, 3)
+    kw = dict(loss_target=0.1, loss_levels=[0.5, 0.2], save_at=[0.5, 2.0], t_max=20.0, rtol=1e-6, atol=1e-9)
+    pooled = solve(razin_cohen_2x2(B), fac, **kw).result
+    for i in (0, 57, 123, 199):
+        alone = solve(razin_cohen_2x2(1), [W[i : i + 1] for W in fac], **kw).result
+        assert_same_row(pooled, i, alone, 0)
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 
