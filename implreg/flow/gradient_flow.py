@@ -254,7 +254,7 @@ def solve(
     rtol: float = 1e-9,
     atol: float = 1e-12,
     max_steps: int = 200_000,
-    guard: Literal["auto", "det", "none"] = "auto",
+    guard: Literal["none", "det", "auto"] = "none",
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
     error: Literal["estimate", "two-tolerance"] = "estimate",
@@ -262,9 +262,12 @@ def solve(
     """Gradient flow on ``ℓ(W_N⋯W_1)`` from ``factors`` until ``t_max`` or ``ℓ ≤ loss_target``.
 
     ``loss_levels``: record the first time ℓ crosses each level, with the state there (located by bisection
-    of the dense output).  ``guard="auto"`` turns on :func:`det_guard` when every factor is square: an
-    instance whose det W_j falls below float64 resolution stops with status UNRESOLVED instead of returning
-    a sign that rounding decided.  ``device`` defaults to the factors' device; everything runs there.
+    of the dense output).  ``guard="det"`` (square factors only) turns on :func:`det_guard`: an instance whose
+    det W_j falls below float64 resolution stops with status UNRESOLVED instead of returning a sign that
+    rounding decided.  Ask for it where a claim reads a det sign; it is off by default (``"none"``; ``"auto"``
+    is kept as a synonym of ``"none"``) because it also stops every singular or stationary init (the all-zero
+    init, an exact fixed point, would come back UNRESOLVED with an infinite error instead of exact zeros).
+    ``device`` defaults to the factors' device; everything runs there.
 
     ``error="estimate"``: the integrator's summed local error estimates (they miss the flow's amplification of
     earlier errors).  ``error="two-tolerance"``: also solve at ``TWO_TOL_FACTOR``× looser tolerances and report
@@ -306,7 +309,7 @@ def solve(
     square = all(a == b for a, b in layout.shapes)
     if guard == "det" and not square:
         raise InvalidInputError("guard='det' needs square factors")
-    use_guard = guard == "det" or (guard == "auto" and square)
+    use_guard = guard == "det"
 
     # The problem's tensors are per-instance parameters compacted with the state by the integrator.
     names = list(problem.tensors())
