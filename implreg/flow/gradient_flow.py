@@ -143,6 +143,25 @@ class FlowSolution:
     layout: FactorLayout
     result: IntegrationResult
     loss_levels: Tensor  # (L,)
+    init: Tensor | None = None  # (B, P) packed initial factors (what the certified view's reference starts from)
+    loss_target: float | None = None
+    t_max: Tensor | None = None  # (B,)
+    _view: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    # ---- certified values ---------------------------------------------------------------------------
+    @property
+    def certified(self):
+        """States, end-to-end matrices, losses and times as certified values whose leaves escalate to the mpmath
+        reference by themselves (``implreg.flow.certified.CertifiedFlow``; made once per solution)."""
+        if self._view is None:
+            self._view = self.certified_view()
+        return self._view
+
+    def certified_view(self, **kw):
+        """A fresh certified view; ``kw`` as :func:`implreg.flow.certified.certified_flow` (``init_of``, budgets)."""
+        from implreg.flow.certified import certified_flow
+
+        return certified_flow(self, **kw)
 
     # ---- final state ------------------------------------------------------------------------------
     @property
@@ -240,7 +259,9 @@ class FlowSolution:
         picked = IntegrationResult(
             **{k: (v[index] if isinstance(v, Tensor) and k != "save_t" else v) for k, v in vars(r).items()}
         )
-        return FlowSolution(self.problem.select(index), self.layout, picked, self.loss_levels)
+        return FlowSolution(self.problem.select(index), self.layout, picked, self.loss_levels,
+                            init=None if self.init is None else self.init[index], loss_target=self.loss_target,
+                            t_max=None if self.t_max is None else self.t_max[index])
 
 
 def solve(
@@ -347,4 +368,5 @@ def solve(
         guard_fn = (lambda y, err, *pr: dguard(y, err)) if dguard is not None else None
         res = _integrate(f, y0, event=event, levels=levels, guard=guard_fn, **common)
     res.meta.update(guard="det" if use_guard else "none", problem=problem.name, dims=layout.dims)
-    return FlowSolution(problem, layout, res, lv)
+    tmax = torch.as_tensor(t_max, dtype=dtype, device=dev).expand(B).clone()
+    return FlowSolution(problem, layout, res, lv, init=y0.clone(), loss_target=loss_target, t_max=tmax)

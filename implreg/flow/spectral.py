@@ -752,6 +752,24 @@ class BalancedFlowSolution:
     layout: SpectralLayout
     drift: Tensor  # (B,) ‖UᵀU − I‖_F ∨ ‖VᵀV − I‖_F at the final state (NaN: never switched)
     meta: dict = field(default_factory=dict)
+    init_factors: tuple | None = None  # the balanced factors it started from (the certified view's reference init)
+    loss_target: float | None = None
+    t_max: Tensor | None = None  # (B,)
+    _view: object = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def certified(self):
+        """End-to-end matrices, losses and times as certified values whose leaves escalate to the mpmath
+        reference (balanced factors at its precision) by themselves; see ``implreg.flow.certified``."""
+        if self._view is None:
+            self._view = self.certified_view()
+        return self._view
+
+    def certified_view(self, **kw):
+        """A fresh certified view; ``kw`` as :func:`implreg.flow.certified.certified_balanced_flow`."""
+        from implreg.flow.certified import certified_balanced_flow
+
+        return certified_balanced_flow(self, **kw)
 
     @property
     def n_steps(self) -> Tensor:
@@ -1097,6 +1115,7 @@ def solve_balanced(
         meta={"rtol": rtol, "atol": atol, "switch_ratio": switch_ratio, "switch_safety": switch_safety,
               "gap_limit": gap_limit, "drift_limit": drift_limit, "damping": damping, "depth": N,
               "dtype": str(dtype), "device": str(dev), "problem": problem.name},
+        init_factors=tuple(W.clone() for W in factors), loss_target=loss_target, t_max=tmax,
     )
 
 
