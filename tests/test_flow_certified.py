@@ -16,11 +16,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from implreg.numerics import Certified
 
 from implreg import certify, flow, reference
 from implreg.factorization import balanced_init, gaussian_init, with_det_sign
 from implreg.flow.integrate import IntegrationResult
-from implreg.numerics import Certified
 from implreg.problems import completion, razin_cohen_2x2, sensing
 
 F64 = torch.float64

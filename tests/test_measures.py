@@ -20,11 +20,11 @@ import torch
 from flint import fmpq
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from implreg import measures as _measures
-from implreg import certify
-from implreg.errors import InvalidInputError
 from implreg.numerics import Certified
+
+from implreg import certify
+from implreg import measures as _measures
+from implreg.errors import InvalidInputError
 
 
 class _Values:
@@ -738,7 +738,7 @@ def edge_matrices(draw):
         A = rng.integers(-4, 5, (B, d, 1)) * rng.integers(-4, 5, (B, 1, e)).astype(float)
     elif kind == "orthogonal":  # all singular values equal
         q, _ = np.linalg.qr(rng.standard_normal((max(d, e), max(d, e))))
-        A = np.broadcast_to(q[:d, :e] if d <= e else q[:d, :e], (B, d, e)).copy()
+        A = np.broadcast_to(q[:d, :e], (B, d, e)).copy()
     elif kind == "diag-repeated":
         A = np.zeros((B, d, e))
         for i in range(k):
@@ -789,7 +789,8 @@ def test_nuclear_at_least_frobenius_decides_random_and_rank_one() -> None:
     g = torch.Generator().manual_seed(1)
     W = torch.randn(5, 3, 4, generator=g, dtype=torch.float64)
     certify(_measures.nuclear(W) >= _measures.frobenius(W), what="‖W‖_* ≥ ‖W‖_F (random)")
-    u, v = torch.randn(4, 3, 1, generator=g, dtype=torch.float64), torch.randn(4, 1, 2, generator=g, dtype=torch.float64)
+    u = torch.randn(4, 3, 1, generator=g, dtype=torch.float64)
+    v = torch.randn(4, 1, 2, generator=g, dtype=torch.float64)
     R = u @ v  # rank one: ‖W‖_* = ‖W‖_F exactly (one nonzero singular value)
     certify(_measures.nuclear(R) >= _measures.frobenius(R), what="‖W‖_* ≥ ‖W‖_F (rank one, equality)")
     certify(_measures.nuclear(R) >= _measures.spectral(R), what="‖W‖_* ≥ ‖W‖_2 (rank one, equality)")
@@ -806,7 +807,8 @@ def test_factor_norms_bound_the_nuclear_norm_at_rank_one() -> None:
     g2 = torch.Generator().manual_seed(3)
     U2, V2 = torch.randn(3, 3, 2, generator=g2, dtype=torch.float64), torch.randn(3, 4, 2, generator=g2,
                                                                                     dtype=torch.float64)
-    certify(_measures.frobenius(U2) * _measures.frobenius(V2) >= _measures.nuclear(U2 @ V2.mT), what="‖U‖_F‖V‖_F ≥ ‖UVᵀ‖_* (rank 2)")
+    certify(_measures.frobenius(U2) * _measures.frobenius(V2) >= _measures.nuclear(U2 @ V2.mT),
+            what="‖U‖_F‖V‖_F ≥ ‖UVᵀ‖_* (rank 2)")
 
 
 def test_zero_matrix_measures_are_exactly_zero() -> None:

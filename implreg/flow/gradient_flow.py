@@ -26,8 +26,8 @@ from implreg.flow.kernels import (
 from implreg.flow.tableau import DOPRI5
 from implreg.problems import Problem
 
-__all__ = ["TWO_TOL_FACTOR", "FlowSolution", "det_guard", "solve", "two_tolerance_combine", "two_tolerance_error",
-           "vector_field"]
+__all__ = ["TWO_TOL_FACTOR", "FlowSolution", "det_guard", "solve", "two_tolerance_combine",
+           "two_tolerance_combine_entries", "two_tolerance_error", "vector_field"]
 
 
 def vector_field(problem: Problem, layout: FactorLayout):
@@ -116,21 +116,37 @@ def two_tolerance_combine(e: Tensor, y: Tensor, y_loose: Tensor) -> Tensor:
     return torch.where(missing, torch.full_like(out, math.inf), out)
 
 
+def two_tolerance_combine_entries(e: Tensor, y: Tensor, y_loose: Tensor) -> Tensor:
+    """Per component: ``e_i + |y_i − y_loose,i|`` (…, P), +∞ on every component of a state the loose run did not
+    reach.  A component that never moved in either run (error 0, same initial value) keeps error exactly 0."""
+    out = e + (y - y_loose).abs()
+    missing = (torch.isfinite(y).all(-1) & ~torch.isfinite(y_loose).all(-1)).unsqueeze(-1)
+    return torch.where(missing, torch.full_like(out, math.inf), out)
+
+
 def two_tolerance_error(tight: FlowSolution, loose: FlowSolution) -> FlowSolution:
-    """``tight`` with its error estimates replaced by ``e_tight + max_i |y_tight,i − y_loose,i|`` (final state,
-    levels, saves).  Where the tight run has a state (a level crossed, a save reached) but the loose run has
-    none, the error is +∞: the estimate could not be validated, and the caller must not use that state (it
-    escalates or stays undecided)."""
+    """``tight`` with its error estimates replaced by ``e_tight + |y_tight − y_loose|``, per component and as the
+    max over components (final state, levels, saves).  Where the tight run has a state (a level crossed, a save
+    reached) but the loose run has none, the error is +∞: the estimate could not be validated, and the caller must
+    not use that state (it escalates or stays undecided)."""
     r, lo = tight.result, loose.result
     # final states are comparable where both runs stopped at t_max (same time) or both at the located loss
     # target (same level, as for the level states); otherwise (e.g. one run UNRESOLVED) not validated
     t_max_both = (r.status == int(Status.REACHED_T_MAX)) & (lo.status == int(Status.REACHED_T_MAX)) & (r.t == lo.t)
     event_both = (r.status == int(Status.REACHED_EVENT)) & (lo.status == int(Status.REACHED_EVENT))
     final_ok = t_max_both | event_both
-    final = torch.where(final_ok, two_tolerance_combine(r.error, r.y, lo.y), torch.full_like(r.error, math.inf))
+    entry = torch.where(final_ok.unsqueeze(-1), two_tolerance_combine_entries(r.entry_error, r.y, lo.y),
+                        torch.full_like(r.entry_error, math.inf))
+    level_entry = two_tolerance_combine_entries(r.level_entry_error, r.level_y, lo.level_y)
+    save_entry = two_tolerance_combine_entries(r.save_entry_error, r.save_y, lo.save_y)
+
+    def amax(x: Tensor, like: Tensor) -> Tensor:
+        return x.amax(-1) if x.shape[-1] else like
+
     res = dataclasses.replace(
-        r, error=final, level_error=two_tolerance_combine(r.level_error, r.level_y, lo.level_y),
-        save_error=two_tolerance_combine(r.save_error, r.save_y, lo.save_y),
+        r, error=amax(entry, r.error), level_error=amax(level_entry, r.level_error),
+        save_error=amax(save_entry, r.save_error), entry_error=entry, level_entry_error=level_entry,
+        save_entry_error=save_entry,
         meta={**r.meta, "error_model": f"two-tolerance (loose run at {TWO_TOL_FACTOR:g}× the tolerances)"})
     return dataclasses.replace(tight, result=res)
 
