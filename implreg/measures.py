@@ -129,8 +129,11 @@ def _pow2_scale(W: Certified) -> tuple[Tensor, Tensor]:
     error: scaling by them is exact in float64 (no new rounding, only possible underflow of entries ≪ the largest,
     which the certified product accounts for), so squares and p-th powers neither overflow nor underflow unless
     the result itself does — as the float measures did by scaling with max |w|."""
-    m = (W.value.abs() + W.error).reshape(W.shape[0], -1).amax(-1)
-    m = torch.where(torch.isfinite(m), m, W.value.abs().reshape(W.shape[0], -1).amax(-1))
+    if W.value.numel() == 0:  # an empty batch: nothing to scale
+        ones = torch.ones(W.shape[0], dtype=W.value.dtype, device=W.value.device)
+        return ones, ones
+    m = (W.value.abs() + W.error).flatten(1).amax(-1)
+    m = torch.where(torch.isfinite(m), m, W.value.abs().flatten(1).amax(-1))
     _, ex = torch.frexp(m)
     ex = torch.where(m > 0, ex, torch.zeros_like(ex)).clamp(-1000, 1000)
     two = torch.full_like(m, 2.0)
@@ -141,6 +144,19 @@ def _col(s: Tensor, ndim: int) -> Tensor:
     return s.reshape(s.shape[0], *([1] * (ndim - 1)))
 
 
+def _pow(x: Certified, p: float) -> Certified:
+    """x^p for x ≥ 0 and a real p: exp(p·log x) where x's enclosure lies above 0, the core's ``x ** p`` (a monotone
+    map on [0, ∞), which encloses e^p-sized errors near 0) elsewhere.  Why not ``x ** p`` throughout: on CPU
+    torch.pow(·, scalar) uses a SIMD routine for the vector body and libm for the tail, so the same entry could
+    round differently depending on its position in the batch (instances must not influence each other, to the
+    bit); exp and log use one routine at every position.  Integer p stays repeated multiplication (exact op)."""
+    if float(p).is_integer():
+        return x ** int(p)
+    pos = x.lo > 0
+    via_log = (where(pos, x, 1.0).log() * p).exp()
+    return where(pos, via_log, where(pos, 0.0, x) ** p)
+
+
 def _pmean(x: Certified, p: float, inv: Tensor) -> Certified:
     """(Σ_j x_j^p)^(1/p) over the last dim of x ≥ 0 already scaled into [0, 1) by s, times 1/s = ``inv``."""
     if math.isinf(p):
@@ -149,8 +165,8 @@ def _pmean(x: Certified, p: float, inv: Tensor) -> Certified:
         return x.sum(-1) * inv
     if p == 2.0:
         return x.square().sum(-1).sqrt() * inv
-    total = (x**p).sum(-1)  # in [0, n]: x ∈ [0, 1)
-    direct = total ** (1.0 / p) * inv
+    total = _pow(x, p).sum(-1)  # in [0, n]: x ∈ [0, 1)
+    direct = _pow(total, 1.0 / p) * inv
     if bool(torch.isfinite(direct.value).all()):
         return direct
     # total^(1/p) overflows for tiny p although the norm may be representable: exp(log(total)/p + log(1/s)) there
@@ -252,7 +268,10 @@ def effective_rank(W: Tensor | Certified) -> Certified:
     Wc = _lift_W(W)
     sv = svdvals(Wc)
     total = sv.sum(-1, keepdim=True)
-    zero = (total.hi <= 0).squeeze(-1)
+    # W = 0 exactly (value and error 0): p is undefined.  (The certified σ of an exact zero matrix carries
+    # LAPACK's a-posteriori rounding bound, tiny but > 0, so ``total.hi <= 0`` alone does not see it.)
+    exact_zero = ((Wc.value == 0) & (Wc.error == 0)).flatten(1).all(-1)
+    zero = exact_zero | (total.hi <= 0).squeeze(-1)
     safe_total = where(zero.unsqueeze(-1), Certified.exact(torch.ones_like(total.value)), total)
     prob = sv / safe_total
     floor = Certified.exact(torch.full_like(prob.value, _P_FLOOR))
