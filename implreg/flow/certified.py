@@ -1,8 +1,10 @@
 """Simulator outputs as certified values: states, end-to-end matrices, losses and times of one solve, each a
 :class:`implreg.numerics.Certified` whose leaves escalate to the mpmath reference by themselves.
 
-Leaves are what the solver integrated, with their per-entry error (``rigorous=False``: the integrator's
-estimate, or the two-tolerance estimate when the solve used ``error="two-tolerance"``):
+Leaves are what the solver integrated, with their per-entry TWO-TOLERANCE error ``e + |y − y_loose|``
+(``rigorous=False``: an estimate).  ``FlowSolution.certified`` and ``BalancedFlowSolution.certified`` form it
+themselves (one loose solve) when the solve did not: the summed local estimate alone falls short of the actual
+error across a saddle escape (see ``FlowSolution.certified``).  These functions take the solution as given:
 
 * ``flow.solve``: the packed factor state (B, P) at the final time, (B, L, P) at the loss levels and (B, T, P)
   at the save times; ``factors``/``end_to_end``/``loss`` are built from them by certified arithmetic, so the
@@ -512,10 +514,14 @@ def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[
         e = err.reshape(*err.shape, 1, 1).expand_as(value) if err.shape != value.shape else err
         return _leaf(value, e, _refiner(runs, spec, tuple(value.shape[1:]), label), label)
 
-    W = leaf(sol.end_to_end, sol.error, _LeafSpec("final", "W", 0), "balanced flow end-to-end matrix")
-    lW = leaf(sol.level_end_to_end, sol.level_error, _LeafSpec("level", "W", L),
+    def per_entry(entry: Tensor | None, bound: Tensor) -> Tensor:
+        return entry if entry is not None else bound   # two-tolerance per entry when formed, else the (…) bound
+
+    W = leaf(sol.end_to_end, per_entry(sol.entry_error, sol.error), _LeafSpec("final", "W", 0),
+             "balanced flow end-to-end matrix")
+    lW = leaf(sol.level_end_to_end, per_entry(sol.level_entry_error, sol.level_error), _LeafSpec("level", "W", L),
               "balanced flow end-to-end matrix at loss levels")
-    sW = leaf(sol.save_end_to_end, sol.save_error, _LeafSpec("save", "W", T),
+    sW = leaf(sol.save_end_to_end, per_entry(sol.save_entry_error, sol.save_error), _LeafSpec("save", "W", T),
               "balanced flow end-to-end matrix at save times")
     # crossing times: no per-state time error is kept by the hybrid solver: ∞ (undecided at float64, decided by
     # the reference's level times ± their error) — never a guessed figure
