@@ -94,7 +94,7 @@ class ArbBackend:
                 if ref.note:
                     self.notes.append(ref.note)
                 self.refinable_left = True
-        leaf_rig = c.rigorous
+        leaf_rig = True
         for j, r in enumerate(idx):
             got = cache.get(int(r))
             if got is not None:

@@ -187,7 +187,8 @@ class _FloatGap:
         with np.errstate(over="ignore"):
             return sum(self.errors[1:], self.errors[0].copy())
 
-    def decide(self, strict: bool) -> tuple[np.ndarray, np.ndarray]:
+    def decide(self, strict: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(certified true, certified false, exactly equal) masks."""
         everything = np.ones(self.shape, dtype=bool)
         zero_err = np.all([e == 0 for e in self.errors], axis=0)
         s_gap = exact_sign(self.values, everything)
@@ -199,7 +200,7 @@ class _FloatGap:
         else:
             true = (s_true > 0) | (zero_err & (s_gap >= 0))
             false = s_false > 0
-        return true, false
+        return true, false, zero_err & (s_gap == 0)
 
 
 def _check_finite(cmp: Comparison, what: str) -> None:
@@ -234,14 +235,17 @@ def certify(cmp: Comparison, what: str | None = None) -> None:
     gaps = [_FloatGap(g, shape, extra) for g in cmp.gaps()]
     true = np.ones(shape, dtype=bool)
     false = np.zeros(shape, dtype=bool)
+    equal = np.zeros(shape, dtype=bool)
     for g in gaps:
-        t, f = g.decide(cmp.strict)
+        t, f, eq = g.decide(cmp.strict)
         true &= t
         false |= f
+        equal |= eq
     true &= ~false
-    float_basis = "rigorous" if cmp.rigorous else "estimate"
-    _raise_if_false(cmp, what, gaps, false, None)
+    _raise_if_false(cmp, what, gaps, false, None, exact_equal=equal)
     undecided = ~true & ~false
+    # what the decisions rest on: the float tier's bounds where it decided, else the escalation's
+    float_basis = "rigorous" if cmp.rigorous or not true.any() else "estimate"
     state = {"rounds": 0, "basis": float_basis, "hint": None, "never": np.zeros(shape, dtype=bool)}
     if undecided.any():
         from implreg.numerics import escalate

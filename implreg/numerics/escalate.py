@@ -98,10 +98,13 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
         ent = _local(undecided, rows)
         t_mask = np.zeros(shape, dtype=bool)
         f_mask = np.zeros(shape, dtype=bool)
+        eq_mask = np.zeros(shape, dtype=bool)
         for flat, loc in ent:
-            ts, fs = zip(*(_decide_ball(v[loc] if loc else v.reshape(())[()], strict) for v in vals), strict=True)
+            balls = [v[loc] if loc else v.reshape(())[()] for v in vals]
+            ts, fs = zip(*(_decide_ball(g, strict) for g in balls), strict=True)
             if any(fs):
                 f_mask.flat[flat] = True
+                eq_mask.flat[flat] = any(g.is_exact() and g.is_zero() for g in balls)
             elif all(ts):
                 t_mask.flat[flat] = True
         asked = undecided.copy()
@@ -110,7 +113,7 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
         if t_mask.any() and not backend.rigorous:
             basis = "estimate"
         _note(rec, what, rounds, asked, prec, t_mask, f_mask, undecided, tier, "; ".join(dict.fromkeys(notes)))
-        raise_if_false(cmp, what, gaps, f_mask, f"{tier} arithmetic at {prec} bits")
+        raise_if_false(cmp, what, gaps, f_mask, f"{tier} arithmetic at {prec} bits", exact_equal=eq_mask)
         true_all[t_mask] = True
         state["refinable_left"] = backend.refinable_left
 
