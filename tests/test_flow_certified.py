@@ -216,3 +216,24 @@ def test_certified_error_covers_the_actual_error_across_the_saddle_escape() -> N
                     n = Fj.value.numel()
                     _within(Fj, ys[i : i + n], f"factors at t = {saves[k]}, instance {b}")
                     i += n
+
+
+def test_balanced_view_uses_two_tolerance_errors_and_covers_the_reference() -> None:
+    """``solve_balanced(...).certified``: per-entry errors ``e + e_loose + |W − W_loose|`` (a loose solve made by
+    the view), never below the solver's own first-order bound, and covering the 40-digit reference's actual error
+    (the reference starts from the same float64 balanced factors)."""
+    from implreg.flow import solve_balanced
+
+    g = torch.Generator().manual_seed(7)
+    W0 = with_det_sign(0.05 * torch.randn(2, 2, 2, generator=g, dtype=F64), +1)
+    problem = razin_cohen_2x2(2)
+    sol = solve_balanced(problem, balanced_init(W0, 2), 2, t_max=20.0)
+    assert sol.ok.all() and sol.entry_error is None
+    view = sol.certified
+    e = view.end_to_end.error
+    assert bool((e >= sol.error.reshape(-1, 1, 1)).all())
+    for b in range(2):
+        ref = reference.solve(problem.select([b]), [W[b] for W in sol.init_factors], t_end=20.0, dps=40, budget_s=60)
+        with ref.workdps():
+            W = ref.end_to_end
+            _within(view.end_to_end[b], [W[r, c] for r in range(2) for c in range(2)], f"balanced W(20), {b}")

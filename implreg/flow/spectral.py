@@ -767,7 +767,7 @@ class BalancedFlowSolution:
         """End-to-end matrices, losses and times as certified values whose leaves escalate to the mpmath
         reference (balanced factors at its precision) by themselves; see ``implreg.flow.certified``.
 
-        The leaves' errors are the two-tolerance errors ``error + |W − W_loose|`` per entry
+        The leaves' errors are the two-tolerance errors ``error + error_loose + |W − W_loose|`` per entry
         (:meth:`with_two_tolerance_error`), never the first-order unamplified ``error`` alone, which misses the
         flow's amplification of earlier errors (as the factor solver's summed estimate does across a saddle
         escape).  Making the view costs one loose solve (``TWO_TOL_FACTOR``× the tolerances)."""
@@ -782,7 +782,8 @@ class BalancedFlowSolution:
         return certified_balanced_flow(self.with_two_tolerance_error(), **kw)
 
     def with_two_tolerance_error(self) -> BalancedFlowSolution:
-        """This solution with per-entry two-tolerance errors: ``solve_balanced`` re-run at ``TWO_TOL_FACTOR``×
+        """This solution with per-entry two-tolerance errors ``e + e_loose + |W − W_loose|`` (as
+        ``flow.gradient_flow.two_tolerance_error``): ``solve_balanced`` re-run at ``TWO_TOL_FACTOR``×
         the tolerances from the same balanced factors, t_max, loss target, levels and saves (other settings from
         ``meta``).  +∞ where the two runs are not comparable (a different final status or time, a state the
         loose run never reached)."""
@@ -801,19 +802,20 @@ class BalancedFlowSolution:
             damping=m["damping"], balance_rtol=m.get("balance_rtol", 1e-12), method=m.get("method", "rosenbrock"),
             dtype=W.dtype, device=W.device)
 
-        def entries(e: Tensor, Wt: Tensor, Wl: Tensor) -> Tensor:
-            """e (…) broadcast over the entries, plus |W − W_loose| (flattened like a packed state)."""
-            lead = Wt.shape[:-2]
-            y, yl = Wt.reshape(*lead, -1), Wl.reshape(*lead, -1)
-            return two_tolerance_combine_entries(e.unsqueeze(-1).expand_as(y), y, yl).reshape(Wt.shape)
+        def entries(e: Tensor, el: Tensor, Wt: Tensor, Wl: Tensor) -> Tensor:
+            """e + e_loose (…) broadcast over the entries, plus |W − W_loose| (as ``two_tolerance_error``)."""
+            y, yl = Wt.flatten(-2), Wl.flatten(-2)
+            both = (e + torch.nan_to_num(el, nan=0.0)).unsqueeze(-1).expand_as(y)
+            return two_tolerance_combine_entries(both, y, yl).reshape(Wt.shape)
 
         same = (self.status == loose.status) & ((self.t == loose.t) | (self.status == int(Status.REACHED_EVENT)))
-        final = torch.where((same & self.ok).reshape(-1, 1, 1), entries(self.error, W, loose.end_to_end),
-                            torch.full_like(W, math.inf))
+        final = torch.where((same & self.ok).reshape(-1, 1, 1),
+                            entries(self.error, loose.error, W, loose.end_to_end), torch.full_like(W, math.inf))
         return dataclasses.replace(
             self, entry_error=final,
-            level_entry_error=entries(self.level_error, self.level_end_to_end, loose.level_end_to_end),
-            save_entry_error=entries(self.save_error, self.save_end_to_end, loose.save_end_to_end),
+            level_entry_error=entries(self.level_error, loose.level_error, self.level_end_to_end,
+                                      loose.level_end_to_end),
+            save_entry_error=entries(self.save_error, loose.save_error, self.save_end_to_end, loose.save_end_to_end),
             meta={**m, "error_model": f"two-tolerance (loose run at {TWO_TOL_FACTOR:g}× the tolerances)"})
 
     @property
