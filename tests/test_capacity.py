@@ -349,6 +349,42 @@ def test_rademacher_search_values_are_attained_and_bounded():
     assert bool((vals > 0).all())  # a single unit aligned with a positive-ξ point already beats 0
 
 
+@pytest.mark.parametrize("depth", [2, 3])
+def test_rademacher_lower_bound_is_exact_where_r_hat_is_known_and_refutes_planted_bounds(depth):
+    """Closed forms: m = 1 gives R̂ = φ‖x‖_∞ (|f(x)| ≤ φ_1‖x‖_∞, attained by σ(±x_j)); two equal points give
+    R̂ = φ‖x‖_∞/2 (ξ = ±(1, 1) contribute ‖x‖_∞ each, ξ = ±(1, −1) contribute 0).  A bound R̂/1.5 (wrong by 1.5×)
+    must be refuted by the claim's comparison, the true R̂ and the paper's bound must pass."""
+    from implreg import certify
+
+    x1 = torch.tensor([[0.5, -1.75, 1.0]], dtype=torch.float64)
+    x2 = torch.tensor([[0.25, -1.5], [0.25, -1.5]], dtype=torch.float64)
+    for x, r_hat in ((x1, 1.75), (x2, 0.75)):
+        low = C.rademacher_relu_lower(x, depth, phi=1.0, steps=20, restarts=2)
+        assert low.level == 1.0 or low.search_gain == 0.0
+        assert abs(low.lower - r_hat) <= low.rounding  # the lower bound is R̂ itself here
+        certify.at_most(low.lower, C.rademacher_bound(depth, 1.0, x)[0].item(), error=low.rounding, what="L ≤ B")
+        with pytest.raises(AssertionError):
+            certify.at_most(low.lower, r_hat / 1.5, error=low.rounding, what="planted bound R̂/1.5")
+
+
+def test_rademacher_lower_bound_below_the_depth2_upper_bound():
+    """Depth 2: sup_w Σξ_i f(x_i)/φ_1 = sup_{‖u‖_1≤1} |Σ ξ_i σ(u·x_i)| ≤ max over the positive (negative) ξ part,
+    a convex function maximized at the vertices ±e_j: an independent upper bound on R̂ by exhaustive ξ."""
+    g = torch.Generator().manual_seed(41)
+    x = torch.rand(7, 3, generator=g, dtype=torch.float64) * 4 - 2
+    low = C.rademacher_relu_lower(x, 2, steps=30, restarts=2)
+    X = np.maximum(np.concatenate([x.numpy(), -x.numpy()], axis=1), 0)  # σ(±x_ij)
+    ups = []
+    for s in itertools.product((-1, 1), repeat=7):
+        s = np.array(s)
+        pos = X[s > 0].sum(0).max() if (s > 0).any() else 0.0
+        neg = X[s < 0].sum(0).max() if (s < 0).any() else 0.0
+        ups.append(max(pos, neg) / 7)
+    upper = float(np.mean(ups))
+    assert low.lower <= upper + low.rounding
+    assert low.lower >= 0.5 * upper  # single-unit nets already reach half the upper bound on these points
+
+
 def test_random_draws_do_not_depend_on_batch_mates():
     """Sharpness starts, Monte-Carlo signs and search inits are seeded per instance: alone = in a batch."""
     g = torch.Generator().manual_seed(37)
