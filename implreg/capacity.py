@@ -79,6 +79,7 @@ __all__ = [
     "rademacher_linear_l1",
     "rademacher_relu_lower",
     "rademacher_search",
+    "rpow",
     "spectral_product",
     "to_fractions",
     "unit_norms_pow",
@@ -162,17 +163,26 @@ def _guard(net: ReluNet, rel: Tensor) -> Tensor:
 # decided exactly.  They replace the hand-derived *_error_bound functions of earlier versions.
 
 
-def _cpow(x: Certified, e: float) -> Certified:
-    """x^e for x ≥ 0, with the integer cases as products (so they stay rational for the exact tier)."""
-    if e == 1.0:
-        return x
-    if e == int(e) and 2 <= e <= 16:
-        return x ** int(e)
-    return x ** e
+def rpow(x: Certified, e: float | Fraction) -> Certified:
+    """x^e for x ≥ 0 with the exponent e taken EXACTLY (a float or a Fraction such as Fraction(1, 3)).
+
+    Integer e: repeated products (rational, so the exact tier decides ties); e whose value is a float (e.g. 1/2,
+    2.7): the certified power; otherwise (1/3, q/p, …, not a float) exp(e·log x) with e's numerator and
+    denominator exact — a plain ``x ** (1/3)`` would be the power to the rounded exponent fl(1/3), a different
+    number (off by ≈ u·|log x| relative).  An exactly-zero x gives an exact 0 (e > 0).
+    """
+    e = Fraction(e)
+    if e.denominator == 1 and 0 <= e.numerator <= 64:
+        return x ** int(e.numerator) if e.numerator != 1 else x
+    if Fraction(float(e)) == e:
+        return x ** float(e)
+    zero = (x.value == 0) & (x.error == 0)
+    safe = where(zero, 1.0, x)
+    return where(zero, 0.0, (safe.log() * e.numerator / e.denominator).exp())
 
 
 def _abs_pow_c(net: ReluNet, p: float) -> tuple[Certified, ...]:
-    return tuple(_cpow(W.abs(), p) for W in certified_weights(net))
+    return tuple(rpow(W.abs(), p) for W in certified_weights(net))
 
 
 def unit_norms_pow(net: ReluNet, p: float) -> tuple[Certified, ...]:
@@ -183,8 +193,8 @@ def unit_norms_pow(net: ReluNet, p: float) -> tuple[Certified, ...]:
 def _lq(s: Certified, p: float, q: float) -> Certified:
     """(Σ_v s_v^{q/p})^{1/q} over the last dim, q = ∞: max_v s_v^{1/p}."""
     if math.isinf(q):
-        return _cpow(s.amax(-1), 1.0 / p)
-    return _cpow(_cpow(s, q / p).sum(-1), 1.0 / q)
+        return rpow(s.amax(-1), 1 / Fraction(p))
+    return rpow(rpow(s, Fraction(q) / Fraction(p)).sum(-1), 1 / Fraction(q))
 
 
 def layer_norms(net: ReluNet, p: float, q: float) -> Certified:
@@ -236,7 +246,7 @@ def path_norm(net: ReluNet, p: float = 2.0) -> Certified:
     Computed in one pass of the all-ones input through the net with weights |w|^p (no ReLU: all ≥ 0).
     """
     p = _check_p(p)
-    return _cpow(path_norm_pow(net, p), 1.0 / p)
+    return rpow(path_norm_pow(net, p), 1 / Fraction(p))
 
 
 def path_norm_brute_pow(net: ReluNet, p: float = 2.0) -> Certified:
@@ -255,7 +265,7 @@ def path_norm_brute_pow(net: ReluNet, p: float = 2.0) -> Certified:
 def path_norm_brute(net: ReluNet, p: float = 2.0) -> Certified:
     """φ_p by brute-force path enumeration (the definition, COLT'15 eq. 7), (B,)."""
     p = _check_p(p)
-    return _cpow(path_norm_brute_pow(net, p), 1.0 / p)
+    return rpow(path_norm_brute_pow(net, p), 1 / Fraction(p))
 
 
 def _path_norm_float(net: ReluNet, p: float) -> Tensor:
@@ -395,7 +405,7 @@ def layer_balancing_error(net: ReluNet, p: float, q: float) -> Tensor:
 def layer_balancing_scaling(net: ReluNet, p: float, q: float) -> NodeScaling:
     """Whole-layer rescaling W̃_k = γ^{1/d} W_k / ‖W_k‖_{p,q} (COLT'15 Claim 1, as reconstructed), which makes
     all layer norms equal to γ_{p,q}^{1/d}, so μ_{p,q}(w̃) = d^{1/q} γ_{p,q}(w)^{1/d} (AM–GM equality)."""
-    norms = layer_norms(net, p, q)
+    norms = layer_norms(net, p, q).value
     if bool((norms <= 0).any()):
         raise InvalidInputError("layer balancing needs every layer to be nonzero")
     g = torch.exp(torch.log(norms).mean(dim=1))  # γ^{1/d}

@@ -14,16 +14,17 @@ separates from equality.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from implreg.numerics import close, maximum, stack
 
 from implreg import capacity as C
 from implreg import certify, evidence
 from implreg import relu as R
 from implreg.claims import Source, claim
+from implreg.numerics import Certified, close, maximum, stack
 from implreg.strategies.relu import (
     inputs,
     layer_rescalings,
@@ -306,14 +307,16 @@ def layer_balancing(net, p, qsel):
         T = [sk.amax(-1) for sk in s]
         lhs = stack(T, -1).amax(-1) ** d
     else:  # T_k = ‖W_k‖_{p,q}^q = Σ_v s_v^{q/p}: (Σ_k T_k)^d ≥ d^d Π_k T_k
-        T = [(sk ** (int(e) if e.is_integer() else e)).sum(-1) for sk in s]
+        T = [C.rpow(sk, Fraction(q) / p).sum(-1) for sk in s]
         lhs = sum(T[1:], T[0]) ** d / d**d
     rhs = T[0]
     for t in T[1:]:
         rhs = rhs * t
     _at_least(lhs, rhs, e, f"μ_{{p,q}} ≥ d^{{1/q}}γ^{{1/d}} (q-th and d-th powers), p = {p}, q = {q:g}")
     mu = C.group_norm(net, p, q)
-    bal = (1.0 if math.isinf(q) else d ** (1.0 / q)) * C.layer_product(net, p, q) ** (1.0 / d)
+    bal = C.rpow(C.layer_product(net, p, q), Fraction(1, d))
+    if not math.isinf(q):
+        bal = C.rpow(Certified.exact(float(d)), 1 / Fraction(q)) * bal
     mu2 = C.group_norm(R.rescale(net, C.layer_balancing_scaling(net, p, q)), p, q)
     certify(close(mu2, bal, C.layer_balancing_error(net, p, q) * bal.value),
             what=f"μ_{{p,q}}(w̃) = d^{{1/q}}γ^{{1/d}} after balancing, q = {q:g}")
