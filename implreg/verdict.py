@@ -104,7 +104,10 @@ _HELPER_PARTS = (
     f"{os.sep}hypothesis{os.sep}",
 )
 _PKG_DIR = str(Path(__file__).resolve().parent) + os.sep
-_CONCLUSION_MODULES = {str(Path(__file__).resolve().parent / name) for name in ("certify.py", "stats.py")}
+# where a conclusion's AssertionError is raised: the legacy certify functions, and the certified-values seam's
+# decision (implreg.numerics.compare; its escalation re-raises through compare's _raise_if_false)
+_CONCLUSION_MODULES = {str(Path(__file__).resolve().parent / name)
+                       for name in ("certify.py", "stats.py", "numerics/compare.py", "numerics/escalate.py")}
 
 
 def _is_conclusion_failure(exc: BaseException) -> tuple[bool, str | None]:
@@ -440,6 +443,11 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         "escalations": rec.escalations,
         "escalation_count": rec.escalation_count,
         "escalations_resolved": rec.escalations_resolved,
+        # whether the certified comparisons rested on rigorous bounds or on estimates, where the recorder
+        # keeps it (certify records a "basis" per comparison: "rigorous" | "estimate"); None when it does not
+        "basis": _basis(rec),
+        "basis_by_comparison": dict(sorted(getattr(rec, "basis", {}).items()))
+        if isinstance(getattr(rec, "basis", None), dict) else None,
     }
     record["evidence"] = {
         "series": list(rec.series.values()),
@@ -452,6 +460,20 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
 
 
 set_runner(run_claim)  # calling a claim function directly runs it through here (implreg.claims.set_runner)
+
+
+def _basis(rec: _record.Recorder) -> dict[str, int] | None:
+    """Counts of certified comparisons (distinct ``what``) by basis, "rigorous" / "estimate", read from the
+    recorder if it has them: ``Recorder.basis`` maps each comparison's ``what`` to its basis (an estimate anywhere
+    in a comparison makes it "estimate"); a dict of counts or a list of records with a "basis" field also work."""
+    raw = getattr(rec, "basis", None)
+    if isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()):
+        return dict(sorted(Counter(raw.values()).items())) if raw else None
+    if isinstance(raw, dict):
+        return {str(k): int(v) for k, v in sorted(raw.items())}
+    if isinstance(raw, list):
+        return dict(sorted(Counter(str(e.get("basis")) for e in raw if isinstance(e, dict)).items()))
+    return None
 
 
 def _scalar_summary(s: dict[str, Any]) -> dict[str, Any]:
@@ -546,7 +568,7 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
                          f"{named} as the comparison that refutes it.  A claim refuted by another check (a sanity "
                          f"check, a solver's accuracy, a different inequality) proves nothing about its statement: "
                          f"{exc}{cut}")
-        reason = f" The refuting comparison: {failed}." if failed else ""
+        reason = f" (Refuting comparison: {failed}.)" if failed else ""
         return "refuted", ("Hypothesis found an instance that violates the conclusion and shrank it to the "
                            f"example below: {exc}{cut}{reason}")
     if isinstance(exc, FailedHealthCheck) and "filter_too_much" not in str(exc):
