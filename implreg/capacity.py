@@ -163,22 +163,21 @@ def _guard(net: ReluNet, rel: Tensor) -> Tensor:
 # decided exactly.  They replace the hand-derived *_error_bound functions of earlier versions.
 
 
-def rpow(x: Certified, e: float | Fraction) -> Certified:
-    """x^e for x ≥ 0 with the exponent e taken EXACTLY (a float or a Fraction such as Fraction(1, 3)).
+def rpow(x: Certified, num: float, den: float = 1.0) -> Certified:
+    """x^{num/den} for x ≥ 0 with the exponent taken EXACTLY: num and den are floats (exact dyadic rationals).
 
-    Integer e: repeated products (rational, so the exact tier decides ties); e whose value is a float (e.g. 1/2,
-    2.7): the certified power; otherwise (1/3, q/p, …, not a float) exp(e·log x) with e's numerator and
-    denominator exact — a plain ``x ** (1/3)`` would be the power to the rounded exponent fl(1/3), a different
-    number (off by ≈ u·|log x| relative).  An exactly-zero x gives an exact 0 (e > 0).
+    Integer exponents: repeated products (rational, so the exact tier decides ties); exponents that are a float
+    (1/2, 2.7, q/p when it rounds to nothing): the certified power; otherwise (1/3, q/p, …) exp(num·log(x)/den)
+    — a plain ``x ** (1/3)`` would be the power to the rounded exponent fl(1/3), a different number (off by
+    ≈ u·|log x| relative).  An exactly-zero x gives an exact 0 (exponent > 0).
     """
-    e = Fraction(e)
-    if e.denominator == 1 and 0 <= e.numerator <= 64:
+    e = Fraction(num) / Fraction(den)
+    if e.denominator == 1 and 1 <= e.numerator <= 64:
         return x ** int(e.numerator) if e.numerator != 1 else x
     if Fraction(float(e)) == e:
         return x ** float(e)
     zero = (x.value == 0) & (x.error == 0)
-    safe = where(zero, 1.0, x)
-    return where(zero, 0.0, (safe.log() * e.numerator / e.denominator).exp())
+    return where(zero, 0.0, (where(zero, 1.0, x).log() * float(num) / float(den)).exp())
 
 
 def _abs_pow_c(net: ReluNet, p: float) -> tuple[Certified, ...]:
@@ -193,8 +192,8 @@ def unit_norms_pow(net: ReluNet, p: float) -> tuple[Certified, ...]:
 def _lq(s: Certified, p: float, q: float) -> Certified:
     """(Σ_v s_v^{q/p})^{1/q} over the last dim, q = ∞: max_v s_v^{1/p}."""
     if math.isinf(q):
-        return rpow(s.amax(-1), 1 / Fraction(p))
-    return rpow(rpow(s, Fraction(q) / Fraction(p)).sum(-1), 1 / Fraction(q))
+        return rpow(s.amax(-1), 1.0, p)
+    return rpow(rpow(s, q, p).sum(-1), 1.0, q)
 
 
 def layer_norms(net: ReluNet, p: float, q: float) -> Certified:
@@ -246,7 +245,7 @@ def path_norm(net: ReluNet, p: float = 2.0) -> Certified:
     Computed in one pass of the all-ones input through the net with weights |w|^p (no ReLU: all ≥ 0).
     """
     p = _check_p(p)
-    return rpow(path_norm_pow(net, p), 1 / Fraction(p))
+    return rpow(path_norm_pow(net, p), 1.0, p)
 
 
 def path_norm_brute_pow(net: ReluNet, p: float = 2.0) -> Certified:
@@ -265,7 +264,7 @@ def path_norm_brute_pow(net: ReluNet, p: float = 2.0) -> Certified:
 def path_norm_brute(net: ReluNet, p: float = 2.0) -> Certified:
     """φ_p by brute-force path enumeration (the definition, COLT'15 eq. 7), (B,)."""
     p = _check_p(p)
-    return rpow(path_norm_brute_pow(net, p), 1 / Fraction(p))
+    return rpow(path_norm_brute_pow(net, p), 1.0, p)
 
 
 def _path_norm_float(net: ReluNet, p: float) -> Tensor:
