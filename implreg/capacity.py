@@ -169,15 +169,17 @@ def rpow(x: Certified, num: float, den: float = 1.0) -> Certified:
     Integer exponents: repeated products (rational, so the exact tier decides ties); exponents that are a float
     (1/2, 2.7, q/p when it rounds to nothing): the certified power; otherwise (1/3, q/p, …) exp(num·log(x)/den)
     — a plain ``x ** (1/3)`` would be the power to the rounded exponent fl(1/3), a different number (off by
-    ≈ u·|log x| relative).  An exactly-zero x gives an exact 0 (exponent > 0).
+    ≈ u·|log x| relative).  Where x's float value is 0 (its exact value 0, or below the subnormal floor that
+    the certified sums carry as error) log x is undefined, so there the power to fl(num/den) is taken: exact 0
+    for an exact 0, and a rigorous enclosure [0, error^{fl(e)}] otherwise (off by ≤ u·|log x| relative).
     """
     e = Fraction(num) / Fraction(den)
     if e.denominator == 1 and 1 <= e.numerator <= 64:
         return x ** int(e.numerator) if e.numerator != 1 else x
     if Fraction(float(e)) == e:
         return x ** float(e)
-    zero = (x.value == 0) & (x.error == 0)
-    return where(zero, 0.0, (where(zero, 1.0, x).log() * float(num) / float(den)).exp())
+    zero = x.value == 0
+    return where(zero, x ** float(e), (where(zero, 1.0, x).log() * float(num) / float(den)).exp())
 
 
 def _abs_pow_c(net: ReluNet, p: float) -> tuple[Certified, ...]:

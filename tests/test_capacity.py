@@ -525,3 +525,53 @@ def test_rescale_fractions_by_hand():
     flipped = C.rescale_fractions([W1, W2], [[Fraction(-1)]])
     assert C.forward_fractions(flipped, x) == [[Fraction(0)]]  # σ(−1) = 0: ReLU is only positively homogeneous
     assert C.rows_to_fractions(torch.tensor([[0.5, -0.25]])) == [[Fraction(1, 2), Fraction(-1, 4)]]
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+
+
+@settings(max_examples=20, deadline=None)
+@given(net=relu_nets(net_widths(depth=st.integers(1, 4), width=st.just(1), inputs=st.just(1)), batch=(1, 2)),
+       ks=layer_scales)
+def test_phi1_ge_phi2_is_decided_exactly_at_a_single_path(net, ks):
+    """One path: φ₁ = Π|w_e| = (Π w_e²)^{1/2} = φ₂ exactly, so ≥ and ≤ hold and > is refuted (an equality
+    case that no error bound alone can decide; every nonzero value here is a product of ≤ 4 dyadics)."""
+    from implreg.numerics import certify
+
+    net = scaled(net, ks)
+    phi1, phi2 = C.path_norm(net, 1), C.path_norm(net, 2)
+    certify(phi1 >= phi2, "φ₁ ≥ φ₂")
+    certify(phi1 <= phi2, "φ₁ ≤ φ₂")
+    certify(phi1 == phi2, "φ₁ = φ₂")
+    with pytest.raises(AssertionError, match="exactly equal"):
+        certify(phi1 > phi2, "φ₁ > φ₂")
+    certify(C.path_norm(net, 2) >= C.path_norm(net, 3), "φ₂ ≥ φ₃ (equal on one path; p = 3 is a cube root)")
+
+
+def test_phi1_ge_phi2_strict_where_paths_add_and_refuted_when_reversed():
+    """Two paths with |w| = (1, 1): φ₁ = 2 > φ₂ = √2 (decided by the float bounds) and φ₂ ≥ φ₁ is refuted."""
+    from implreg.numerics import certify
+
+    net = R.ReluNet((torch.ones(1, 2, 1, dtype=torch.float64), torch.ones(1, 1, 2, dtype=torch.float64)))
+    certify(C.path_norm(net, 1) > C.path_norm(net, 2), "φ₁ > φ₂")
+    with pytest.raises(AssertionError):
+        certify(C.path_norm(net, 2) >= C.path_norm(net, 1), "φ₂ ≥ φ₁")
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_rescaling_invariance_is_decided_exactly_for_non_power_of_two_factors(data):
+    """ρ_c with factors 2^e, e real: the float weights of rescale(net) are rounded, but rescale keeps the exact
+    ρ_c(w), so φ_2(ρ(w))² = φ_2(w)² and f_{ρ(w)} = f_w are decided exactly (rationals), and a single-unit
+    rescaling of weight decay is refuted."""
+    from implreg.numerics import certify
+
+    net = data.draw(relu_nets(net_widths(depth=st.integers(2, 3), width=st.integers(1, 3)), nonzero=True))
+    s = data.draw(node_rescalings(net, log2_range=3.0))
+    x = data.draw(inputs(net.widths[0], m=st.integers(1, 3)))
+    w2 = R.rescale(net, s)
+    certify(C.path_norm_pow(w2, 2) == C.path_norm_pow(net, 2), "φ₂(ρ(w))² = φ₂(w)²")
+    certify(R.forward(w2, x) == R.forward(net, x), "f_ρ(w) = f_w")
+    single = R.rescale_node(net, 1, 0, 3.0)
+    with pytest.raises(AssertionError):
+        certify(C.weight_decay(single) == C.weight_decay(net), "WD(ρ(w)) = WD(w)")
