@@ -47,8 +47,10 @@ __all__ = [
     "path_sgd_scaling_brute",
     "path_sgd_step",
     "path_sgd_step_exact",
+    "rescaled_training_gaps",
     "sgd_step",
     "sgd_step_exact",
+    "step_commutes_exactly",
     "step_error_bound",
     "train",
 ]
@@ -230,6 +232,52 @@ def sgd_step_exact(weights, x, y, lr: Fraction):
     G = _exact_grads(weights, x, y)
     return [[[w - lr * g for w, g in zip(rw, rg, strict=True)] for rw, rg in zip(W, Gk, strict=True)]
             for W, Gk in zip(weights, G, strict=True)]
+
+
+def step_commutes_exactly(net: ReluNet, scaling, x: Tensor, y: Tensor, lr: float, method: str = "path-sgd",
+                          steps: int = 1) -> tuple[Tensor, Tensor]:
+    """Per net (B,): whether ``steps`` exact steps from ρ_c(w) equal ρ_c of the steps from w (weights), and
+    whether the two trajectories compute the same function on x after them — in rational arithmetic (every
+    float64 is a dyadic rational; the factors c are taken exactly), mse loss, full batch."""
+    from implreg.capacity import (
+        forward_fractions,
+        rescale_fractions,
+        rows_to_fractions,
+        scaling_to_fractions,
+        to_fractions,
+    )
+
+    step = {"path-sgd": path_sgd_step_exact, "sgd": sgd_step_exact}[method]
+    xf, yf, eta = rows_to_fractions(x), rows_to_fractions(y), Fraction(lr)
+    weights, functions = [], []
+    for i in range(net.batch):
+        a, cs = to_fractions(net, i), scaling_to_fractions(scaling, i)
+        b = rescale_fractions(a, cs)
+        for _ in range(steps):
+            a, b = step(a, xf, yf, eta), step(b, xf, yf, eta)
+        weights.append(rescale_fractions(a, cs) == b)
+        functions.append(forward_fractions(a, xf) == forward_fractions(b, xf))
+    return torch.tensor(weights), torch.tensor(functions)
+
+
+def rescaled_training_gaps(net: ReluNet, scaling, x: Tensor, y: Tensor, lr: float, steps: int,
+                           method: str = "path-sgd", cut: float = 1e3) -> Tensor:
+    """max_x |f_t(w) − f_t(ρ(w))| along ``steps`` float64 steps from w and ρ(w), (B, T); the run stops early
+    (T < steps) when a net diverges or the gap exceeds ``cut``."""
+    from implreg.relu import rescale
+
+    step = {"path-sgd": path_sgd_step, "sgd": sgd_step}[method]
+    a, b, gaps = net, rescale(net, scaling), []
+    for _ in range(steps):
+        try:
+            a, b = step(a, x, y, lr), step(b, x, y, lr)
+        except InvalidInputError:  # NaN/Inf weights: diverged
+            break
+        gap = function_gap(a, b, x)
+        if bool((gap > cut).any()):
+            break
+        gaps.append(gap)
+    return torch.stack(gaps, dim=1) if gaps else torch.zeros(net.batch, 0, dtype=net.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -11,8 +11,6 @@ rational arithmetic (``fractions.Fraction``; every float64 is a dyadic rational)
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,9 +18,7 @@ from hypothesis import strategies as st
 from implreg import certify, evidence
 from implreg import pathsgd as PS
 from implreg import relu as R
-from implreg.capacity import forward_fractions, rescale_fractions, rows_to_fractions, scaling_to_fractions, to_fractions
 from implreg.claims import Source, claim
-from implreg.errors import InvalidInputError
 from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
 
 PATH_SGD = Source(
@@ -96,34 +92,6 @@ def negative_rescaling_preserves_function(inst):
 STEP_WHAT = "step(ρ(w)) = ρ(step(w)) in exact rational arithmetic"
 
 
-def _step_commutes(inst, method: str, *, trajectories: bool = True) -> None:
-    """One step exactly; with ``trajectories`` also 2 exact steps and 10 bit-exact float64 steps under
-    power-of-two factors (the negative control needs only the one step)."""
-    net, s, x, y, lr = inst
-    evidence.instances(net.batch)
-    exact_step = PS.path_sgd_step_exact if method == "path-sgd" else PS.sgd_step_exact
-    xf, yf, eta = rows_to_fractions(x), rows_to_fractions(y), Fraction(lr)
-    same, same2 = [], []
-    for i in range(net.batch):
-        Ws, cs = to_fractions(net, i), scaling_to_fractions(s, i)
-        one, two = exact_step(Ws, xf, yf, eta), exact_step(rescale_fractions(Ws, cs), xf, yf, eta)
-        same.append(rescale_fractions(one, cs) == two)
-        if trajectories:  # two steps: both trajectories compute the same function (on the training inputs)
-            same2.append(forward_fractions(exact_step(one, xf, yf, eta), xf)
-                         == forward_fractions(exact_step(two, xf, yf, eta), xf))
-    certify.that(torch.tensor(same), what=STEP_WHAT)
-    if not trajectories:
-        return
-    certify.that(torch.tensor(same2), what="2-step trajectories from w and ρ(w) compute the same function (exact)")
-    # k steps in float64 with power-of-two factors (exact scalings commute with every IEEE operation)
-    step = PS.path_sgd_step if method == "path-sgd" else PS.sgd_step
-    a, b = net, R.rescale(net, R.NodeScaling(tuple(torch.exp2(torch.round(torch.log2(c))) for c in s.factors)))
-    for _ in range(10):
-        a, b = step(a, x, y, lr), step(b, x, y, lr)
-    certify.that(torch.equal(R.forward(a, x).value, R.forward(b, x).value),
-                 what="10-step float64 trajectories from w and ρ(w), ρ by powers of two: bit-identical functions")
-
-
 @claim(
     "neyshabur-2015-pathsgd/path-sgd-rescaling-invariant",
     source=PATH_SGD.at("§4, Path-SGD update (eq. as reconstructed)", confirmed=False),
@@ -141,25 +109,21 @@ def _step_commutes(inst, method: str, *, trajectories: bool = True) -> None:
 )
 @given(inst=training_instances())
 def path_sgd_rescaling_invariant(inst):
-    _step_commutes(inst, "path-sgd")
-    net, s, x, y, _ = inst
-    # evidence: max |f − f̃| along 25 float64 steps of Path-SGD and SGD from w and ρ(w), η = 0.01 (SGD may
-    # diverge on the unbalanced rescaled net; a line ends when the gap exceeds 1e3)
-    steps = 25
-    for method, step in (("Path-SGD", PS.path_sgd_step), ("SGD", PS.sgd_step)):
-        a, b, gaps = net, R.rescale(net, s), []
-        for _ in range(steps):
-            try:
-                a, b = step(a, x, y, 0.01), step(b, x, y, 0.01)
-            except InvalidInputError:  # NaN/Inf weights: diverged
-                break
-            gap = PS.function_gap(a, b, x)
-            if bool((gap > 1e3).any()):  # one of the two runs is diverging: end the line here
-                break
-            gaps.append(gap.clamp_min(1e-17))
-        if gaps:
+    net, s, x, y, lr = inst
+    evidence.instances(net.batch)
+    one, _ = PS.step_commutes_exactly(net, s, x, y, lr)
+    certify.that(one, what=STEP_WHAT)
+    certify.that(PS.step_commutes_exactly(net, s, x, y, lr, steps=2)[1],
+                 what="2-step trajectories from w and ρ(w) compute the same function (exact)")
+    # float64 with power-of-two factors (exact scalings commute with every IEEE operation): bit-identical
+    s2 = R.NodeScaling(tuple(torch.exp2(torch.round(torch.log2(c))) for c in s.factors))
+    certify.that(bool((PS.rescaled_training_gaps(net, s2, x, y, lr, 10) == 0).all()),
+                 what="10-step float64 trajectories from w and ρ(w), ρ by powers of two: bit-identical functions")
+    for method in ("path-sgd", "sgd"):  # evidence: η = 0.01, the drawn (non-power-of-two) factors
+        gaps = PS.rescaled_training_gaps(net, s, x, y, 0.01, 25, method)
+        if gaps.shape[1]:
             evidence.series("max_x |f_t(w) − f_t(ρ(w))| along training, η = 0.01 (floored at 1e-17, cut at 1e3)",
-                            x=torch.arange(1, len(gaps) + 1), y=torch.stack(gaps, dim=1), group=method,
+                            x=torch.arange(1, gaps.shape[1] + 1), y=gaps.clamp_min(1e-17), group=method,
                             xlabel="step t", ylabel="function gap", log_y=True)
 
 
@@ -178,7 +142,9 @@ def path_sgd_rescaling_invariant(inst):
 )
 @given(inst=training_instances())
 def sgd_rescaling_invariant(inst):
-    _step_commutes(inst, "sgd", trajectories=False)
+    net, s, x, y, lr = inst
+    evidence.instances(net.batch)
+    certify.that(PS.step_commutes_exactly(net, s, x, y, lr, "sgd")[0], what=STEP_WHAT)
 
 
 # ---------------------------------------------------------------------------------------------- claim 24
