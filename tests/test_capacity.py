@@ -575,3 +575,67 @@ def test_rescaling_invariance_is_decided_exactly_for_non_power_of_two_factors(da
     single = R.rescale_node(net, 1, 0, 3.0)
     with pytest.raises(AssertionError):
         certify(C.weight_decay(single) == C.weight_decay(net), "WD(ρ(w)) = WD(w)")
+
+
+# ---------------------------------------------------------------------------------------------- construction bounds
+
+
+def _mp_rescaled(net, s, b):
+    """ρ_ĉ(w) of net b at 60 digits, the float factors ĉ taken exactly (the product c_k/c_{k−1} is exact there)."""
+    d, out = net.depth, []
+    for k, W in enumerate(net.weights, start=1):
+        head = s.factors[k - 1][b].tolist() if k < d else [1.0] * W.shape[1]
+        tail = s.factors[k - 2][b].tolist() if k > 1 else [1.0] * W.shape[2]
+        out.append([[mp_of(w) * mp_of(head[i]) / mp_of(tail[j]) for j, w in enumerate(row)]
+                    for i, row in enumerate(W[b].tolist())])
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(net=relu_nets(net_widths(depth=st.integers(2, 4), width=st.integers(1, 3), outputs=st.integers(1, 2)),
+                     batch=(1, 2), nonzero=True), p=ps)
+def test_path_norm_minimizer_error_bounds_the_constructed_rescaling(net, p):
+    """|μ_{p,∞}(ρ_ĉ(w))^d − t| ≤ bound·t at 60 digits (t = max_o φ_p^{(o)}, the exact minimum value)."""
+    s = C.path_norm_minimizer_scaling(net, p)
+    bound = C.path_norm_minimizer_error(net, p)
+    with mpmath.workdps(60):
+        for b in range(net.batch):
+            Ws = [W[b].tolist() for W in net.weights]
+            t = max(mpmath.fsum(tv for path, tv in _path_terms(Ws, p) if path[-1] == o) for o in range(len(Ws[-1])))
+            t = mp_root(t, p)
+            mu = max(mp_root(mpmath.fsum(abs(w) ** p for w in row), p) for W in _mp_rescaled(net, s, b) for row in W)
+            assert abs(mu**net.depth - t) <= mpmath.mpf(bound[b].item()) * t
+
+
+@settings(max_examples=25, deadline=None)
+@given(net=relu_nets(net_widths(depth=st.integers(1, 4), width=st.integers(1, 3), outputs=st.integers(1, 2)),
+                     batch=(1, 2), nonzero=True), p=st.sampled_from([1.0, 2.0, 3.0]),
+       q=st.sampled_from([1.0, 2.0, 1.5, math.inf]))
+def test_layer_balancing_error_bounds_the_balanced_layer_norms(net, p, q):
+    """max_k |‖W̃_k‖_{p,q} − γ^{1/d}| ≤ bound·γ^{1/d} at 60 digits, W̃ = ρ_ĉ(w) with the float factors ĉ."""
+    s = C.layer_balancing_scaling(net, p, q)
+    bound = C.layer_balancing_error(net, p, q)
+
+    def norm(W):
+        rows = [mp_root(mpmath.fsum(abs(mp_of(w)) ** p for w in row), p) for row in W]
+        return max(rows) if math.isinf(q) else mp_root(mpmath.fsum(r**q for r in rows), q)
+
+    with mpmath.workdps(60):
+        for b in range(net.batch):
+            g = mp_root(mpmath.fprod(norm(W[b].tolist()) for W in net.weights), net.depth)
+            for Wt in _mp_rescaled(net, s, b):
+                assert abs(norm(Wt) - g) <= mpmath.mpf(bound[b].item()) * g
+
+
+def test_rpow_takes_the_exponent_exactly():
+    """x^{1/3} of 2^66 is 2^22 exactly: rpow's enclosure contains it (a plain x ** (1/3) does not), and the
+    zero base gives an exact 0."""
+    from implreg.numerics import Certified, certify
+
+    x = Certified.exact(torch.tensor([2.0**66, 0.0, 5.0], dtype=torch.float64))
+    r = C.rpow(x, 1.0, 3.0)
+    with mpmath.workdps(60):
+        refs = [mpmath.mpf(2) ** 22, mpmath.mpf(0), mpmath.cbrt(5)]
+    _covers(r, refs, "x^{1/3}")
+    certify(r[0] == 2.0**22, "cube root of 2^66")
+    certify(r[1] == 0.0, "cube root of 0")

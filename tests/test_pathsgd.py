@@ -258,3 +258,20 @@ def test_synthetic_data_shapes_balance_and_determinism():
     assert r.shape == t.y_train.shape and int(r.min()) >= 0 and int(r.max()) <= 2
     with pytest.raises(InvalidInputError):
         S.gaussian_mixture(10, 0, 3, classes=1)
+
+
+def test_step_commutes_exactly_closed_form():
+    """f = w₂σ(w₁x), x = 1, y = 0, η = ½, w = (1, 1), ρ: c = 2 on the hidden unit.  By hand: SGD gives
+    step(w) = (½, ½), ρ(step(w)) = (1, ¼) but step(ρ(w)) = (7/4, −½); Path-SGD (γ_{w₁} = w₂², γ_{w₂} = w₁²)
+    gives step(ρ(w)) = (1, ¼) = ρ(step(w))."""
+    one = torch.ones(1, 1, 1, dtype=torch.float64)
+    net = R.ReluNet((one, one))
+    s = R.NodeScaling((torch.full((1, 1), 2.0, dtype=torch.float64),))
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    w_ok, f_ok = PS.step_commutes_exactly(net, s, x, y, 0.5, "path-sgd")
+    assert bool(w_ok.all()) and bool(f_ok.all())
+    w_bad, _ = PS.step_commutes_exactly(net, s, x, y, 0.5, "sgd")
+    assert not bool(w_bad.any())
+    # float64 gaps: exactly 0 for Path-SGD with a power-of-two factor, nonzero for SGD
+    assert bool((PS.rescaled_training_gaps(net, s, x, y, 0.1, 5) == 0).all())
+    assert bool((PS.rescaled_training_gaps(net, s, x, y, 0.1, 5, "sgd")[:, -1] > 0).all())
