@@ -741,19 +741,19 @@ def pac_bayes_kl(net: ReluNet, sigma: float | Tensor, prior: ReluNet | None = No
 # ---------------------------------------------------------------------------------------------- Rademacher
 
 
-def rademacher_bound(depth: int, phi: float, x: Tensor) -> Tensor:
+def rademacher_bound(depth: int, phi: float, x: Tensor) -> Certified:
     """COLT'15 bound on the empirical Rademacher complexity of {depth-d ReLU nets with φ_1(w) ≤ φ} on x:
     √(4^{d−1} φ² · 4 log(2D) · max_i ‖x_i‖_∞² / m)   (Theorem 1 with p = 1, q = ∞ and Corollary 7, as
     reconstructed; the constant 4 log(2D) is the weaker of the versions in the main text and the appendix).
 
-    ``x`` is (m, D) or (B, m, D); returns (B,) (B = 1 for 2-D x).
+    ``x`` is (m, D) or (B, m, D); returns a certified (B,) value (B = 1 for 2-D x).
     """
     if x.ndim == 2:
         x = x.unsqueeze(0)
     m, D = x.shape[1], x.shape[2]
-    xmax = x.abs().amax(dim=(1, 2))
-    return torch.sqrt(torch.as_tensor(4.0 ** (depth - 1) * phi**2 * 4 * math.log(2 * D) / m, dtype=x.dtype)
-                      .to(x.device) * xmax * xmax)
+    xmax = Certified.exact(x.abs().amax(dim=(1, 2)))
+    c = Certified.exact(4.0 ** (depth - 1) * 4 * float(phi) ** 2) * Certified.exact(2.0 * D).log() / m
+    return c.sqrt() * xmax
 
 
 def rademacher_linear_l1(
@@ -844,7 +844,8 @@ class RademacherLower:
 
     ``lower`` ≤ R̂ holds exactly (up to ``rounding``) when ``level`` is 1, else with probability ≥ ``level``
     over the Monte-Carlo sign vectors.  ``baseline`` is the exact (or lower-confidence) mean of the single-unit
-    part, ``search_gain`` the lower-confidence gain of the search over it (≥ 0).
+    part, ``search_gain`` the lower-confidence gain of the search over it (≥ 0).  ``certified``: ``lower`` as
+    a Certified leaf with error ``rounding``, rigorous only when level is 1 (no sampling).
     """
 
     lower: float
@@ -853,6 +854,11 @@ class RademacherLower:
     baseline: float
     search_gain: float
     how: str
+
+    @property
+    def certified(self) -> Certified:
+        return Certified.measured(torch.tensor([self.lower], dtype=torch.float64), self.rounding,
+                                  rigorous=self.level == 1.0, label="lower bound on R̂")
 
 
 def _single_unit_correlations(x: Tensor, xi: Tensor, phi: float) -> Tensor:

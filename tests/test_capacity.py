@@ -418,7 +418,7 @@ def test_rademacher_depth1_exact_enumeration_and_monte_carlo():
     assert "Hoeffding" in how
     assert abs(mc.item() - ref) <= half.item()
     # Massart: R̂ ≤ φ √(2 log 2D / m) max ‖x‖_∞, below the weaker COLT'15 constant used by rademacher_bound
-    bound = C.rademacher_bound(1, 2.0, x)
+    bound = C.rademacher_bound(1, 2.0, x).value
     massart = 2.0 * math.sqrt(2 * math.log(10) / 8) * x.abs().max().item()
     assert ref <= massart <= bound.item()
 
@@ -447,7 +447,7 @@ def test_rademacher_lower_bound_is_exact_where_r_hat_is_known_and_refutes_plante
         low = C.rademacher_relu_lower(x, depth, phi=1.0, steps=20, restarts=2)
         assert low.level == 1.0 or low.search_gain == 0.0
         assert abs(low.lower - r_hat) <= low.rounding  # the lower bound is R̂ itself here
-        certify.at_most(low.lower, C.rademacher_bound(depth, 1.0, x)[0].item(), error=low.rounding, what="L ≤ B")
+        certify.at_most(low.lower, C.rademacher_bound(depth, 1.0, x).item(), error=low.rounding, what="L ≤ B")
         with pytest.raises(AssertionError):
             certify.at_most(low.lower, r_hat / 1.5, error=low.rounding, what="planted bound R̂/1.5")
 
