@@ -11,10 +11,11 @@ reconstructed for this catalogue, not confirmed against the published PDFs):
   (COLT'15 §3, eq. 7; Path-SGD §3); φ_p^p is the output of the net with weights |w|^p on the all-ones input
   (no ReLU needed: every quantity is ≥ 0), summed over outputs — "two passes" of Path-SGD (§4).
 
-Every measure takes a ``ReluNet`` batch and returns a (B,) tensor on its device and dtype; instances never
-influence each other.  ``*_error_bound`` functions bound |computed − exact| per net (absolute, (B,)), where
-"exact" is the measure of the exact net w* with |w − w*| ≤ ε_w|w| (ε_w = ``weight_rel_err``; 0 for the stored
-net itself).  Rounding model: see ``implreg.relu`` (u = unit roundoff, γ_n = nu/(1−nu), Higham 2002).
+Every measure takes a ``ReluNet`` batch and returns an ``implreg.numerics.Certified`` (B,) value on its device
+and dtype (``.value`` the float64 result, ``.error`` a rigorous bound; see the note in ``implreg.relu`` for why
+the measures themselves are certified); instances never influence each other.  The construction bounds
+``path_norm_minimizer_error`` and ``layer_balancing_error`` (how far the float rescaling factors are from the
+exact minimizers) are hand-derived: u = unit roundoff, γ_n = nu/(1−nu), Higham 2002; tested against mpmath.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
+from implreg.numerics import Certified, svdvals, where
+from implreg.numerics import cat as ccat
+from implreg.numerics import stack as cstack
 from implreg.relu import (
     SAFETY,
     NodeScaling,
     ReluNet,
     _check_inputs,
+    _forward,
+    _loss,
     cat,
+    certified_weights,
     flatten,
     forward,
     gamma,
@@ -46,6 +53,7 @@ from implreg.relu import (
 
 __all__ = [
     "Bracket",
+    "RademacherLower",
     "alpha_sharpness",
     "convex_net_norm",
     "exact_path_norm_pow",
@@ -53,29 +61,26 @@ __all__ = [
     "expected_sharpness",
     "exploring_measures",
     "group_norm",
-    "group_norm_error_bound",
     "layer_balancing_error",
     "layer_balancing_scaling",
     "layer_norms",
     "layer_product",
-    "layer_product_error_bound",
     "margins",
     "pac_bayes_kl",
     "path_norm",
     "path_norm_brute",
     "path_norm_brute_pow",
-    "path_norm_error_bound",
     "path_norm_minimizer_error",
     "path_norm_minimizer_scaling",
     "path_norm_per_output",
     "path_norm_pow",
-    "path_norm_pow_error_bound",
     "percentile_margin",
     "rademacher_bound",
     "rademacher_linear_l1",
+    "rademacher_relu_lower",
     "rademacher_search",
+    "rpow",
     "spectral_product",
-    "spectral_product_error_estimate",
     "to_fractions",
     "unit_norms_pow",
     "weight_decay",
@@ -150,13 +155,141 @@ def _guard(net: ReluNet, rel: Tensor) -> Tensor:
     return torch.where(tiny_entries(*net.weights), torch.full_like(rel, math.inf), rel)
 
 
-# ---------------------------------------------------------------------------------------------- group norms
+# ---------------------------------------------------------------------------------------------- certified measures
+#
+# Every measure below is built from the certified ops of implreg.numerics on the exact weights
+# (relu.certified_weights), so it carries a rigorous per-net error bound, re-evaluates in Arb balls for
+# undecided comparisons and, where every leaf is exact and the operations are rational (integer p, q), is
+# decided exactly.  They replace the hand-derived *_error_bound functions of earlier versions.
 
 
-def unit_norms_pow(net: ReluNet, p: float) -> tuple[Tensor, ...]:
-    """s_v = ‖w_{→v}‖_p^p = Σ_{u→v} |w_{u→v}|^p for every non-input unit: one (B, n_k) tensor per layer."""
+def rpow(x: Certified, num: float, den: float = 1.0) -> Certified:
+    """x^{num/den} for x ≥ 0 with the exponent taken EXACTLY: num and den are floats (exact dyadic rationals).
+
+    Integer exponents: repeated products (rational, so the exact tier decides ties); exponents that are a float
+    (1/2, 2.7, q/p when it rounds to nothing): the certified power; otherwise (1/3, q/p, …) exp(num·log(x)/den)
+    — a plain ``x ** (1/3)`` would be the power to the rounded exponent fl(1/3), a different number (off by
+    ≈ u·|log x| relative).  Where x's float value is 0 (its exact value 0, or below the subnormal floor that
+    the certified sums carry as error) log x is undefined, so there the power to fl(num/den) is taken: exact 0
+    for an exact 0, and a rigorous enclosure [0, error^{fl(e)}] otherwise (off by ≤ u·|log x| relative).
+    """
+    e = Fraction(num) / Fraction(den)
+    if e.denominator == 1 and 1 <= e.numerator <= 64:
+        return x ** int(e.numerator) if e.numerator != 1 else x
+    if Fraction(float(e)) == e:
+        return x ** float(e)
+    zero = x.value == 0
+    return where(zero, x ** float(e), (where(zero, 1.0, x).log() * float(num) / float(den)).exp())
+
+
+def _abs_pow_c(net: ReluNet, p: float) -> tuple[Certified, ...]:
+    return tuple(rpow(W.abs(), p) for W in certified_weights(net))
+
+
+def unit_norms_pow(net: ReluNet, p: float) -> tuple[Certified, ...]:
+    """s_v = ‖w_{→v}‖_p^p = Σ_{u→v} |w_{u→v}|^p for every non-input unit: one (B, n_k) value per layer."""
+    return tuple(A.sum(-1) for A in _abs_pow_c(net, _check_p(p)))
+
+
+def _lq(s: Certified, p: float, q: float) -> Certified:
+    """(Σ_v s_v^{q/p})^{1/q} over the last dim, q = ∞: max_v s_v^{1/p}."""
+    if math.isinf(q):
+        return rpow(s.amax(-1), 1.0, p)
+    return rpow(rpow(s, q, p).sum(-1), 1.0, q)
+
+
+def layer_norms(net: ReluNet, p: float, q: float) -> Certified:
+    """‖W_k‖_{p,q} for every layer, (B, d): ℓ_q over rows of the rows' ℓ_p norms (q = ∞: max row norm)."""
+    p, q = _check_p(p), _check_p(q, "q", allow_inf=True)
+    return cstack([_lq(s, p, q) for s in unit_norms_pow(net, p)], 1)
+
+
+def group_norm(net: ReluNet, p: float, q: float) -> Certified:
+    """μ_{p,q}(w) = (Σ_v ‖w_{→v}‖_p^q)^{1/q} over all non-input units v (q = ∞: the max)  (COLT'15 eq. 1).
+
+    μ_{2,2}² = Σ_e w_e² is weight decay; μ_{2,∞} is the max-norm (Srebro & Shraibman 2005).
+    """
+    p, q = _check_p(p), _check_p(q, "q", allow_inf=True)
+    return _lq(ccat(list(unit_norms_pow(net, p)), -1), p, q)
+
+
+def weight_decay(net: ReluNet) -> Certified:
+    """Σ_e w_e² = μ_{2,2}(w)², the ℓ2 (weight-decay) regularizer, (B,)."""
+    return sum((W * W).sum(-1).sum(-1) for W in certified_weights(net))
+
+
+def layer_product(net: ReluNet, p: float, q: float) -> Certified:
+    """γ_{p,q}(w) = Π_k ‖W_k‖_{p,q}  (COLT'15 §2–3; the quantity its Theorem 1 bounds capacity by)."""
+    N = layer_norms(net, p, q)
+    out = N[:, 0]
+    for k in range(1, net.depth):
+        out = out * N[:, k]
+    return out
+
+
+def path_norm_per_output(net: ReluNet, p: float = 2.0) -> Certified:
+    """φ_p^p restricted to the paths ending at each output, (B, n_d): |W_d|^p ⋯ |W_1|^p 1  (two passes)."""
+    A = _abs_pow_c(net, _check_p(p))
+    a = A[0].sum(-1)  # |W_1|^p 1
+    for Ak in A[1:]:
+        a = (Ak @ a.unsqueeze(-1))[..., 0]
+    return a
+
+
+def path_norm_pow(net: ReluNet, p: float = 2.0) -> Certified:
+    """φ_p(w)^p = Σ_paths Π_e |w_e|^p = 1ᵀ|W_d|^p ⋯ |W_1|^p 1, (B,)  (two passes; Path-SGD §4, COLT'15 eq. 7)."""
+    return path_norm_per_output(net, p).sum(-1)
+
+
+def path_norm(net: ReluNet, p: float = 2.0) -> Certified:
+    """ℓ_p path norm φ_p(w) = (Σ_paths Π_{e∈path} |w_e|^p)^{1/p}, (B,)  (COLT'15 eq. 7).
+
+    Computed in one pass of the all-ones input through the net with weights |w|^p (no ReLU: all ≥ 0).
+    """
     p = _check_p(p)
-    return tuple(_abs_pow(W, p, 0.0)[0].sum(dim=-1) for W in net.weights)
+    return rpow(path_norm_pow(net, p), 1.0, p)
+
+
+def path_norm_brute_pow(net: ReluNet, p: float = 2.0) -> Certified:
+    """φ_p^p by enumerating all Π_k n_k paths (itertools.product over units), (B,).  For small nets only."""
+    p = _check_p(p)
+    if net.num_paths > 200_000:
+        raise InvalidInputError(f"brute-force enumeration of {net.num_paths} paths refused (limit 200000)")
+    A = _abs_pow_c(net, p)
+    paths = torch.tensor(list(itertools.product(*(range(n) for n in net.widths))), device=net.device)
+    terms = A[0][:, paths[:, 1], paths[:, 0]]
+    for k, Ak in enumerate(A[1:], start=2):
+        terms = terms * Ak[:, paths[:, k], paths[:, k - 1]]
+    return terms.sum(-1)
+
+
+def path_norm_brute(net: ReluNet, p: float = 2.0) -> Certified:
+    """φ_p by brute-force path enumeration (the definition, COLT'15 eq. 7), (B,)."""
+    p = _check_p(p)
+    return rpow(path_norm_brute_pow(net, p), 1.0, p)
+
+
+def _path_norm_float(net: ReluNet, p: float) -> Tensor:
+    """φ_p in plain float64 (autograd-friendly), for the Rademacher search's objective."""
+    a = torch.ones(net.batch, net.widths[0], 1, dtype=net.dtype, device=net.device)
+    for W in net.weights:
+        a = (W.abs() ** p) @ a
+    return a.sum(dim=(1, 2)) ** (1.0 / p)
+
+
+# float helpers of the construction bounds below (path_norm_minimizer_error, layer_balancing_error)
+
+
+def _path_forward(net: ReluNet, p: float, weight_rel_err: float) -> tuple[Tensor, Tensor]:
+    """a_d = |W_d|^p ⋯ |W_1|^p 1 (B, n_d) in float64 and its relative error bound (B,): all quantities ≥ 0,
+    so relative errors add along the chain, Θ_k = Θ_{k−1} + ε_p + γ_{n_{k−1}} (first order; Higham 3.5)."""
+    a = torch.ones(net.batch, net.widths[0], 1, dtype=net.dtype, device=net.device)
+    rel = torch.zeros(net.batch, dtype=net.dtype, device=net.device)
+    for W in net.weights:
+        A, r = _abs_pow(W, p, weight_rel_err)
+        a = A @ a
+        rel = rel + _per_net_max(r) + gamma(W.shape[-1], net.dtype)
+    return a.squeeze(-1), rel
 
 
 def _unit_norms_pow_rel(net: ReluNet, p: float, weight_rel_err: float) -> tuple[tuple[Tensor, ...], Tensor]:
@@ -180,153 +313,6 @@ def _lq_of_unit_norms(s: Tensor, p: float, q: float, rel_s: Tensor) -> tuple[Ten
     rel_tot = (q / p) * rel_s + _per_net_max(rt) + gamma(s.shape[-1], s.dtype)
     y, r = _pow(tot, 1.0 / q)
     return y, rel_tot / q + r
-
-
-def layer_norms(net: ReluNet, p: float, q: float) -> Tensor:
-    """‖W_k‖_{p,q} for every layer, (B, d): ℓ_q over rows of the rows' ℓ_p norms (q = ∞: max row norm)."""
-    p, q = _check_p(p), _check_p(q, "q", allow_inf=True)
-    s, rel = _unit_norms_pow_rel(net, p, 0.0)
-    return torch.stack([_lq_of_unit_norms(sk, p, q, rel)[0] for sk in s], dim=1)
-
-
-def group_norm(net: ReluNet, p: float, q: float) -> Tensor:
-    """μ_{p,q}(w) = (Σ_v ‖w_{→v}‖_p^q)^{1/q} over all non-input units v (q = ∞: the max)  (COLT'15 eq. 1).
-
-    μ_{2,2}² = Σ_e w_e² is weight decay; μ_{2,∞} is the max-norm (Srebro & Shraibman 2005).
-    """
-    return _group_norm(net, p, q, 0.0)[0]
-
-
-def _group_norm(net: ReluNet, p: float, q: float, weight_rel_err: float) -> tuple[Tensor, Tensor]:
-    p, q = _check_p(p), _check_p(q, "q", allow_inf=True)
-    s, rel = _unit_norms_pow_rel(net, p, weight_rel_err)
-    return _lq_of_unit_norms(torch.cat(s, dim=-1), p, q, rel)
-
-
-def group_norm_error_bound(net: ReluNet, p: float, q: float, weight_rel_err: float = 0.0) -> Tensor:
-    """Bound on |μ̂_{p,q} − μ_{p,q}(w*)|, (B,).  Relative error chain (first order, ×SAFETY):
-    s_v: ε_p + γ_n (sum of n terms |w|^p, each ε_p = p·ε_w + rounding of the power);  s_v^{q/p}: ×q/p plus the
-    power's rounding;  Σ_v over U units: + γ_U;  (·)^{1/q}: ÷q plus the root's rounding.  q = ∞: the max is
-    exact, then ÷p and the root.
-    """
-    y, rel = _group_norm(net, p, q, weight_rel_err)
-    return SAFETY * _guard(net, rel) * y
-
-
-def weight_decay(net: ReluNet) -> Tensor:
-    """Σ_e w_e² = μ_{2,2}(w)², the ℓ2 (weight-decay) regularizer, (B,)."""
-    return sum((W * W).sum(dim=(1, 2)) for W in net.weights)
-
-
-def _layer_product(net: ReluNet, p: float, q: float, weight_rel_err: float) -> tuple[Tensor, Tensor]:
-    p, q = _check_p(p), _check_p(q, "q", allow_inf=True)
-    s, rel = _unit_norms_pow_rel(net, p, weight_rel_err)
-    out = torch.ones(net.batch, dtype=net.dtype, device=net.device)
-    rel_out = torch.zeros_like(out)
-    for sk in s:
-        y, r = _lq_of_unit_norms(sk, p, q, rel)
-        out = out * y
-        rel_out = rel_out + r
-    return out, rel_out + gamma(max(net.depth - 1, 0), net.dtype)
-
-
-def layer_product(net: ReluNet, p: float, q: float) -> Tensor:
-    """γ_{p,q}(w) = Π_k ‖W_k‖_{p,q}  (COLT'15 §2–3; the quantity its Theorem 1 bounds capacity by)."""
-    return _layer_product(net, p, q, 0.0)[0]
-
-
-def layer_product_error_bound(net: ReluNet, p: float, q: float, weight_rel_err: float = 0.0) -> Tensor:
-    """Bound on |γ̂_{p,q} − γ_{p,q}(w*)|: Σ_k (relative error of ‖W_k‖_{p,q}) + γ_{d−1} for the product."""
-    y, rel = _layer_product(net, p, q, weight_rel_err)
-    return SAFETY * _guard(net, rel) * y
-
-
-# ---------------------------------------------------------------------------------------------- path norms
-
-
-def _path_forward(net: ReluNet, p: float, weight_rel_err: float) -> tuple[Tensor, Tensor]:
-    """a_d = |W_d|^p ⋯ |W_1|^p 1 (B, n_d) and its relative error bound (B,).
-
-    All quantities are ≥ 0, so relative errors add along the chain: with Â_k = A_k∘(1+θ), |θ| ≤ ε_p, and
-    fl(Â_k â_{k−1}) = (Â_k + Δ)â_{k−1}, |Δ| ≤ γ_{n_{k−1}}Â_k (Higham 3.5), â_k = a_k(1 ± Θ_k) with
-    Θ_k = Θ_{k−1} + ε_p + γ_{n_{k−1}}  (first order).
-    """
-    a = torch.ones(net.batch, net.widths[0], 1, dtype=net.dtype, device=net.device)
-    rel = torch.zeros(net.batch, dtype=net.dtype, device=net.device)
-    for W in net.weights:
-        A, r = _abs_pow(W, p, weight_rel_err)
-        a = A @ a
-        rel = rel + _per_net_max(r) + gamma(W.shape[-1], net.dtype)
-    return a.squeeze(-1), rel
-
-
-def path_norm_per_output(net: ReluNet, p: float = 2.0) -> Tensor:
-    """φ_p^p restricted to the paths ending at each output, (B, n_d): |W_d|^p ⋯ |W_1|^p 1."""
-    return _path_forward(net, _check_p(p), 0.0)[0]
-
-
-def path_norm_pow(net: ReluNet, p: float = 2.0) -> Tensor:
-    """φ_p(w)^p = Σ_paths Π_e |w_e|^p = 1ᵀ|W_d|^p ⋯ |W_1|^p 1, (B,)  (two passes; Path-SGD §4, COLT'15 eq. 7)."""
-    a, _ = _path_forward(net, _check_p(p), 0.0)
-    return a.sum(dim=-1)
-
-
-def path_norm(net: ReluNet, p: float = 2.0) -> Tensor:
-    """ℓ_p path norm φ_p(w) = (Σ_paths Π_{e∈path} |w_e|^p)^{1/p}, (B,)  (COLT'15 eq. 7).
-
-    Computed in one pass of the all-ones input through the net with weights |w|^p (no ReLU: all ≥ 0).
-    """
-    return _path_norm(net, p, 0.0)[0]
-
-
-def _path_norm(net: ReluNet, p: float, weight_rel_err: float) -> tuple[Tensor, Tensor]:
-    p = _check_p(p)
-    a, rel = _path_forward(net, p, weight_rel_err)
-    s = a.sum(dim=-1)
-    rel_s = rel + gamma(max(net.widths[-1] - 1, 0), net.dtype)
-    y, r = _pow(s, 1.0 / p)
-    return y, rel_s / p + r
-
-
-def path_norm_pow_error_bound(net: ReluNet, p: float = 2.0, weight_rel_err: float = 0.0) -> Tensor:
-    """Bound on |φ̂_p^p − φ_p(w*)^p|, (B,): relative Θ_d + γ_{n_d−1} (see ``_path_forward``), ×SAFETY."""
-    p = _check_p(p)
-    a, rel = _path_forward(net, p, weight_rel_err)
-    return SAFETY * _guard(net, rel + gamma(max(net.widths[-1] - 1, 0), net.dtype)) * a.sum(dim=-1)
-
-
-def path_norm_error_bound(net: ReluNet, p: float = 2.0, weight_rel_err: float = 0.0) -> Tensor:
-    """Bound on |φ̂_p − φ_p(w*)|, (B,): relative error of φ_p^p divided by p, plus the root's rounding."""
-    y, rel = _path_norm(net, p, weight_rel_err)
-    return SAFETY * _guard(net, rel) * y
-
-
-def path_norm_brute_pow(net: ReluNet, p: float = 2.0) -> Tensor:
-    """φ_p^p by enumerating all Π_k n_k paths (itertools.product over units), (B,).  For small nets only."""
-    p = _check_p(p)
-    if net.num_paths > 200_000:
-        raise InvalidInputError(f"brute-force enumeration of {net.num_paths} paths refused (limit 200000)")
-    A = [_abs_pow(W, p, 0.0)[0] for W in net.weights]
-    paths = torch.tensor(list(itertools.product(*(range(n) for n in net.widths))), device=net.device)
-    terms = torch.ones(net.batch, paths.shape[0], dtype=net.dtype, device=net.device)
-    for k, Ak in enumerate(A, start=1):
-        terms = terms * Ak[:, paths[:, k], paths[:, k - 1]]
-    return terms.sum(dim=1)
-
-
-def path_norm_brute(net: ReluNet, p: float = 2.0) -> Tensor:
-    """φ_p by brute-force path enumeration (the definition, COLT'15 eq. 7), (B,)."""
-    return _pow(path_norm_brute_pow(net, p), 1.0 / _check_p(p))[0]
-
-
-def path_norm_brute_pow_error_bound(net: ReluNet, p: float = 2.0) -> Tensor:
-    """Bound on the rounding of ``path_norm_brute_pow``: each path is a product of d factors |w|^p (relative
-    ε_p each) with d − 1 multiplications, then P ≥ 0 terms are summed (γ_{P−1}):
-    relative d·ε_p + γ_{d−1} + γ_{P−1}, ×SAFETY."""
-    p = _check_p(p)
-    eps_p = torch.stack([_per_net_max(_abs_pow(W, p, 0.0)[1]) for W in net.weights]).amax(dim=0)
-    rel = net.depth * eps_p + gamma(net.depth - 1, net.dtype) + gamma(net.num_paths - 1, net.dtype)
-    return SAFETY * _guard(net, rel) * path_norm_brute_pow(net, p)
 
 
 def path_norm_minimizer_scaling(net: ReluNet, p: float = 2.0) -> NodeScaling:
@@ -420,7 +406,7 @@ def layer_balancing_error(net: ReluNet, p: float, q: float) -> Tensor:
 def layer_balancing_scaling(net: ReluNet, p: float, q: float) -> NodeScaling:
     """Whole-layer rescaling W̃_k = γ^{1/d} W_k / ‖W_k‖_{p,q} (COLT'15 Claim 1, as reconstructed), which makes
     all layer norms equal to γ_{p,q}^{1/d}, so μ_{p,q}(w̃) = d^{1/q} γ_{p,q}(w)^{1/d} (AM–GM equality)."""
-    norms = layer_norms(net, p, q)
+    norms = layer_norms(net, p, q).value
     if bool((norms <= 0).any()):
         raise InvalidInputError("layer balancing needs every layer to be nonzero")
     g = torch.exp(torch.log(norms).mean(dim=1))  # γ^{1/d}
@@ -432,8 +418,8 @@ def convex_net_norm(net: ReluNet) -> Tensor:
     the min over rescalings of Σ_j (‖u_j‖² + ‖v_j‖²) (COLT'15 Theorem 10, as reconstructed; AM–GM)."""
     if net.depth != 2:
         raise InvalidInputError(f"the convex-net norm is defined for depth-2 nets, got depth {net.depth}")
-    W1, W2 = net.weights
-    return 2 * (W1.norm(dim=2) * W2.norm(dim=1)).sum(dim=1)
+    W1, W2 = certified_weights(net)
+    return 2 * ((W1 * W1).sum(-1).sqrt() * (W2 * W2).sum(-2).sqrt()).sum(-1)
 
 
 def weight_decay_minimizer_scaling(net: ReluNet) -> NodeScaling:
@@ -448,29 +434,16 @@ def weight_decay_minimizer_scaling(net: ReluNet) -> NodeScaling:
     return NodeScaling((c,))
 
 
-def spectral_product(net: ReluNet) -> Tensor:
-    """Π_k ‖W_k‖_2 (product of spectral norms, the Lipschitz bound of f_w; Bartlett et al. 2017), (B,)."""
-    out = torch.ones(net.batch, dtype=net.dtype, device=net.device)
-    for W in net.weights:
-        out = out * torch.linalg.matrix_norm(W, ord=2)
-    return out
+def spectral_product(net: ReluNet) -> Certified:
+    """Π_k ‖W_k‖_2 (product of spectral norms, the Lipschitz bound of f_w; Bartlett et al. 2017), (B,).
 
-
-def spectral_product_error_estimate(net: ReluNet, weight_rel_err: float = 0.0) -> Tensor:
-    """Estimate of |computed − exact| for ``spectral_product``, (B,).
-
-    LAPACK's SVD is backward stable: |σ̂_1 − σ_1| ≤ p(m,n)·u·σ_1 with p "a modestly growing function" (LAPACK
-    Users' Guide §4.9); we take p(m,n) = 8·max(m,n) (an estimate, not a proof; calibrated: over 3000 random
-    matrices up to 4×4 the largest |σ̂_i − σ_i| against mpmath at 40 digits was 1.83·max(m,n)·u·σ_1).
-    A relative weight perturbation ε_w moves σ_1 by ≤ ‖ε_w|W|‖_2 ≤ ε_w‖W‖_F ≤ ε_w √rank σ_1.  Relative errors of
-    the d factors add, plus γ_{d−1}.
+    σ_1 by ``numerics.svdvals`` (rigorous: Weyl for the input error plus an a-posteriori bound on LAPACK's).
     """
-    u = unit_roundoff(net.dtype)
-    rel = gamma(max(net.depth - 1, 0), net.dtype)
-    for W in net.weights:
-        n, m = W.shape[-2:]
-        rel += 8 * max(n, m) * u + weight_rel_err * math.sqrt(min(n, m))
-    return SAFETY * rel * spectral_product(net)
+    out = None
+    for W in certified_weights(net):
+        s1 = svdvals(W)[:, 0]
+        out = s1 if out is None else out * s1
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- exact (rationals)
@@ -530,12 +503,16 @@ def exact_path_norm_pow(weights: list[list[list[Fraction]]], p: int, per_output:
 # ---------------------------------------------------------------------------------------------- margins
 
 
-def margins(net: ReluNet, x: Tensor, y: Tensor) -> Tensor:
+def margins(net: ReluNet, x: Tensor, y: Tensor) -> Certified:
     """Multiclass margins f_y(x_n) − max_{j≠y} f_j(x_n), (B, m)  (Exploring §2; Bartlett et al. 2017)."""
     f = forward(net, x)
     y = _labels(net, y, f.shape[1])
-    fy = f.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    other = f.scatter(-1, y.unsqueeze(-1), -math.inf).amax(dim=-1)
+    b = torch.arange(net.batch, device=net.device)[:, None]
+    n = torch.arange(f.shape[1], device=net.device)[None, :]
+    fy = f[b, n, y]
+    is_y = torch.nn.functional.one_hot(y, f.shape[-1]).bool()
+    # f_y replaced by the row minimum (≤ every other entry), so the row max is max_{j≠y} f_j (n_d ≥ 2)
+    other = where(is_y, f.amin(-1).unsqueeze(-1), f).amax(-1)
     return fy - other
 
 
@@ -552,15 +529,20 @@ def _labels(net: ReluNet, y: Tensor, m: int) -> Tensor:
     return y
 
 
-def percentile_margin(net: ReluNet, x: Tensor, y: Tensor, q: float = 5.0) -> Tensor:
+def percentile_margin(net: ReluNet, x: Tensor, y: Tensor, q: float = 5.0) -> Certified:
     """The q-th percentile of the training margins (linear interpolation, as numpy.percentile), (B,).
 
     Exploring normalizes every measure by a margin; the authors' code (github.com/bneyshabur/
     generalization-bounds, main.py) uses the 5th percentile of the margins on the training set.
+    Certified as a measured leaf: order statistics are 1-Lipschitz in the max-norm and the interpolation is a
+    convex combination, so the error is at most the largest margin error (rigorous; no ball refinement).
     """
     if not 0 <= q <= 100:
         raise InvalidInputError(f"percentile q must be in [0, 100], got {q}")
-    return torch.quantile(margins(net, x, y), q / 100.0, dim=1)
+    mg = margins(net, x, y)
+    err = mg.error.amax(dim=1)
+    return Certified.measured(torch.quantile(mg.value, q / 100.0, dim=1), err, rigorous=mg.rigorous,
+                              label=f"{q:g}th percentile margin")
 
 
 def exploring_measures(net: ReluNet, x: Tensor, y: Tensor, q: float = 5.0) -> dict[str, Tensor]:
@@ -573,16 +555,20 @@ def exploring_measures(net: ReluNet, x: Tensor, y: Tensor, q: float = 5.0) -> di
     with γ the q-th percentile training margin (``percentile_margin``).  Entries are NaN where γ ≤ 0 (the
     net does not classify a (100 − q)% share of the sample correctly).
     """
-    g = percentile_margin(net, x, y, q)
+    f = _forward(net, x)  # float64 throughout: these feed statistics, not certified comparisons
+    yl = _labels(net, y, f.shape[1])
+    fy = f.gather(-1, yl.unsqueeze(-1)).squeeze(-1)
+    g = torch.quantile(fy - f.scatter(-1, yl.unsqueeze(-1), -math.inf).amax(dim=-1), q / 100.0, dim=1)
     g2 = torch.where(g > 0, g * g, torch.full_like(g, math.nan))
     d = net.depth
     hprod = math.prod(net.widths[1:-1])
     fro = torch.stack([(W * W).sum(dim=(1, 2)) for W in net.weights], dim=1)
     spec = torch.stack([torch.linalg.matrix_norm(W, ord=2) ** 2 for W in net.weights], dim=1)
+    phi2 = _path_norm_float(net, 2.0)
     return {
         "l2": (4.0**d) * fro.prod(dim=1) / g2,
-        "l1-path": ((2.0**d) * path_norm(net, 1.0)) ** 2 / g2,
-        "l2-path": (4.0**d) * hprod * path_norm_pow(net, 2.0) / g2,
+        "l1-path": ((2.0**d) * _path_norm_float(net, 1.0)) ** 2 / g2,
+        "l2-path": (4.0**d) * hprod * phi2 * phi2 / g2,
         "spectral": hprod * spec.prod(dim=1) / g2,
     }
 
@@ -610,9 +596,7 @@ def _box_radius(flat: Tensor, alpha: float, relative: bool) -> Tensor:
 
 
 def _loss_flat(flat: Tensor, widths, x: Tensor, y: Tensor, kind: str) -> Tensor:
-    from implreg.relu import loss
-
-    return loss(unflatten(flat, widths), x, y, kind)
+    return _loss(unflatten(flat, widths), x, y, kind)
 
 
 def alpha_sharpness(
@@ -757,19 +741,19 @@ def pac_bayes_kl(net: ReluNet, sigma: float | Tensor, prior: ReluNet | None = No
 # ---------------------------------------------------------------------------------------------- Rademacher
 
 
-def rademacher_bound(depth: int, phi: float, x: Tensor) -> Tensor:
+def rademacher_bound(depth: int, phi: float, x: Tensor) -> Certified:
     """COLT'15 bound on the empirical Rademacher complexity of {depth-d ReLU nets with φ_1(w) ≤ φ} on x:
     √(4^{d−1} φ² · 4 log(2D) · max_i ‖x_i‖_∞² / m)   (Theorem 1 with p = 1, q = ∞ and Corollary 7, as
     reconstructed; the constant 4 log(2D) is the weaker of the versions in the main text and the appendix).
 
-    ``x`` is (m, D) or (B, m, D); returns (B,) (B = 1 for 2-D x).
+    ``x`` is (m, D) or (B, m, D); returns a certified (B,) value (B = 1 for 2-D x).
     """
     if x.ndim == 2:
         x = x.unsqueeze(0)
     m, D = x.shape[1], x.shape[2]
-    xmax = x.abs().amax(dim=(1, 2))
-    return torch.sqrt(torch.as_tensor(4.0 ** (depth - 1) * phi**2 * 4 * math.log(2 * D) / m, dtype=x.dtype)
-                      .to(x.device) * xmax * xmax)
+    xmax = Certified.exact(x.abs().amax(dim=(1, 2)))
+    c = Certified.exact(4.0 ** (depth - 1) * 4 * float(phi) ** 2) * Certified.exact(2.0 * D).log() / m
+    return c.sqrt() * xmax
 
 
 def rademacher_linear_l1(
@@ -840,8 +824,8 @@ def rademacher_search(
 
     def objective(f: Tensor) -> Tensor:
         n = unflatten(f, widths)
-        out = forward(n, x).squeeze(-1)  # (S·R, m)
-        return (xis * out).mean(dim=1) / path_norm(n, 1.0).clamp_min(1e-300)
+        out = _forward(n, x).squeeze(-1)  # (S·R, m)
+        return (xis * out).mean(dim=1) / _path_norm_float(n, 1.0).clamp_min(1e-300)
 
     for _ in range(steps):
         opt.zero_grad()
@@ -852,3 +836,87 @@ def rademacher_search(
     with torch.no_grad():
         best = torch.maximum(best, objective(flat))
     return best.view(S, restarts).amax(dim=1)
+
+
+@dataclass(frozen=True)
+class RademacherLower:
+    """A lower bound on R̂ = E_ξ sup_{φ_1(w) ≤ φ} (1/m) Σ_i ξ_i f_w(x_i) for depth-d bias-free ReLU nets on x.
+
+    ``lower`` ≤ R̂ holds exactly (up to ``rounding``) when ``level`` is 1, else with probability ≥ ``level``
+    over the Monte-Carlo sign vectors.  ``baseline`` is the exact (or lower-confidence) mean of the single-unit
+    part, ``search_gain`` the lower-confidence gain of the search over it (≥ 0).  ``certified``: ``lower`` as
+    a Certified leaf with error ``rounding``, rigorous only when level is 1 (no sampling).
+    """
+
+    lower: float
+    rounding: float
+    level: float
+    baseline: float
+    search_gain: float
+    how: str
+
+    @property
+    def certified(self) -> Certified:
+        return Certified.measured(torch.tensor([self.lower], dtype=torch.float64), self.rounding,
+                                  rigorous=self.level == 1.0, label="lower bound on R̂")
+
+
+def _single_unit_correlations(x: Tensor, xi: Tensor, phi: float) -> Tensor:
+    """b(ξ) = φ max_{j, s=±1} |(1/m) Σ_i ξ_i σ(s x_ij)|, (S,): the nets f = ±φ σ(±x_j) passed through identity
+    units (σ∘σ = σ, so any depth d ≥ 2; φ_1 = φ) are in the class, so b(ξ) ≤ sup for every ξ."""
+    return phi * (xi @ torch.relu(torch.cat([x, -x], dim=1)) / x.shape[0]).abs().amax(dim=1)
+
+
+def rademacher_relu_lower(
+    x: Tensor,
+    depth: int,
+    phi: float = 1.0,
+    *,
+    exact_up_to: int = 14,
+    samples: int = 20_000,
+    search_xi: int = 16,
+    width: int = 8,
+    steps: int = 120,
+    restarts: int = 4,
+    level: float = 0.999,
+    seed: int = 0,
+) -> RademacherLower:
+    """Certified lower bound on the empirical Rademacher complexity of {depth-d ReLU nets, φ_1(w) ≤ φ} on x (m, D).
+
+    R̂ = E_ξ sup_w (1/m)Σ ξ_i f_w(x_i) ≥ E_ξ max(b(ξ), s(ξ)) = E b + E (s − b)⁺, with b the closed-form single-unit
+    correlation (``_single_unit_correlations``) and s the value ``rademacher_search`` attains; both are values of
+    actual nets in the class.  E b is an exact average over all 2^m sign vectors when m ≤ ``exact_up_to`` (no
+    sampling error), else a one-sided Hoeffding lower bound from ``samples`` vectors (b ∈ [0, r], r = φ·mean_i
+    ‖x_i‖_∞ since |f(x)| ≤ φ_1‖x‖_∞).  E (s − b)⁺ ∈ [0, r] gets a one-sided Hoeffding lower bound from
+    ``search_xi`` vectors, floored at 0.  Each one-sided bound fails with probability ≤ (1 − level)/2.
+    The sup itself (a non-convex maximization) is not computable, so no upper bound on R̂ comes with it.
+    """
+    if x.ndim != 2:
+        raise InvalidInputError(f"x must be (m, D), got {tuple(x.shape)}")
+    if depth < 2:
+        raise InvalidInputError("rademacher_relu_lower is for depth ≥ 2; depth 1 is rademacher_linear_l1 (exact)")
+    m = x.shape[0]
+    r = phi * x.abs().amax(dim=1).mean().item()
+    delta = (1 - level) / 2
+    gens = _row_generators(x.reshape(1, -1), seed, b"rademacher-lower")
+    if m <= exact_up_to:
+        signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=m)), dtype=x.dtype, device=x.device)
+        base = _single_unit_correlations(x, signs, phi).mean().item()
+        how, conf = f"single-unit nets averaged exactly over all 2^{m} sign vectors", 1.0
+        n_sum = signs.shape[0]
+    else:
+        xi = (torch.randint(0, 2, (samples, m), generator=gens[0]) * 2 - 1).to(x)
+        base = _single_unit_correlations(x, xi, phi).mean().item() - r * math.sqrt(math.log(1 / delta) / (2 * samples))
+        how, conf = f"single-unit nets, one-sided Hoeffding over {samples} sign vectors", 1 - delta
+        n_sum = samples
+    gain = 0.0
+    if search_xi > 0:
+        xi = (torch.randint(0, 2, (search_xi, m), generator=gens[0]) * 2 - 1).to(x)
+        s = phi * rademacher_search(x, xi, depth, width, steps=steps, restarts=restarts, seed=seed)
+        excess = (s - _single_unit_correlations(x, xi, phi)).clamp_min(0.0).mean().item()
+        gain = max(0.0, excess - r * math.sqrt(math.log(1 / delta) / (2 * search_xi)))
+        how += f", plus the search's gain on {search_xi} sign vectors (one-sided Hoeffding)"
+        conf -= delta
+    # rounding: sums of ≤ n_sum + m terms of magnitude ≤ r (γ bound), the final two additions; ×SAFETY
+    rounding = SAFETY * (gamma(n_sum + m + 2, x.dtype) * 2 * r)
+    return RademacherLower(base + gain, rounding, conf, base, gain, how)

@@ -26,14 +26,15 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
+from implreg.numerics import Certified
 from implreg.relu import (
     SAFETY,
     ReluNet,
     _check_inputs,
-    forward,
-    gamma,
+    _forward,
+    _loss,
+    certified_weights,
     grad_error_bound,
-    loss,
     loss_and_grads,
     unit_roundoff,
 )
@@ -44,11 +45,12 @@ __all__ = [
     "fit_to_zero_error",
     "path_sgd_scaling",
     "path_sgd_scaling_brute",
-    "path_sgd_scaling_error_bound",
     "path_sgd_step",
     "path_sgd_step_exact",
+    "rescaled_training_gaps",
     "sgd_step",
     "sgd_step_exact",
+    "step_commutes_exactly",
     "step_error_bound",
     "train",
 ]
@@ -57,66 +59,53 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------- scaling
 
 
-def _in_out(net: ReluNet) -> tuple[list[Tensor], list[Tensor]]:
-    """γ_in for layers 0 … d (B, n_k) and γ_out for layers 0 … d (B, n_k), from the squared weights."""
-    sq = [W * W for W in net.weights]
-    a = torch.ones(net.batch, net.widths[0], dtype=net.dtype, device=net.device)
+def _in_out(net: ReluNet) -> tuple[list[Certified], list[Certified]]:
+    """γ_in for layers 0 … d (B, n_k) and γ_out for layers 0 … d (B, n_k), from the squared exact weights."""
+    sq = [W * W for W in certified_weights(net)]
+    a = Certified.exact(torch.ones(net.batch, net.widths[0], dtype=net.dtype, device=net.device))
     gin = [a]
     for S in sq:
-        a = (S @ a.unsqueeze(-1)).squeeze(-1)
+        a = (S @ a.unsqueeze(-1))[..., 0]
         gin.append(a)
-    b = torch.ones(net.batch, net.widths[-1], dtype=net.dtype, device=net.device)
+    b = Certified.exact(torch.ones(net.batch, net.widths[-1], dtype=net.dtype, device=net.device))
     gout = [b]
     for S in reversed(sq):
-        b = (b.unsqueeze(-2) @ S).squeeze(-2)
+        b = (b.unsqueeze(-2) @ S)[..., 0, :]
         gout.append(b)
     return gin, gout[::-1]
 
 
-def path_sgd_scaling(net: ReluNet) -> tuple[Tensor, ...]:
-    """γ_e = γ_in(u)·γ_out(v) for every edge e = u → v, one (B, n_k, n_{k−1}) tensor per layer (two passes).
+def path_sgd_scaling(net: ReluNet) -> tuple[Certified, ...]:
+    """γ_e = γ_in(u)·γ_out(v) for every edge e = u → v, one (B, n_k, n_{k−1}) value per layer (two passes).
 
     γ_in(u) is the all-ones input propagated through the squared weights; γ_out(v) the all-ones output
-    propagated backwards (Path-SGD §4, as reconstructed); γ_e = ∂φ_2²/∂(w_e²).
+    propagated backwards (Path-SGD §4, as reconstructed); γ_e = ∂φ_2²/∂(w_e²).  Certified (rational in the
+    weights, so decided exactly where compared); the steps use ``.value``.
     """
     gin, gout = _in_out(net)
-    return tuple(gout[k][:, :, None] * gin[k - 1][:, None, :] for k in range(1, net.depth + 1))
+    return tuple(gout[k].unsqueeze(-1) * gin[k - 1].unsqueeze(-2) for k in range(1, net.depth + 1))
 
 
-def path_sgd_scaling_error_bound(net: ReluNet, weight_rel_err: float = 0.0) -> tuple[Tensor, ...]:
-    """Bounds on |γ̂_e − γ_e(w*)| per edge.  Everything is ≥ 0, so relative errors add (first order, ×SAFETY):
-    squares (1 ± ε_w)²(1 ± u): 2ε_w + u per weight;  forward, layer k: Θ^in_k = Θ^in_{k−1} + 2ε_w + u + γ_{n_{k−1}};
-    backward, layer k−1: Θ^out_{k−1} = Θ^out_k + 2ε_w + u + γ_{n_k};  γ_e: Θ^in_{k−1} + Θ^out_k + u.
-    """
-    gin, gout = _in_out(net)
-    u = unit_roundoff(net.dtype)
-    d, n = net.depth, net.widths
-    th_in = [0.0] * (d + 1)
-    for k in range(1, d + 1):
-        th_in[k] = th_in[k - 1] + 2 * weight_rel_err + u + gamma(n[k - 1], net.dtype)
-    th_out = [0.0] * (d + 1)
-    for k in range(d, 0, -1):
-        th_out[k - 1] = th_out[k] + 2 * weight_rel_err + u + gamma(n[k], net.dtype)
-    return tuple(
-        SAFETY * (th_in[k - 1] + th_out[k] + u) * gout[k][:, :, None] * gin[k - 1][:, None, :]
-        for k in range(1, d + 1)
-    )
-
-
-def path_sgd_scaling_brute(net: ReluNet, p: float = 2.0) -> tuple[Tensor, ...]:
+def path_sgd_scaling_brute(net: ReluNet, p: float = 2.0) -> tuple[Certified, ...]:
     """∂φ_p^p/∂(|w_e|^p) = Σ_{paths ∋ e} Π_{e' ≠ e} |w_e'|^p by enumerating all paths (small nets only)."""
     if net.num_paths > 200_000:
         raise InvalidInputError(f"brute-force enumeration of {net.num_paths} paths refused (limit 200000)")
-    A = [W.abs() ** p for W in net.weights]
-    paths = torch.tensor(list(itertools.product(*(range(k) for k in net.widths))), device=net.device)
-    factors = torch.stack([A[k - 1][:, paths[:, k], paths[:, k - 1]] for k in range(1, net.depth + 1)], dim=-1)
+    A = [W.abs() ** p if p != 1 else W.abs() for W in certified_weights(net)]
+    widths = net.widths
+    paths = torch.tensor(list(itertools.product(*(range(k) for k in widths))), device=net.device)
+    factors = [A[k - 1][:, paths[:, k], paths[:, k - 1]] for k in range(1, net.depth + 1)]  # each (B, P)
+    one = Certified.exact(torch.ones(net.batch, paths.shape[0], dtype=net.dtype, device=net.device))
     out = []
     for k in range(1, net.depth + 1):
-        others = torch.cat([factors[..., : k - 1], factors[..., k:]], dim=-1).prod(dim=-1)  # (B, P)
-        G = torch.zeros(net.batch, net.widths[k] * net.widths[k - 1], dtype=net.dtype, device=net.device)
-        idx = (paths[:, k] * net.widths[k - 1] + paths[:, k - 1]).expand(net.batch, -1)
-        G.scatter_add_(1, idx, others)
-        out.append(G.view(net.batch, net.widths[k], net.widths[k - 1]))
+        others = one
+        for j, F in enumerate(factors, start=1):
+            if j != k:
+                others = others * F
+        # Σ over the paths through each edge: a 0/1 incidence matrix (exact) times the path products
+        edge = paths[:, k] * widths[k - 1] + paths[:, k - 1]
+        inc = torch.nn.functional.one_hot(edge, widths[k] * widths[k - 1]).to(net.dtype).T  # (E, P)
+        G = (Certified.exact(inc.expand(net.batch, *inc.shape)) @ others.unsqueeze(-1))[..., 0]
+        out.append(G.reshape(net.batch, widths[k], widths[k - 1]))
     return tuple(out)
 
 
@@ -131,7 +120,7 @@ def _lr(lr: float | Tensor, net: ReluNet) -> Tensor:
 def path_sgd_step(net: ReluNet, x: Tensor, y: Tensor, lr: float | Tensor, kind: str = "mse") -> ReluNet:
     """One Path-SGD step on (x, y): w_e ← w_e − η (∂L/∂w_e)/γ_e(w)  (Path-SGD §4, eq. as reconstructed)."""
     _, grads = loss_and_grads(net, x, y, kind)
-    scal = path_sgd_scaling(net)
+    scal = [S.value for S in path_sgd_scaling(net)]
     eta = _lr(lr, net)
     ws = []
     for W, G, S in zip(net.weights, grads, scal, strict=True):
@@ -154,7 +143,8 @@ def step_error_bound(
 
     "Exact" is the step of the exact net w* (|w − w*| ≤ ε_w|w|) in real arithmetic, with the same η.  With
     t = η G/γ (Path-SGD) or t = η G (SGD), G the gradient (bound from ``relu.grad_error_bound``) and γ the
-    scaling (bound from ``path_sgd_scaling_error_bound``), first order:
+    scaling (its certified error, plus 2(d−1)ε_w relative for the weight perturbation: γ_e is a sum of
+    products of d − 1 squared weights), first order:
         |t̂ − t| ≤ η(|Ĝ − G| + |Ĝ| Θ_γ)/γ̂ + 2u|t̂|   (two roundings: ×η, ÷γ),
         |ŵ' − w'| ≤ |t̂ − t| + ε_w|w| + u|ŵ'|          (w' = w − t, one rounding),   ×SAFETY.
     Void where ``ambiguous`` (a ReLU mask could differ from the exact one): decide those exactly.
@@ -168,8 +158,9 @@ def step_error_bound(
     new = path_sgd_step(net, x, y, lr) if method == "path-sgd" else sgd_step(net, x, y, lr)
     out = []
     if method == "path-sgd":
-        scal = path_sgd_scaling(net)
-        sb = path_sgd_scaling_error_bound(net, weight_rel_err)
+        cs = path_sgd_scaling(net)
+        scal = [S.value for S in cs]
+        sb = [S.error + SAFETY * 2 * (net.depth - 1) * weight_rel_err * S.value for S in cs]
         for W, G, eG, S, eS, Wn in zip(net.weights, grads, gb, scal, sb, new.weights, strict=True):
             pos = S > 0
             Ss = torch.where(pos, S, torch.ones_like(S))
@@ -243,6 +234,52 @@ def sgd_step_exact(weights, x, y, lr: Fraction):
             for W, Gk in zip(weights, G, strict=True)]
 
 
+def step_commutes_exactly(net: ReluNet, scaling, x: Tensor, y: Tensor, lr: float, method: str = "path-sgd",
+                          steps: int = 1) -> tuple[Tensor, Tensor]:
+    """Per net (B,): whether ``steps`` exact steps from ρ_c(w) equal ρ_c of the steps from w (weights), and
+    whether the two trajectories compute the same function on x after them — in rational arithmetic (every
+    float64 is a dyadic rational; the factors c are taken exactly), mse loss, full batch."""
+    from implreg.capacity import (
+        forward_fractions,
+        rescale_fractions,
+        rows_to_fractions,
+        scaling_to_fractions,
+        to_fractions,
+    )
+
+    step = {"path-sgd": path_sgd_step_exact, "sgd": sgd_step_exact}[method]
+    xf, yf, eta = rows_to_fractions(x), rows_to_fractions(y), Fraction(lr)
+    weights, functions = [], []
+    for i in range(net.batch):
+        a, cs = to_fractions(net, i), scaling_to_fractions(scaling, i)
+        b = rescale_fractions(a, cs)
+        for _ in range(steps):
+            a, b = step(a, xf, yf, eta), step(b, xf, yf, eta)
+        weights.append(rescale_fractions(a, cs) == b)
+        functions.append(forward_fractions(a, xf) == forward_fractions(b, xf))
+    return torch.tensor(weights), torch.tensor(functions)
+
+
+def rescaled_training_gaps(net: ReluNet, scaling, x: Tensor, y: Tensor, lr: float, steps: int,
+                           method: str = "path-sgd", cut: float = 1e3) -> Tensor:
+    """max_x |f_t(w) − f_t(ρ(w))| along ``steps`` float64 steps from w and ρ(w), (B, T); the run stops early
+    (T < steps) when a net diverges or the gap exceeds ``cut``."""
+    from implreg.relu import rescale
+
+    step = {"path-sgd": path_sgd_step, "sgd": sgd_step}[method]
+    a, b, gaps = net, rescale(net, scaling), []
+    for _ in range(steps):
+        try:
+            a, b = step(a, x, y, lr), step(b, x, y, lr)
+        except InvalidInputError:  # NaN/Inf weights: diverged
+            break
+        gap = function_gap(a, b, x)
+        if bool((gap > cut).any()):
+            break
+        gaps.append(gap)
+    return torch.stack(gaps, dim=1) if gaps else torch.zeros(net.batch, 0, dtype=net.dtype)
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -284,7 +321,7 @@ def train(
         raise InvalidInputError(f"method must be 'path-sgd', 'sgd' or 'adam', got {method!r}")
     x = _check_inputs(net, x)
     m = x.shape[1]
-    nets, kept, losses = [net], [0], [loss(net, x, y, kind)]
+    nets, kept, losses = [net], [0], [_loss(net, x, y, kind)]
     cur = net
     if method == "adam":
         params = [W.detach().clone().requires_grad_(True) for W in net.weights]
@@ -303,19 +340,19 @@ def train(
         else:
             opt.zero_grad()
             with torch.enable_grad():
-                loss(ReluNet(tuple(params)), xb, yb, kind).sum().backward()
+                _loss(ReluNet(tuple(params)), xb, yb, kind).sum().backward()
             opt.step()
             cur = ReluNet(tuple(p.detach().clone() for p in params))
         record = t % record_every == 0 or t == steps
         stop = False
         lv = None
         if until_loss is not None:
-            lv = loss(cur, x, y, kind)
+            lv = _loss(cur, x, y, kind)
             stop = bool((lv < until_loss).all())
         if record or stop:
             nets.append(cur)
             kept.append(t)
-            losses.append(lv if lv is not None else loss(cur, x, y, kind))
+            losses.append(lv if lv is not None else _loss(cur, x, y, kind))
         if stop:
             break
     return Trajectory(tuple(nets), tuple(kept), torch.stack(losses, dim=1))
@@ -355,7 +392,7 @@ def fit_to_zero_error(
         opt.zero_grad()
         with torch.enable_grad():
             cur = ReluNet(tuple(params))
-            f = forward(cur, x)
+            f = _forward(cur, x)
             y_ = y if y.ndim == 2 else y.unsqueeze(0).expand(net.batch, -1)
             lv = (torch.logsumexp(f, -1) - f.gather(-1, y_.unsqueeze(-1)).squeeze(-1)).mean(dim=1)
         with torch.no_grad():
@@ -382,7 +419,7 @@ def _take_targets(y: Tensor, idx: Tensor, kind: str) -> Tensor:
 
 def function_gap(a: ReluNet, b: ReluNet, x: Tensor) -> Tensor:
     """max_n ‖f_a(x_n) − f_b(x_n)‖_∞ per net, (B,): how far two nets are as functions on x."""
-    return (forward(a, x) - forward(b, x)).abs().flatten(1).amax(dim=1)
+    return (_forward(a, x) - _forward(b, x)).abs().flatten(1).amax(dim=1)
 
 
 def _is_power_of_two(c: float) -> bool:

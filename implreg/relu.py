@@ -21,18 +21,31 @@ propagate this through the net (running error analysis, first order in u, then i
 ``SAFETY`` that dominates the neglected O(u²) terms for every size used here).  The model assumes no
 underflow: bounds are +inf for nets (or inputs) with a nonzero entry of magnitude < ``UNDERFLOW_GUARD``
 (2⁻⁶⁰; products of ≤ 16 such factors stay in float64's normal range), never silently wrong.
+
+Certified values (one rule for the ReLU wing: ``forward``, ``loss`` and every measure in ``implreg.capacity``
+return an ``implreg.numerics.Certified``; ``.value`` is the float64 tensor they used to return).  A quantity
+that a claim compares must carry its error and re-evaluate in ball or exact arithmetic, so that
+``certify(path_norm(net, 1) >= path_norm(net, 2))`` is decided at every net, ties included; returning tensors
+from the measures and Certified from a parallel family would leave two ways, one of them a trap
+(``certify(a == b)`` on floats).  The weights a net stands for are exact leaves (``certified_weights``): its
+float64 entries, or, for a net made by ``rescale``, the exact rescaling ρ_c(w) of the source net by the drawn
+float factors — so ``path_norm(rescale(net, s)) == path_norm(net)`` is the exact statement, not one about
+the rounded copy.  What training runs on (``loss_and_grads``, the steps in ``implreg.pathsgd``, autograd) stays
+float: the private kernels ``_forward``/``_loss`` and ``forward_pass``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
+from implreg.numerics import Certified, maximum
+from implreg.numerics import cat as ccat
 
 __all__ = [
     "SAFETY",
@@ -41,9 +54,9 @@ __all__ = [
     "NodeScaling",
     "ReluNet",
     "cat",
+    "certified_weights",
     "flatten",
     "forward",
-    "forward_error_bound",
     "forward_pass",
     "gamma",
     "grad_error_bound",
@@ -98,9 +111,12 @@ class ReluNet:
 
     ``weights[k−1]`` is W_k of shape (B, n_k, n_{k−1}); all weights share one dtype (float32/float64) and one
     device.  Construction validates shapes and finiteness and raises ``InvalidInputError`` naming the layer.
+    ``exact`` (set by ``rescale``): the exact weights the float ones round, as certified expressions of the
+    source net's leaves; None means the float weights are the net (see ``certified_weights``).
     """
 
     weights: tuple[Tensor, ...]
+    exact: tuple[Certified, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ws = tuple(self.weights)
@@ -169,16 +185,18 @@ class ReluNet:
         """The sub-batch ``index`` (an int keeps a batch dimension of 1)."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
-        return ReluNet(tuple(W[index] for W in self.weights))
+        exact = None if self.exact is None else tuple(E[index] for E in self.exact)
+        return ReluNet(tuple(W[index] for W in self.weights), exact)
 
     def to(self, *args, **kwargs) -> ReluNet:
+        """Moved/cast float weights (a dtype change drops the exact provenance: the floats are the net)."""
         return ReluNet(tuple(W.to(*args, **kwargs) for W in self.weights))
 
     def map(self, fn) -> ReluNet:
         """Apply ``fn`` to every weight tensor (e.g. ``abs``): a new net of the same widths."""
         return ReluNet(tuple(fn(W) for W in self.weights))
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Certified:
         return forward(self, x)
 
 
@@ -188,7 +206,18 @@ def cat(nets: Sequence[ReluNet]) -> ReluNet:
         raise InvalidInputError("cat needs at least one net")
     if len({n.widths for n in nets}) != 1:
         raise InvalidInputError(f"cat needs equal widths, got {[n.widths for n in nets]}")
-    return ReluNet(tuple(torch.cat(ws, dim=0) for ws in zip(*(n.weights for n in nets), strict=True)))
+    exact = None
+    if any(n.exact is not None for n in nets):
+        exact = tuple(ccat(list(es), 0) for es in zip(*(certified_weights(n) for n in nets), strict=True))
+    return ReluNet(tuple(torch.cat(ws, dim=0) for ws in zip(*(n.weights for n in nets), strict=True)), exact)
+
+
+def certified_weights(net: ReluNet) -> tuple[Certified, ...]:
+    """The exact weights of ``net`` as certified values: its float entries as exact leaves (every float is a
+    dyadic rational), or, for a net made by ``rescale``, the exact ρ_c(w) of the source net (``net.exact``)."""
+    if net.exact is not None:
+        return net.exact
+    return tuple(Certified.exact(W) for W in net.weights)
 
 
 def random_net(
@@ -273,29 +302,32 @@ def forward_pass(net: ReluNet, x: Tensor) -> ForwardPass:
     return ForwardPass(tuple(pre), tuple(post))
 
 
-def forward(net: ReluNet, x: Tensor) -> Tensor:
-    """f_w(x) = W_d σ(W_{d−1} ⋯ σ(W_1 x)) for every net: x (m, n_0) or (B, m, n_0) ↦ (B, m, n_d)."""
+def forward(net: ReluNet, x: Tensor) -> Certified:
+    """f_w(x) = W_d σ(W_{d−1} ⋯ σ(W_1 x)) for every net, certified: x (m, n_0) or (B, m, n_0) ↦ (B, m, n_d).
+
+    Inputs are exact leaves, weights ``certified_weights(net)``; σ = max(·, 0).  ``.value`` is the float64 pass.
+    """
+    h = Certified.exact(_check_inputs(net, x))
+    ws = certified_weights(net)
+    for W in ws[:-1]:
+        h = maximum(h @ W.mT, 0.0)
+    return h @ ws[-1].mT
+
+
+def _forward(net: ReluNet, x: Tensor) -> Tensor:
+    """The float64 kernel of ``forward`` (training, autograd, sampling): no error propagation."""
     h = _check_inputs(net, x)
     for W in net.weights[:-1]:
         h = torch.relu(h @ W.transpose(-1, -2))
     return h @ net.weights[-1].transpose(-1, -2)
 
 
-def forward_error_bound(net: ReluNet, x: Tensor, weight_rel_err: float = 0.0) -> tuple[Tensor, ...]:
-    """Bounds E_k ≥ |ẑ_k − z_k| on the float pre-activations of ``forward_pass``, k = 1 … d, each (B, m, n_k).
-
-    z_k is the exact pre-activation of the exact net w* whose weights satisfy |w − w*| ≤ ε_w|w| entrywise
-    (ε_w = ``weight_rel_err``; 0 when the stored weights are the net of interest, e.g. ≈ 2u after a rescaling
-    computed in floating point).  Inputs are taken as exact.  Derivation (first order in u):
-        ẑ_k = fl(ĥ_{k−1} Ŵ_kᵀ),  |ẑ_k − ĥ_{k−1} W*_kᵀ| ≤ (γ_{n_{k−1}} + ε_w) |ĥ_{k−1}| |W_k|ᵀ   (Higham 3.5),
-        |ĥ_{k−1} − h_{k−1}| ≤ E_{k−1}   (σ is 1-Lipschitz and exact; E_0 = 0),
-        E_k = (γ_{n_{k−1}} + ε_w) |ĥ_{k−1}| |W_k|ᵀ + E_{k−1} |W_k|ᵀ,   times SAFETY.
-    """
-    fp = forward_pass(net, x)
-    return _forward_error(net, fp, weight_rel_err)
-
-
 def _forward_error(net: ReluNet, fp: ForwardPass, weight_rel_err: float) -> tuple[Tensor, ...]:
+    """Bounds E_k ≥ |ẑ_k − z_k| on the float pre-activations of ``forward_pass`` (running error analysis):
+        E_k = SAFETY·((γ_{n_{k−1}} + ε_w) |ĥ_{k−1}| |W_k|ᵀ + E_{k−1} |W_k|ᵀ),   E_0 = 0   (Higham eq. 3.5),
+    z_k for the exact net w* with |w − w*| ≤ ε_w|w|; σ is 1-Lipschitz.  Used by ``grad_error_bound``, which
+    needs the per-layer bounds to certify the ReLU masks of a float gradient.
+    """
     out = []
     E = torch.zeros_like(fp.post[0])
     tiny = tiny_entries(fp.post[0], *net.weights).view(-1, 1, 1)
@@ -332,11 +364,28 @@ def _check_targets(net: ReluNet, y: Tensor, m: int, kind: str) -> Tensor:
     return y
 
 
-def loss(net: ReluNet, x: Tensor, y: Tensor, kind: str = "mse") -> Tensor:
-    """Empirical loss per net, (B,): ``mse`` L = (1/2m) Σ_n ‖f(x_n) − y_n‖², or ``ce`` (cross-entropy)
-    L = (1/m) Σ_n [log Σ_j e^{f_j(x_n)} − f_{y_n}(x_n)]."""
+def loss(net: ReluNet, x: Tensor, y: Tensor, kind: str = "mse") -> Certified:
+    """Empirical loss per net, (B,), certified: ``mse`` L = (1/2m) Σ_n ‖f(x_n) − y_n‖², or ``ce`` (cross-entropy)
+    L = (1/m) Σ_n [log Σ_j e^{f_j(x_n)} − f_{y_n}(x_n)]  (targets exact; the log-sum-exp is shifted by the float
+    row max c, an exact identity log Σ e^{f_j} = c + log Σ e^{f_j − c})."""
     f = forward(net, x)
-    return _loss_from_output(net, f, y, kind)
+    m = f.shape[1]
+    if kind == "mse":
+        r = f - _check_targets(net, y, m, kind)
+        return 0.5 * (r * r).sum(-1).sum(-1) / m
+    if kind == "ce":
+        y = _check_targets(net, y, m, kind)
+        c = f.value.amax(dim=-1, keepdim=True)
+        lse = (f - c).exp().sum(-1).log() + c.squeeze(-1)
+        b = torch.arange(net.batch, device=net.device)[:, None]
+        n = torch.arange(m, device=net.device)[None, :]
+        return (lse - f[b, n, y]).sum(-1) / m
+    raise InvalidInputError(f"loss kind must be 'mse' or 'ce', got {kind!r}")
+
+
+def _loss(net: ReluNet, x: Tensor, y: Tensor, kind: str = "mse") -> Tensor:
+    """The float64 kernel of ``loss`` (training, autograd)."""
+    return _loss_from_output(net, _forward(net, x), y, kind)
 
 
 def _loss_from_output(net: ReluNet, f: Tensor, y: Tensor, kind: str) -> Tensor:
@@ -391,7 +440,7 @@ def grad_error_bound(
 ) -> tuple[tuple[Tensor, ...], Tensor]:
     """Bounds on |∂L/∂W_k computed − exact| for the mse loss, and a per-net flag of *undecidable* ReLU masks.
 
-    Exact means: the gradient of the exact net w* with |w − w*| ≤ ε_w|w| (see ``forward_error_bound``), at
+    Exact means: the gradient of the exact net w* with |w − w*| ≤ ε_w|w| (see ``_forward_error``), at
     exact inputs and targets.  Running error analysis, first order in u (u = unit roundoff), times SAFETY:
         |r̂ − r| ≤ E_d + u|r̂|  (r = f − y),   δ_d = r/m: e_d = (E_d + u|r̂|)/m + u|δ̂_d|,
         e_k = 1[ẑ_k > 0] ⊙ (e_{k+1} |W_{k+1}| + (γ_{n_{k+1}} + ε_w) |δ̂_{k+1}| |W_{k+1}|),
@@ -543,6 +592,8 @@ def _check_hidden(net: ReluNet, layer: int, unit: int) -> None:
 def rescale(net: ReluNet, scaling: NodeScaling) -> ReluNet:
     """ρ_c(w): W_k ↦ diag(c_k) W_k diag(c_{k−1})⁻¹ with c_0 = c_d = 1  (Neyshabur et al. 2015b, §3).
 
+    The result's ``exact`` weights are ρ_c(w) itself (certified products of the source's exact weights and the
+    float factors, taken as exact), which the certified quantities use.
     Each weight is multiplied by its head factor and then divided by its tail factor: at most two correctly
     rounded operations, so the result equals the exact rescaling up to relative error 2u per weight (≤ γ_2),
     and exactly when the factors are powers of two (no overflow or underflow).
@@ -553,14 +604,17 @@ def rescale(net: ReluNet, scaling: NodeScaling) -> ReluNet:
             f"a NodeScaling for nets of widths {net.widths} and batch {net.batch} needs factors of shapes "
             f"{[(net.batch, n) for n in net.widths[1:-1]]}, got {[tuple(c.shape) for c in fs]}"
         )
-    ws = []
-    for k, W in enumerate(net.weights, start=1):
+    ws, exact = [], []
+    for k, (W, E) in enumerate(zip(net.weights, certified_weights(net), strict=True), start=1):
         if k <= net.depth - 1:
-            W = W * fs[k - 1].to(W)[:, :, None]
+            c = fs[k - 1].to(W)[:, :, None]
+            W, E = W * c, E * c
         if k >= 2:
-            W = W / fs[k - 2].to(W)[:, None, :]
+            c = fs[k - 2].to(W)[:, None, :]
+            W, E = W / c, E / c
         ws.append(W)
-    return ReluNet(tuple(ws))
+        exact.append(E)
+    return ReluNet(tuple(ws), tuple(exact))
 
 
 def rescale_node(net: ReluNet, layer: int, unit: int, c: float | Tensor) -> ReluNet:

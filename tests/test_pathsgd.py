@@ -50,17 +50,17 @@ def test_scaling_is_derivative_of_path_norm_wrt_squared_weights(net):
     brute = PS.path_sgd_scaling_brute(net)
     for W, G, B_ in zip(ws, gam, brute, strict=True):
         ref = (W.grad / (2 * W.detach())).numpy()
-        np.testing.assert_allclose(G[0].numpy(), ref, rtol=1e-11)
-        np.testing.assert_allclose(B_[0].numpy(), ref, rtol=1e-11)
+        np.testing.assert_allclose(G.value[0].numpy(), ref, rtol=1e-11)
+        np.testing.assert_allclose(B_.value[0].numpy(), ref, rtol=1e-11)
 
 
 @SETTINGS
 @given(net=relu_nets(small))
-def test_scaling_error_bound_holds_exactly(net):
+def test_certified_scaling_error_bound_holds_exactly(net):
     Ws = [[[Fraction(v) for v in row] for row in W[0].tolist()] for W in net.weights]
     widths = net.widths
-    gam = PS.path_sgd_scaling(net)
-    eb = PS.path_sgd_scaling_error_bound(net)
+    gam = [G.value for G in PS.path_sgd_scaling(net)]
+    eb = [G.error for G in PS.path_sgd_scaling(net)]
     for k in range(net.depth):
         for i in range(widths[k + 1]):
             for j in range(widths[k]):
@@ -218,7 +218,8 @@ def test_zero_scaling_edges_do_not_move():
 def test_train_full_batch_equals_repeated_steps_and_minibatches_are_reproducible():
     g = torch.Generator().manual_seed(5)
     net = R.random_net((3, 5, 1), batch=2, generator=g)
-    x, y, _ = S.teacher_regression(12, (3, 4, 1), generator=g)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    y = R.forward(R.random_net((3, 4, 1), generator=g), x).value[0]  # teacher-net targets
     traj = PS.train(net, x, y, method="path-sgd", lr=0.05, steps=4)
     cur = net
     for _ in range(4):
@@ -257,3 +258,20 @@ def test_synthetic_data_shapes_balance_and_determinism():
     assert r.shape == t.y_train.shape and int(r.min()) >= 0 and int(r.max()) <= 2
     with pytest.raises(InvalidInputError):
         S.gaussian_mixture(10, 0, 3, classes=1)
+
+
+def test_step_commutes_exactly_closed_form():
+    """f = w₂σ(w₁x), x = 1, y = 0, η = ½, w = (1, 1), ρ: c = 2 on the hidden unit.  By hand: SGD gives
+    step(w) = (½, ½), ρ(step(w)) = (1, ¼) but step(ρ(w)) = (7/4, −½); Path-SGD (γ_{w₁} = w₂², γ_{w₂} = w₁²)
+    gives step(ρ(w)) = (1, ¼) = ρ(step(w))."""
+    one = torch.ones(1, 1, 1, dtype=torch.float64)
+    net = R.ReluNet((one, one))
+    s = R.NodeScaling((torch.full((1, 1), 2.0, dtype=torch.float64),))
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    w_ok, f_ok = PS.step_commutes_exactly(net, s, x, y, 0.5, "path-sgd")
+    assert bool(w_ok.all()) and bool(f_ok.all())
+    w_bad, _ = PS.step_commutes_exactly(net, s, x, y, 0.5, "sgd")
+    assert not bool(w_bad.any())
+    # float64 gaps: exactly 0 for Path-SGD with a power-of-two factor, nonzero for SGD
+    assert bool((PS.rescaled_training_gaps(net, s, x, y, 0.1, 5) == 0).all())
+    assert bool((PS.rescaled_training_gaps(net, s, x, y, 0.1, 5, "sgd")[:, -1] > 0).all())

@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from implreg import capacity as C
 from implreg import relu as R
 from implreg.errors import InvalidInputError
 from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
@@ -60,31 +61,33 @@ def test_forward_matches_numpy(data):
     assert out.shape == (net.batch, x.shape[0], net.widths[-1])
     for b in range(net.batch):
         ref = np_forward(net_np(net, b), x.numpy())
-        np.testing.assert_allclose(out[b].numpy(), ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out.value[b].numpy(), ref, rtol=1e-12, atol=1e-12)
 
 
 @SETTINGS
-@given(data=st.data())
-def test_forward_error_bound_holds_exactly(data):
-    """|f̂ − f| ≤ bound for every pre-activation, f computed exactly in rationals."""
-    net = data.draw(small_nets)
+@given(data=st.data(), scale=st.integers(-40, 40))
+def test_certified_forward_error_bound_holds_exactly(data, scale):
+    """|f̂ − f| ≤ error for every output, f computed exactly in rationals; weights scaled by 2^scale (exact)
+    so tiny and huge magnitudes are drawn; the rescaled net's bound covers the exact rescaling ρ_c(w)."""
+    net = data.draw(small_nets).map(lambda W: W * 2.0**scale)
     x = data.draw(inputs(net.widths[0], m=st.integers(1, 3)))
-    fp = R.forward_pass(net, x)
-    E = R.forward_error_bound(net, x)
-    for b in range(net.batch):
-        Ws = [W[b].tolist() for W in net.weights]
-        for n, row in enumerate(x.tolist()):
-            zs = frac_forward(Ws, row)
-            for k, z in enumerate(zs):
-                for v, zv in enumerate(z):
-                    err = abs(Fraction(fp.pre[k][b, n, v].item()) - zv)
-                    assert err <= Fraction(E[k][b, n, v].item())
+    s = data.draw(node_rescalings(net)) if net.depth >= 2 else None
+    for w in [net] + ([R.rescale(net, s)] if s is not None else []):
+        f = R.forward(w, x)
+        assert f.rigorous
+        for b in range(net.batch):
+            Ws = C.to_fractions(net, b)
+            if w is not net:  # ρ_c(w) exactly, the float factors taken as exact rationals
+                Ws = C.rescale_fractions(Ws, C.scaling_to_fractions(s, b))
+            for n, row in enumerate(x.tolist()):
+                for o, zv in enumerate(frac_forward(Ws, row)[-1]):
+                    assert abs(Fraction(f.value[b, n, o].item()) - zv) <= Fraction(f.error[b, n, o].item())
 
 
 def test_forward_accepts_batched_inputs_and_checks_shapes():
     net = R.random_net((3, 4, 2), batch=2, generator=torch.Generator().manual_seed(0))
     x = torch.randn(2, 5, 3, dtype=torch.float64)
-    out = R.forward(net, x)
+    out = R.forward(net, x).value
     for b in range(2):
         np.testing.assert_allclose(out[b].numpy(), np_forward(net_np(net, b), x[b].numpy()), rtol=1e-13)
     with pytest.raises(InvalidInputError, match="shape"):
@@ -117,10 +120,8 @@ def test_positive_rescaling_leaves_function_unchanged(data):
     s = data.draw(node_rescalings(net))
     x = data.draw(inputs(net.widths[0]))
     a, b = R.forward(net, x), R.forward(R.rescale(net, s), x)
-    # both are float evaluations of the same exact function: |a − b| ≤ E(w) + E(ρ̂w) (ρ̂w rounded: 2u)
-    u = torch.finfo(torch.float64).eps / 2
-    tol = R.forward_error_bound(net, x)[-1] + R.forward_error_bound(R.rescale(net, s), x, 2 * u)[-1]
-    assert bool(((a - b).abs() <= tol).all())
+    # both certify the same exact function, so their enclosures must overlap
+    assert bool(((a.value - b.value).abs() <= a.error + b.error).all())
 
 
 @SETTINGS
@@ -129,7 +130,7 @@ def test_power_of_two_rescaling_is_bit_exact(data):
     net = data.draw(small_nets.filter(lambda n: n.depth >= 2))
     s = data.draw(node_rescalings(net, powers_of_two=True))
     x = data.draw(inputs(net.widths[0]))
-    assert torch.equal(R.forward(net, x), R.forward(R.rescale(net, s), x))
+    assert torch.equal(R.forward(net, x).value, R.forward(R.rescale(net, s), x).value)
     back = R.rescale(R.rescale(net, s), s.inverse())
     assert all(torch.equal(a, b) for a, b in zip(back.weights, net.weights, strict=True))
 
@@ -218,7 +219,9 @@ def test_closed_form_gradients_match_autograd(kind):
     np.testing.assert_allclose(val.numpy(), ref.detach().numpy(), rtol=1e-13)
     for G, W in zip(grads, ws, strict=True):
         np.testing.assert_allclose(G.numpy(), W.grad.numpy(), rtol=1e-11, atol=1e-14)
-    np.testing.assert_allclose(R.loss(net, x, y, kind).numpy(), ref.detach().numpy(), rtol=1e-13)
+    cert = R.loss(net, x, y, kind)
+    np.testing.assert_allclose(cert.value.numpy(), ref.detach().numpy(), rtol=1e-13)
+    assert bool(((cert.value - ref.detach()).abs() <= cert.error + 1e-15 * ref.detach().abs()).all())
 
 
 def frac_grads(Ws, x, y):

@@ -4,17 +4,12 @@
 result is Srebro, Rennie & Jaakkola 2005) and the first half of 28 (past interpolation, more hidden units keep
 lowering the test error).  Section numbers are as reconstructed, not confirmed against the paper.
 
-Tolerances (claim 22).  Each comparison is made twice.  In float64 with the LAPACK error estimate for singular
-values, |σ̂_i − σ_i| ≤ p(n)·u·σ₁ with p(n) = 8·max(rows, cols) ("a modestly growing function", LAPACK Users'
-Guide §4.9 — an estimate, not a proof), plus the derived rounding of the products and sums (γ_k bounds).  And
-in mpmath at 60 digits from the exact float inputs (products of two 53-bit numbers summed over k ≤ 4 terms are
-exact at 200 bits), with singular values by mpmath.svd_r accurate to ≈ 10⁻⁵⁵·σ₁; we take 10⁻⁵⁰·(1 + σ₁)·n.
-The LAPACK estimate was calibrated, not assumed: over 3000 random matrices of these sizes the largest observed
-|σ̂_i − σ_i| (vs mpmath) was 1.83·max(rows, cols)·u·σ₁, a factor 4 below the 8 used.  The SVD split is checked
-at 60 digits only: in float64 it would test LAPACK's backward error (observed up to 16·max(rows, cols)·u·σ₁ in
-the reconstruction), which no stated bound covers.
-As elsewhere, identities a = b are certified as |â − b̂| ≤ tol = 2E and inequalities a ≥ b as â ≥ b̂ − 2E,
-E the error bound of â − b̂: they pass whenever the statement holds and refute only violations beyond 3E.
+Claim 22.  The inequality ½(‖U‖² + ‖V‖²) ≥ ‖UVᵀ‖_* is decided on certified values (implreg.numerics: rigorous
+singular-value bounds, ball and exact re-evaluation, so balanced rank-one ties are decided exactly).  That the
+SVD split attains it is checked in mpmath at 60 digits from the exact float inputs (products of two 53-bit
+numbers summed over k ≤ 4 terms are exact at 200 bits), with singular values by mpmath.svd_r accurate to
+≈ 10⁻⁵⁵·σ₁; we allow 10⁻⁵⁰·(1 + σ₁)·n.  (In float64 the split would test LAPACK's backward error, which no
+stated bound covers.)
 """
 
 from __future__ import annotations
@@ -27,9 +22,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from implreg import certify, evidence, stats
-from implreg import relu as R
 from implreg import synthetic as S
 from implreg.claims import Source, claim, sample
+from implreg.numerics import Certified, svdvals
 from implreg.strategies.relu import weights
 
 IN_SEARCH = Source(
@@ -41,7 +36,6 @@ IN_SEARCH = Source(
     venue="ICLR 2015 workshop",
 )
 
-U = R.unit_roundoff(torch.float64)
 DPS = 60
 
 
@@ -57,20 +51,6 @@ def factor_pairs(draw):
     return Uf, Vf
 
 
-def _mp_nuclear(Uf: np.ndarray, Vf: np.ndarray) -> tuple[mpmath.mpf, mpmath.mpf]:
-    """‖U Vᵀ‖_* with UVᵀ formed exactly, at DPS digits, and its error allowance 10⁻⁵⁰·(1 + σ₁)·n."""
-    with mpmath.workdps(DPS):
-        M = mpmath.matrix(Uf.tolist()) * mpmath.matrix(Vf.tolist()).T
-        s = mpmath.svd_r(M, compute_uv=False)
-        sig = [abs(s[i]) for i in range(s.rows)]
-        return mpmath.fsum(sig), mpmath.mpf(10) ** -50 * (1 + max(sig)) * max(M.rows, M.cols)
-
-
-def _svd_estimate(M: np.ndarray, sigma1: float) -> float:
-    """LAPACK estimate of max_i |σ̂_i − σ_i|: 8·max(rows, cols)·u·σ₁ (see the module docstring)."""
-    return 8 * max(M.shape) * U * sigma1
-
-
 @claim(
     "neyshabur-2015-search/trace-norm-by-factorization",
     source=IN_SEARCH.at("§3 (matrix factorization: trace norm as the factorization norm)", confirmed=False),
@@ -80,56 +60,35 @@ def _svd_estimate(M: np.ndarray, sigma1: float) -> float:
     r"$M = UV^\top$ has $\tfrac12(\|U\|_F^2 + \|V\|_F^2) \ge \|M\|_*$, with equality at the SVD split "
     r"$U = P\Sigma^{1/2}$, $V = Q\Sigma^{1/2}$.",
     latex=r"\min_{UV^\top = M}\tfrac12\big(\|U\|_F^2+\|V\|_F^2\big)=\|M\|_*",
-    hypotheses=["U ∈ R^{n×k}, V ∈ R^{m×k}, n, m, k ∈ 1 … 4, entries in [−2, 2]", "M = UVᵀ"],
+    hypotheses=["U ∈ R^{n×k}, V ∈ R^{m×k}, n, m, k ∈ 1 … 4, entries in [−2, 2]", "M = UVᵀ",
+                "the SVD split checked at 60 digits (mpmath), within 10⁻⁵⁰·(1 + σ₁)·n"],
     max_examples=50,
 )
 @given(pair=factor_pairs())
 def trace_norm_by_factorization(pair):
     Uf, Vf = pair
-    n, k = Uf.shape
-    m = Vf.shape[0]
-    # float64: any factorization is at least the nuclear norm
-    M = Uf @ Vf.T
-    sig = np.linalg.svd(M, compute_uv=False)
-    nuc = float(sig.sum())
-    lhs = 0.5 * (float((Uf**2).sum()) + float((Vf**2).sum()))
-    # errors: lhs sums of n·k and m·k squares (γ_{nk+1}, γ_{mk+1}); M = UVᵀ rounds each entry by ≤ γ_k Σ_l|U||V|,
-    # which moves ‖M‖_* by ≤ √r·‖E‖_F (r = min(n, m)); the SVD: r singular values each within the LAPACK
-    # estimate; their sum γ_r.  ×1.01.
-    r = min(n, m)
-    E_M = R.gamma(k, torch.float64) * np.linalg.norm(np.abs(Uf) @ np.abs(Vf).T)
-    s1 = float(sig[0]) if sig.size else 0.0
-    err = 1.01 * (R.gamma(max(n, m) * k + 1, torch.float64) * lhs + np.sqrt(r) * E_M
-                  + r * _svd_estimate(M, s1) + R.gamma(r, torch.float64) * nuc)
-    certify.at_least(lhs, nuc - 2 * err, error=err, what="½(‖U‖² + ‖V‖²) ≥ ‖UVᵀ‖_* (float64)")
-    # 60 digits: exact inputs, exact product, mpmath SVD
-    nuc_mp, err_mp = _mp_nuclear(Uf, Vf)
-    with mpmath.workdps(DPS):
-        sq = [mpmath.mpf(v) ** 2 for v in (*Uf.flat, *Vf.flat)]  # exact at 200 bits
-        lhs_mp = mpmath.fsum(sq) / 2
-        # (1-element lists: certify treats a bare mpf as a 0-d object array, which its sign code cannot index)
-        certify.at_least([lhs_mp], [nuc_mp - 2 * err_mp], error=[err_mp],
-                         what="½(‖U‖² + ‖V‖²) ≥ ‖UVᵀ‖_* (60 digits)")
-    # the SVD split attains it, at 60 digits: U* = PΣ^{1/2}, V* = QΣ^{1/2} reproduces M and has value Σσ.
-    # (In float64 this would only test LAPACK's backward error, which is not bounded rigorously.)
+    n, m = Uf.shape[0], Vf.shape[0]
+    U, V = Certified.exact(torch.from_numpy(Uf)), Certified.exact(torch.from_numpy(Vf))
+    lhs, nuc = 0.5 * ((U * U).sum() + (V * V).sum()), svdvals(U @ V.mT).sum()
+    certify(lhs >= nuc, what="½(‖U‖² + ‖V‖²) ≥ ‖UVᵀ‖_*")
+    # the SVD split attains it, at 60 digits: U* = PΣ^{1/2}, V* = QΣ^{1/2} reproduces M and has value Σσ
     with mpmath.workdps(DPS):
         Mx = mpmath.matrix(Uf.tolist()) * mpmath.matrix(Vf.tolist()).T
         P, sv, Qt = mpmath.svd_r(Mx, full_matrices=False, compute_uv=True)
-        r_ = sv.rows
-        root = [mpmath.sqrt(abs(sv[i])) for i in range(r_)]
-        Us = mpmath.matrix([[P[i, j] * root[j] for j in range(r_)] for i in range(n)])
-        Vs = mpmath.matrix([[Qt[j, i] * root[j] for j in range(r_)] for i in range(m)])
+        sig = [abs(sv[i]) for i in range(sv.rows)]
+        err = mpmath.mpf(10) ** -50 * (1 + max(sig)) * max(n, m)  # svd_r's accuracy, see the module docstring
+        root = [mpmath.sqrt(x) for x in sig]
+        Us = mpmath.matrix([[P[i, j] * root[j] for j in range(len(sig))] for i in range(n)])
+        Vs = mpmath.matrix([[Qt[j, i] * root[j] for j in range(len(sig))] for i in range(m)])
         diff = Us * Vs.T - Mx
         worst = max(abs(diff[i, j]) for i in range(n) for j in range(m))
-        val_mp = (mpmath.fsum(v**2 for v in Us) + mpmath.fsum(v**2 for v in Vs)) / 2
-        certify.close([worst], [0], tol=[2 * err_mp], error=[err_mp],
-                      what="(PΣ^{1/2})(QΣ^{1/2})ᵀ = M at the SVD split (60 digits)")
-        certify.close([val_mp], [nuc_mp], tol=[2 * err_mp], error=[err_mp],
+        val = (mpmath.fsum(v**2 for v in Us) + mpmath.fsum(v**2 for v in Vs)) / 2
+        certify.close([worst], [0], tol=[2 * err], error=[err], what="(PΣ^{1/2})(QΣ^{1/2})ᵀ = M at the SVD split")
+        certify.close([val], [mpmath.fsum(sig)], tol=[2 * err], error=[err],
                       what="½(‖U*‖² + ‖V*‖²) = ‖M‖_* at the SVD split (60 digits)")
-        val = float(val_mp)
-    if nuc > 0:
-        evidence.scalar("½(‖U‖² + ‖V‖²) / ‖UVᵀ‖_* for the drawn factorization (theorem: ≥ 1)", lhs / nuc)
-        evidence.scalar("½(‖U*‖² + ‖V*‖²) / ‖M‖_* at the SVD split (theorem: = 1)", val / nuc)
+    if nuc.item() > 0:
+        evidence.scalar("½(‖U‖² + ‖V‖²) / ‖UVᵀ‖_* for the drawn factorization (theorem: ≥ 1)", lhs.item() / nuc.item())
+        evidence.scalar("½(‖U*‖² + ‖V*‖²) / ‖M‖_* at the SVD split (theorem: = 1)", float(val) / nuc.item())
 
 
 # ---------------------------------------------------------------------------------------------- claim 28 (a)

@@ -5,6 +5,7 @@
     node_rescalings(net)                     → NodeScaling with factors 2^e, e ∈ [−log2_range, log2_range]
     single_node_rescalings(net)              → ρ_{c,v} for one drawn hidden unit v
     layer_rescalings(net)                    → whole-layer rescaling of one drawn hidden layer
+    rescaled_nets(widths, single=False)      → (net, a rescaling of it)
     inputs(n0, m=...)                        → a (m, n0) tensor
 
 Weights are drawn entry by entry from Hypothesis floats, so failures shrink to small readable nets (zero,
@@ -33,6 +34,7 @@ __all__ = [
     "net_widths",
     "node_rescalings",
     "relu_nets",
+    "rescaled_nets",
     "scaling_exponents",
     "single_node_rescalings",
     "weights",
@@ -169,3 +171,16 @@ def inputs(
     return ms.flatmap(lambda k: hnp.arrays(np.float64, (k, n0), elements=elems)).map(
         lambda a: torch.from_numpy(a).to(dtype=dtype, device=device)
     )
+
+
+@st.composite
+def rescaled_nets(
+    draw, widths: st.SearchStrategy[tuple[int, ...]] | Sequence[int] | None = None, *,
+    batch: int | tuple[int, int] = (1, 3), single: bool = False, nonzero: bool = False, log2_range: float = 4.0,
+) -> tuple[ReluNet, NodeScaling]:
+    """(nets, a positive rescaling): a factor 2^e per hidden unit, |e| ≤ ``log2_range``; with ``single`` one
+    hidden unit only, |e| ≥ 1 and nonzero weights (so the rescaling visibly moves non-invariant measures)."""
+    net = draw(relu_nets(widths, batch=batch, nonzero=nonzero or single))
+    s = (single_node_rescalings(net, log2_range=log2_range, min_log2=1.0) if single
+         else node_rescalings(net, log2_range=log2_range))
+    return net, draw(s)
