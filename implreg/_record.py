@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-_CURRENT: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("implreg_recorder", default=None)
+# The context variable lives in the bottom layer (implreg.numerics.recording) so that certified comparisons
+# record without importing the harness; a Recorder registers itself there while its claim runs.
+from implreg.numerics.recording import _CURRENT
 
 #: Caps that keep a record (and the report) small however many examples a claim runs.
 MAX_UNDECIDED = 20
@@ -57,6 +59,9 @@ class Recorder:
     certified: int = 0          # instance-comparisons certified (true) in valid examples
     max_ratio: float = 0.0      # largest error/margin among certified comparisons
     max_ratio_what: str | None = None
+    # what each certified comparison rested on: "rigorous" (proven bounds) or "estimate" (an integrator's
+    # error estimate somewhere in it); per ``what``, an estimate anywhere makes it "estimate".
+    basis: dict[str, str] = field(default_factory=dict)
     undecided: list[dict[str, Any]] = field(default_factory=list)
     undecided_count: int = 0
     escalations: list[dict[str, Any]] = field(default_factory=list)
@@ -130,8 +135,12 @@ class Recorder:
                     target(self._ex_targets[label], label=label)
 
     # -- certify hooks ----------------------------------------------------------------------------
-    def note_certified(self, what: str, count: int, ratio: float | None, score: float | None) -> None:
-        """``ratio``: the largest error/margin of the call (None for exact conditions)."""
+    def note_certified(self, what: str, count: int, ratio: float | None, score: float | None,
+                       basis: str | None = None) -> None:
+        """``ratio``: the largest error/margin of the call (None for exact conditions); ``basis``: "rigorous" or
+        "estimate" (None: not a numeric comparison, or a caller that does not say)."""
+        if basis is not None and self.basis.get(what) != "estimate":
+            self.basis[what] = basis
         self._ex_comparisons += 1
         self._ex_certified += count
         if ratio is not None and (self._ex_ratio[1] is None or ratio > self._ex_ratio[0]):

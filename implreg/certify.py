@@ -1,4 +1,8 @@
-"""Certified comparisons: decide ``value ≥ bound`` only where the gap exceeds the stated error.
+"""Certified comparisons: decide ``value ≥ bound`` only where the gap exceeds the error.
+
+The module itself is callable: ``certify(a >= b)`` decides a comparison of ``implreg.numerics.Certified``
+values, which carry their own error (see ``implreg.numerics.compare``).  ``at_least``/``at_most``/``close``
+take Certified operands too (their error is used, plus any ``error=`` given), or plain numbers as below.
 
 Every numeric claim asserts its conclusion through these functions.  Inputs are floats, numpy arrays or
 torch tensors of any shape (one Hypothesis example may carry a batch of instances); ``error`` is an
@@ -22,15 +26,20 @@ answer.  NaN or ±∞ anywhere is never certified: it raises ``NumericalError`` 
 from __future__ import annotations
 
 import math
+import sys
+import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from implreg import _record
-from implreg.errors import ImplregError, InvalidInputError, NumericalError
+from implreg.errors import InvalidInputError, NumericalError
+from implreg.numerics import Certified, Comparison, Undecided
+from implreg.numerics import certify as _certify_cmp
 
 __all__ = [
+    "Comparison",
     "Refined",
     "Undecided",
     "at_least",
@@ -43,23 +52,6 @@ __all__ = [
 #: At most this many escalation rounds per comparison, whatever the escalate callable does.
 MAX_ROUNDS = 8
 _EPS = np.finfo(np.float64).eps
-
-
-class Undecided(ImplregError):
-    """A comparison whose gap stayed within its error bound after escalation.
-
-    Inside a claim run the harness turns this into a discarded example (and the claim's verdict into
-    ``inconclusive`` unless a counterexample refutes it); outside one it propagates.
-    """
-
-    def __init__(self, what: str, entries: list[dict[str, Any]]):
-        self.what = what
-        self.entries = entries
-        first = entries[0]
-        super().__init__(
-            f"{what}: undecided at {_where(first['instance'])} ({len(entries)} instance(s)): "
-            f"|value − bound| = {first['gap']} ≤ error {first['error']}"
-        )
 
 
 class Refined(NamedTuple):
@@ -83,25 +75,45 @@ Escalate = Callable[[np.ndarray], "Refined | tuple | None"]
 # ------------------------------------------------------------------------------------------------
 # public comparisons
 # ------------------------------------------------------------------------------------------------
-def at_least(value, bound, *, error=0.0, what: str = "value", escalate: Escalate | None = None,
+def _is_certified(*xs) -> bool:
+    return any(isinstance(x, Certified) for x in xs)
+
+
+def _via_certified(op: str, a, b, error, what: str, escalate, tol=None) -> None:
+    """Certified operands: build the Comparison (legacy ``error=`` adds to the operands' own error)."""
+    if escalate is not None:
+        raise InvalidInputError(
+            f"certify ({what}): escalate= is for plain operands; Certified values escalate through their "
+            "leaves' refine")
+    _certify_cmp(Comparison(op, a, b, tol=tol, extra_error=error), what)
+
+
+def at_least(value, bound, *, error=None, what: str = "value", escalate: Escalate | None = None,
              target: bool = True) -> None:
-    """Certify ``value ≥ bound`` elementwise, with ``error`` an absolute bound on the error of the gap."""
-    _certify("≥", value, bound, error, what, escalate, target)
+    """Certify ``value ≥ bound`` elementwise, with ``error`` an absolute bound on the error of the gap
+    (optional; Certified operands bring their own)."""
+    if _is_certified(value, bound):
+        return _via_certified(">=", value, bound, error, what, escalate)
+    _certify("≥", value, bound, 0.0 if error is None else error, what, escalate, target)
 
 
-def at_most(value, bound, *, error=0.0, what: str = "value", escalate: Escalate | None = None,
+def at_most(value, bound, *, error=None, what: str = "value", escalate: Escalate | None = None,
             target: bool = True) -> None:
     """Certify ``value ≤ bound`` elementwise (see ``at_least``)."""
-    _certify("≤", value, bound, error, what, escalate, target)
+    if _is_certified(value, bound):
+        return _via_certified("<=", value, bound, error, what, escalate)
+    _certify("≤", value, bound, 0.0 if error is None else error, what, escalate, target)
 
 
-def close(a, b, *, tol, error=0.0, what: str = "value", escalate: Escalate | None = None,
+def close(a, b, *, tol, error=None, what: str = "value", escalate: Escalate | None = None,
           target: bool = True) -> None:
     """Certify ``|a − b| ≤ tol`` elementwise, ``error`` bounding the error of ``a − b``.
 
     ``escalate`` returns refined ``(a, b, error)``.
     """
-    _certify("≈", a, b, error, what, escalate, target, tol=tol)
+    if _is_certified(a, b, tol):
+        return _via_certified("close", a, b, error, what, escalate, tol=tol)
+    _certify("≈", a, b, 0.0 if error is None else error, what, escalate, target, tol=tol)
 
 
 def that(cond, *, what: str = "condition") -> None:
@@ -147,7 +159,7 @@ def rising_precision(fn: Callable[..., Any], dps: Sequence[int] = (30, 60, 120))
 # ------------------------------------------------------------------------------------------------
 # machinery
 # ------------------------------------------------------------------------------------------------
-def _where(idx: tuple[int, ...]) -> str:
+def _where(idx: tuple[int, ...]) -> str:  # same wording as implreg.numerics.compare.where
     if len(idx) == 0:
         return "the (single) instance"
     if len(idx) == 1:
@@ -445,3 +457,16 @@ def _raise_if_false(cmp: _Comparison, false: np.ndarray, escalated: int | None =
         f"{cmp.what}: {rel}, error bound = {_fmt(e)} at {_where(idx)}{how}; "
         f"{n_bad} of {n} instance(s) violate it"
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# the module is callable: certify(a >= b, what=...)
+# ------------------------------------------------------------------------------------------------
+class _CallableModule(types.ModuleType):
+    """``implreg.certify`` as a module that can be called: ``certify(cmp, what=None)``."""
+
+    def __call__(self, cmp: Comparison, what: str | None = None) -> None:
+        _certify_cmp(cmp, what)
+
+
+sys.modules[__name__].__class__ = _CallableModule

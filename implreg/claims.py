@@ -27,6 +27,17 @@ Statistical claims use ``@sample`` instead of ``@given`` (see ``implreg.stats``)
     def depth_lowers_rank(problem):
         return effective_rank(solve(problem, depth=3)), effective_rank(solve(problem, depth=1))
 
+Refutations for the stated reason: a negative control (``expect="refuted"``) or a catalogue finding names the
+comparison that must fail, ``refuted_by="det W(t) ≥ 0 at the save times"`` (the ``what=`` of the certify call,
+or the message of a plain ``assert``); a counterexample that fails any other check, or a precondition stated
+with ``require`` (``implreg.preconditions``), makes the verdict ``error``, never ``refuted``.  A control
+without ``refuted_by`` still runs (any failing comparison refutes it) but ``implreg list`` and the report warn.
+
+This module declares claims; running one is ``implreg.verdict``'s job.  Calling a claim function directly
+runs it through the runner registered with ``set_runner`` (``implreg.verdict`` registers itself when
+imported; without it the default runner is bound late by name), so this module never imports the layer
+above it.
+
 Batching: Hypothesis runs one example at a time, the simulators are batched.  Draw a *batch* per example
 with ``batches(instance_strategy, max_size=64)`` (a list of 1..64 instances, optionally stacked by
 ``stack=``); shrinking then reduces a failure to a single instance, and the report counts instances.
@@ -35,6 +46,7 @@ with ``batches(instance_strategy, max_size=64)`` (a list of 1..64 instances, opt
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -45,25 +57,35 @@ from typing import Any
 from hypothesis import is_hypothesis_test
 from hypothesis import strategies as st
 
+from implreg.preconditions import PreconditionFailed, require
+
 __all__ = [
     "EXPECTATIONS",
     "KINDS",
     "REGISTRY",
+    "STATISTICAL_REASONS",
     "VERDICTS",
     "Batch",
     "ClaimSpec",
+    "PreconditionFailed",
     "Source",
     "SourceRef",
     "batches",
     "claim",
     "get_spec",
+    "require",
     "sample",
+    "set_runner",
 ]
 
 VERDICTS = ("holds", "refuted", "inconclusive", "error")
 EXPECTATIONS = ("holds", "refuted")
 KINDS = ("theorem", "proposition", "lemma", "corollary", "identity", "empirical", "conjecture")
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*$")
+#: What a statistical claim may name in ``refuted_by`` (``implreg.stats``): significant in the opposite
+#: direction, an equivalence test showing no effect of the claimed size, a proportion shown outside its
+#: stated interval, or (deprecated ``holds_when="consistent"``) data inconsistent with H₀.
+STATISTICAL_REASONS = ("opposite", "equivalence", "outside", "inconsistent")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,13 +174,36 @@ class ClaimSpec:
     max_examples: int | None = None
     deviation: str | None = None                # empirical only: documented disagreement with the paper
     finding: str | None = None                  # the catalogue states this as holding; refuted as stated
+    refuted_by: tuple[str | re.Pattern[str], ...] = ()  # the comparison(s) a refutation must fail
     test: Callable[..., Any] | None = None     # the @given test, or the sampler built by @sample
     sample: SampleSpec | None = None
     problems: list[str] = field(default_factory=list)   # malformations: each makes the verdict `error`
+    warnings: list[str] = field(default_factory=list)   # weaknesses that do not stop the run (report, list)
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}"
+
+    def names_refutation(self, failed: str | None) -> bool:
+        """Whether a counterexample that failed the check named ``failed`` refutes this claim for its stated
+        reason: always when the claim names none; else ``failed`` must equal one of ``refuted_by`` (whitespace
+        normalized) or fully match one given as a compiled regular expression."""
+        if not self.refuted_by:
+            return True
+        if failed is None:
+            return False
+        got = " ".join(failed.split())
+        for want in self.refuted_by:
+            if isinstance(want, re.Pattern):
+                if want.fullmatch(failed) or want.fullmatch(got):
+                    return True
+            elif " ".join(want.split()) == got:
+                return True
+        return False
+
+    @property
+    def refuted_by_text(self) -> list[str]:
+        return [f"re:{w.pattern}" if isinstance(w, re.Pattern) else w for w in self.refuted_by]
 
     @property
     def group(self) -> str:
@@ -180,6 +225,8 @@ class ClaimSpec:
             "expect": self.expect,
             "deviation": self.deviation,
             "finding": self.finding,
+            "refuted_by": self.refuted_by_text,
+            "warnings": list(self.warnings),
             "statement": self.statement,
             "latex": self.latex,
             "hypotheses": list(self.hypotheses),
@@ -256,7 +303,9 @@ def claim(id: str | None = None, *, source: Source | SourceRef | None = None, ki
           hypotheses: Sequence[str] = (), budget_s: float | None = None,
           max_examples: int | None = None,
           deviation: str | None = None,
-          finding: str | None = None) -> Callable[[Callable[..., Any]], Callable[[], None]]:
+          finding: str | None = None,
+          refuted_by: str | re.Pattern[str] | Sequence[str | re.Pattern[str]] | None = None,
+          ) -> Callable[[Callable[..., Any]], Callable[[], None]]:
     """Declare a claim: a Hypothesis test (``@given`` or ``@sample`` below this) plus what it states.
 
     ``id`` is "paper-key/slug" (stable; lower case, digits, ``.-_``); ``source`` a ``Source`` or
@@ -275,13 +324,20 @@ def claim(id: str | None = None, *, source: Source | SourceRef | None = None, ki
     harness found it false *as stated*; the string gives the evidence (e.g. the certificate and the shrunk
     counterexample).  The statement and hypotheses stay the catalogue's: the claim is not weakened to pass.
     The report flags it as a catalogue finding, and the run fails if the refutation stops reproducing.
+
+    ``refuted_by`` (with ``expect="refuted"``): the comparison that must fail, i.e. the ``what=`` of the certify
+    call (or the message of a plain ``assert``); a string (compared with whitespace normalized), a compiled
+    ``re`` pattern (full match), or a sequence of them.  A counterexample that fails anything else, or a
+    ``require`` precondition, gives the verdict ``error`` ("refuted for the wrong reason").  For a statistical
+    claim name the statistical reason instead: one of STATISTICAL_REASONS.  Optional (for now): a
+    non-statistical control or finding without it gets a warning in ``implreg list`` and in the report.
     """
     if callable(id) and not isinstance(id, str):
         # used bare, as @claim: record the mistake on the function itself
         return _make(id, None, {}, ["@claim must be called with an id: @claim('paper-key/slug', statement=...)"])
     meta = dict(source=source, kind=kind, expect=expect, statement=statement, latex=latex,
                 hypotheses=hypotheses, budget_s=budget_s, max_examples=max_examples, deviation=deviation,
-                finding=finding)
+                finding=finding, refuted_by=refuted_by)
 
     def decorate(fn: Callable[..., Any]) -> Callable[[], None]:
         return _make(fn, id, meta, [])
@@ -352,6 +408,8 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
                         f"give expect='refuted' with it (got expect={expect!r})")
         finding = None
     sample_spec = getattr(fn, "__implreg_sample__", None)
+    refuted_by, warnings = _refuted_by(meta.get("refuted_by"), shown, expect, sample_spec is not None, finding,
+                                       problems)
     if sample_spec is not None:
         problems.extend(f"claim {shown!r}: {p}" for p in sample_spec.problems)
     if sample_spec is None and not is_hypothesis_test(fn):
@@ -367,16 +425,15 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
         kind=kind if kind in KINDS else str(kind), expect=str(expect),
         statement=str(statement or ""), latex=latex_or_none(meta.get("latex")),
         hypotheses=tuple(str(h) for h in hyps), budget_s=budget, max_examples=max_ex, deviation=deviation,
-        finding=finding, test=fn if callable(fn) else None, sample=sample_spec, problems=problems,
+        finding=finding, refuted_by=refuted_by, test=fn if callable(fn) else None, sample=sample_spec,
+        problems=problems, warnings=warnings,
     )
     REGISTRY.add(spec)
 
     def run_claim() -> None:
         # Called directly (not through the pytest plugin): run under the default profile and fail
         # unless the verdict matches the expectation.
-        from implreg.verdict import run_claim as _run
-
-        record = _run(spec)
+        record = _runner()(spec)
         if record["verdict"] != spec.expect and not record.get("deviation_documented"):
             raise AssertionError(record["explanation"])
 
@@ -386,6 +443,62 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
     run_claim.__doc__ = getattr(fn, "__doc__", None)
     run_claim.__implreg_claim__ = spec  # type: ignore[attr-defined]
     return run_claim
+
+
+def _refuted_by(value: Any, shown: str, expect: Any, statistical: bool, finding: Any,
+                problems: list[str]) -> tuple[tuple[str | re.Pattern[str], ...], list[str]]:
+    """Validate ``refuted_by``; return it as a tuple and the claim's warnings (appends malformations)."""
+    warnings: list[str] = []
+    if value is None:
+        if expect == "refuted" and not statistical:
+            role = "catalogue finding" if finding else "negative control"
+            warnings.append(
+                f"{role} {shown!r} names no refuted_by: any failing comparison (or plain assert) counts as its "
+                "refutation; name the comparison that must fail, refuted_by='<the what= of that certify call>'")
+        return (), warnings
+    items = [value] if isinstance(value, (str, re.Pattern)) else value
+    try:
+        items = list(items)
+    except TypeError:
+        items = [value]
+    bad = [w for w in items if not (isinstance(w, re.Pattern) or (isinstance(w, str) and w.strip()))]
+    if bad or not items:
+        problems.append(f"claim {shown!r}: refuted_by must be a non-empty string, a compiled re pattern, or a "
+                        f"sequence of them, got {value!r}")
+        return (), warnings
+    if expect != "refuted":
+        problems.append(f"claim {shown!r}: refuted_by names the comparison a refutation must fail; it needs "
+                        f"expect='refuted' (got expect={expect!r})")
+        return (), warnings
+    if statistical:
+        unknown = [w for w in items if not isinstance(w, str) or w not in STATISTICAL_REASONS]
+        if unknown:
+            problems.append(f"claim {shown!r}: a statistical claim's refuted_by names the statistical reason, one "
+                            f"of {', '.join(STATISTICAL_REASONS)}; got {unknown!r}")
+            return (), warnings
+    return tuple(items), warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# the runner (dependency inversion: implreg.verdict registers itself; claims never imports it)
+# ------------------------------------------------------------------------------------------------
+_RUNNER: list[Callable[[ClaimSpec], dict[str, Any]]] = []
+_DEFAULT_RUNNER = ("implreg.verdict", "run_claim")
+
+
+def set_runner(runner: Callable[[ClaimSpec], dict[str, Any]]) -> None:
+    """Register what runs a claim to its record when a claim function is called directly."""
+    _RUNNER[:] = [runner]
+
+
+def _runner() -> Callable[[ClaimSpec], dict[str, Any]]:
+    if not _RUNNER:
+        # bound late by name (like a plugin entry point), so that this module does not depend on the layer above
+        module, name = _DEFAULT_RUNNER
+        importlib.import_module(module)  # registers itself through set_runner
+        if not _RUNNER:
+            set_runner(getattr(importlib.import_module(module), name))
+    return _RUNNER[0]
 
 
 def latex_or_none(x: Any) -> str | None:
@@ -490,8 +603,9 @@ def sample(n: int, test: Any, *, batched: bool = False,
     seeded from the claim's seed, to draw from that distribution explicitly.
 
     The whole sample is one Hypothesis example, generated without shrinking (shrinking a statistical
-    sample is meaningless) from the claim's seed, so the same seed gives the same sample.  The claim
-    holds when the test says so at its level; otherwise it is refuted, with the sample summary.
+    sample is meaningless) from the claim's seed, so the same seed gives the same sample.  The test decides
+    in three outcomes (``implreg.stats``): holds (significant in the stated direction), refuted (significant
+    in the opposite direction, or an equivalence test shows no effect of the claimed size), else inconclusive.
     """
     from implreg.stats import TestSpec
 

@@ -246,6 +246,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 if not src.get("confirmed", True):
                     cite += " (as reconstructed)"
             flag = "  [malformed: " + "; ".join(c["problems"]) + "]" if c.get("problems") else ""
+            if c.get("refuted_by"):
+                flag += "  [refuted by: " + " | ".join(c["refuted_by"]) + "]"
+            flag += "".join(f"  [warning: {w}]" for w in c.get("warnings") or [])
             print(f"{c['id']:<{idw}}  {c['kind']:<11} {c['expect']:<8} {cite}{flag}")
         print(f"\n{len(claims)} claim(s)")
     for line in errors:

@@ -5,13 +5,17 @@ Verdicts (DESIGN.md):
 - ``holds``: every example completed and every comparison was certified;
 - ``refuted``: Hypothesis found an example whose *conclusion* fails (an ``AssertionError`` raised by
   certify or by the claim's own code), shrunk it, and we keep its "Falsifying example" text, the
-  ``@reproduce_failure`` blob and an ``implreg verify`` command; for a statistical claim: the test did not
-  come out as the claim says;
-- ``inconclusive``: some comparison stayed undecided after escalation, too few valid examples, or the
-  claim's wall budget ran out before any example completed;
+  ``@reproduce_failure`` blob, the name of the failed comparison and an ``implreg verify`` command.  A claim
+  that names ``refuted_by`` is refuted only when the counterexample failed that comparison; any other failing
+  comparison is ``error`` (refuted for the wrong reason).  For a statistical claim: significant in the
+  opposite direction, or an equivalence test shows no effect of the claimed size (``implreg.stats``);
+- ``inconclusive``: some comparison stayed undecided after escalation, too few valid examples, the
+  claim's wall budget ran out before any example completed, or a statistical test was significant in
+  neither direction ("not significant" is never "refuted");
 - ``error``: the check itself crashed (any other exception, including an ``AssertionError`` raised inside
   library code rather than by the conclusion, NaN/∞ reaching certify, a claim that returns a value, a
-  strategy that yields no valid instance, a malformed claim, a duplicate id, a flaky test).
+  strategy that yields no valid instance, a malformed claim, a duplicate id, a flaky test, a failed
+  ``require`` precondition, a refutation by another comparison than the one the claim names).
 
 Precedence: error (crash) > refuted > inconclusive > holds.  A counterexample refutes a claim even if
 other examples were undecided.
@@ -47,10 +51,11 @@ from hypothesis.statistics import collector
 
 from implreg import _record
 from implreg.certify import Undecided
-from implreg.claims import REGISTRY, ClaimSpec
+from implreg.claims import REGISTRY, ClaimSpec, set_runner
+from implreg.preconditions import PreconditionFailed, tally
 from implreg.profiles import Profile, claim_seed, get_profile
 
-__all__ = ["BudgetExhausted", "ReturnedValue", "run_claim"]
+__all__ = ["BudgetExhausted", "ReturnedValue", "failed_check", "run_claim"]
 
 _MAX_REPR = 4000
 
@@ -99,7 +104,10 @@ _HELPER_PARTS = (
     f"{os.sep}hypothesis{os.sep}",
 )
 _PKG_DIR = str(Path(__file__).resolve().parent) + os.sep
-_CONCLUSION_MODULES = {str(Path(__file__).resolve().parent / name) for name in ("certify.py", "stats.py")}
+# where a conclusion's AssertionError is raised: the legacy certify functions, and the certified-values seam's
+# decision (implreg.numerics.compare; its escalation re-raises through compare's _raise_if_false)
+_CONCLUSION_MODULES = {str(Path(__file__).resolve().parent / name)
+                       for name in ("certify.py", "stats.py", "numerics/compare.py", "numerics/escalate.py")}
 
 
 def _is_conclusion_failure(exc: BaseException) -> tuple[bool, str | None]:
@@ -121,6 +129,31 @@ def _is_conclusion_failure(exc: BaseException) -> tuple[bool, str | None]:
             return False, f"{frame.filename}:{frame.lineno}"
         return True, None
     return True, None
+
+
+def failed_check(exc: BaseException) -> str | None:
+    """The name of the check an ``AssertionError`` reports as failed: the ``what=`` of the certify call.
+
+    Read from the exception when certify recorded it there (attribute ``what``), else from the innermost
+    implreg certify/stats frame of its traceback (its local ``what``, or ``cmp.what``); for a plain ``assert``
+    in claim code, the assertion's message (its first line), or None when it has none.
+    """
+    what = getattr(exc, "what", None)
+    if isinstance(what, str):
+        return what
+    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        path = frame.f_code.co_filename
+        resolved = str(Path(path).resolve()) if path and not path.startswith("<") else path
+        if resolved not in _CONCLUSION_MODULES:
+            continue
+        local = frame.f_locals.get("what")
+        if isinstance(local, str):
+            return local
+        holder = frame.f_locals.get("cmp") or frame.f_locals.get("self")
+        if isinstance(getattr(holder, "what", None), str):
+            return holder.what
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else None
 
 
 @contextlib.contextmanager
@@ -296,6 +329,7 @@ def _base_record(spec: ClaimSpec, prof: Profile, run_seed: int) -> dict[str, Any
         "explanation": "",
         "problems": [],
         "counterexample": None,
+        "refutation": None,
         "error": None,
         "certification": None,
         "hypothesis": None,
@@ -360,12 +394,16 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
     saved = (test._hypothesis_internal_use_settings, getattr(test, "_hypothesis_internal_use_seed", None))
     outcome: BaseException | None = None
     token = rec.activate()
+    discards: dict[str, int] = {}
     try:
         test._hypothesis_internal_use_settings = run_settings
         test._hypothesis_internal_use_seed = hseed
         handle.inner_test = _instrument(orig_inner, rec)
-        with collector.with_value(stats.update), _pinned_constants():
-            test()
+        with collector.with_value(stats.update), _pinned_constants(), tally() as counts:
+            try:
+                test()
+            finally:
+                discards = dict(sorted(counts.items()))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # classified below
@@ -384,6 +422,7 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         "calls": rec.calls,
         "valid": rec.valid,
         "rejected": rec.rejected,
+        "discarded": discards,
         "undecided_examples": rec.undecided_examples,
         "failing": rec.failures,
         "by_phase": counts,
@@ -404,6 +443,11 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         "escalations": rec.escalations,
         "escalation_count": rec.escalation_count,
         "escalations_resolved": rec.escalations_resolved,
+        # whether the certified comparisons rested on rigorous bounds or on estimates, where the recorder
+        # keeps it (certify records a "basis" per comparison: "rigorous" | "estimate"); None when it does not
+        "basis": _basis(rec),
+        "basis_by_comparison": dict(sorted(getattr(rec, "basis", {}).items()))
+        if isinstance(getattr(rec, "basis", None), dict) else None,
     }
     record["evidence"] = {
         "series": list(rec.series.values()),
@@ -413,6 +457,23 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
     }
     verdict, explanation = _classify(spec, rec, outcome, record)
     return _finish(record, verdict, explanation, t0)
+
+
+set_runner(run_claim)  # calling a claim function directly runs it through here (implreg.claims.set_runner)
+
+
+def _basis(rec: _record.Recorder) -> dict[str, int] | None:
+    """Counts of certified comparisons (distinct ``what``) by basis, "rigorous" / "estimate", read from the
+    recorder if it has them: ``Recorder.basis`` maps each comparison's ``what`` to its basis (an estimate anywhere
+    in a comparison makes it "estimate"); a dict of counts or a list of records with a "basis" field also work."""
+    raw = getattr(rec, "basis", None)
+    if isinstance(raw, dict) and all(isinstance(v, str) for v in raw.values()):
+        return dict(sorted(Counter(raw.values()).items())) if raw else None
+    if isinstance(raw, dict):
+        return {str(k): int(v) for k, v in sorted(raw.items())}
+    if isinstance(raw, list):
+        return dict(sorted(Counter(str(e.get("basis")) for e in raw if isinstance(e, dict)).items()))
+    return None
 
 
 def _scalar_summary(s: dict[str, Any]) -> dict[str, Any]:
@@ -475,6 +536,15 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
         record["counterexample"] = _counterexample(exc, rec, record)
         return crash("Flaky", f"{type(exc).__name__}: {exc} — the claim gave different outcomes for the "
                               "same example (hidden state, caching, or nondeterministic numerics)")
+    if isinstance(exc, PreconditionFailed):
+        record["counterexample"] = _counterexample(exc, rec, record)
+        record["counterexample"]["failed_check"] = exc.what
+        record["refutation"] = {"failed_check": None, "named": spec.refuted_by_text, "precondition": exc.what}
+        return crash("PreconditionFailed",
+                     f"{exc} — a precondition of the check failed at the example below, so the claim's "
+                     "conclusion was never tested there; a failed precondition is not a refutation, whatever the "
+                     "claim expects.  Fix the check (solver, tolerance, instance domain) or, if the claim's "
+                     "statement excludes such instances, use require(..., discard=True).")
     skipped = isinstance(exc, unittest.SkipTest) and not isinstance(exc, _Abort)
     if skipped or type(exc).__name__ == "Skipped":
         return "inconclusive", f"The claim was skipped: {exc}"
@@ -483,11 +553,24 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
         record["counterexample"] = _counterexample(exc, rec, record)
         if not conclusion:
             return crash("AssertionError", f"an assertion inside library code failed at {where}: {exc}")
+        failed = failed_check(exc)
+        record["counterexample"]["failed_check"] = failed
+        matches = spec.names_refutation(failed)
+        record["refutation"] = {"failed_check": failed, "named": spec.refuted_by_text, "matches": matches}
         cut = (f" (Shrinking was cut short at the wall budget of {spec.budget_s:g} s after the first failure; "
                f"{rec.shrink_cut} candidate(s) skipped: the example is the smallest found by then.)"
                if rec.shrink_cut else "")
+        if not matches:
+            named = " or ".join(repr(w) for w in spec.refuted_by_text)
+            got = repr(failed) if failed is not None else "a plain assert without a message"
+            return crash("WrongReason",
+                         f"refuted for the wrong reason: the counterexample below failed {got}, but the claim names "
+                         f"{named} as the comparison that refutes it.  A claim refuted by another check (a sanity "
+                         f"check, a solver's accuracy, a different inequality) proves nothing about its statement: "
+                         f"{exc}{cut}")
+        reason = f" (Refuting comparison: {failed}.)" if failed else ""
         return "refuted", ("Hypothesis found an instance that violates the conclusion and shrank it to the "
-                           f"example below: {exc}{cut}")
+                           f"example below: {exc}{cut}{reason}")
     if isinstance(exc, FailedHealthCheck) and "filter_too_much" not in str(exc):
         # data_too_large, large_base_example, …: the strategy itself is unusable
         return crash("FailedHealthCheck", str(exc).split("\n\n")[0])
@@ -517,11 +600,14 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
             f"{rec.undecided_count} comparison(s) could not be decided: |value − bound| stayed within the "
             f"error bound after {rec.escalation_count} escalation(s); no counterexample was found in "
             f"{n_valid} decided example(s).{first}{budget_note}")
+    discarded = record["hypothesis"].get("discarded") or {}
+    why_discarded = ("; discarded by require(..., discard=True): " +
+                     ", ".join(f"{w!r} ({k}×)" for w, k in discarded.items())) if discarded else ""
     if n_valid == 0:
         if rec.budget_exhausted:
             return "inconclusive", f"No example completed within the wall budget of {spec.budget_s:g} s."
         what = ("the strategy" if rec.calls == 0 else
-                f"the claim's assume()/reject() calls (all {rec.calls} drawn examples rejected)")
+                f"the claim's assume()/reject() calls (all {rec.calls} drawn examples rejected{why_discarded})")
         if rec.repeated_batches:
             what = (f"the strategy ({rec.repeated_batches} example(s) rejected because a batch repeated an "
                     "instance: can its instances differ?)" if rec.calls == 0 else what)
@@ -531,7 +617,7 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
         rep = (f" {rec.repeated_batches} more were rejected because a batch repeated an instance."
                if rec.repeated_batches else "")
         return "inconclusive", (f"Too few valid examples: only {n_valid} of {rec.calls} drawn examples were "
-                                f"valid before Hypothesis gave up ({str(exc).splitlines()[0]}).{rep}")
+                                f"valid before Hypothesis gave up ({str(exc).splitlines()[0]}{why_discarded}).{rep}")
 
     if spec.sample is not None:
         from implreg.stats import evaluate
@@ -541,14 +627,25 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
         except ValueError as err:
             return crash("BadObservations", str(err))
         record["statistics"] = result
-        return ("holds" if result["holds"] else "refuted"), result["sentence"]
+        outcome = result["outcome"]
+        if outcome == "refuted":
+            record["refutation"] = {"failed_check": result["refuted_by"], "named": spec.refuted_by_text,
+                                    "matches": spec.names_refutation(result["refuted_by"])}
+            if not record["refutation"]["matches"]:
+                named = " or ".join(repr(w) for w in spec.refuted_by_text)
+                return crash("WrongReason", f"refuted for the wrong reason: the test refuted the claim by "
+                                            f"{result['refuted_by']!r}, but the claim names {named}. "
+                                            f"{result['sentence']}")
+        return outcome, result["sentence"]
 
     ratio = (f"; the largest error/margin ratio was {rec.max_ratio:.3g} ({rec.max_ratio_what})"
              if rec.max_ratio_what is not None else "")
     esc = (f"; {rec.escalation_count} escalation(s) to higher precision resolved "
            f"{rec.escalations_resolved} instance(s)" if rec.escalation_count else "")
+    dis = (f" {sum(discarded.values())} example(s) were discarded by require(..., discard=True)"
+           f"{why_discarded.split(':', 1)[1]}." if discarded else "")
     return "holds", (f"All {n_valid} example(s) ({n_inst} instance(s)) satisfied the conclusion, with "
-                     f"{rec.certified} certified comparison(s){ratio}{esc}.{budget_note}")
+                     f"{rec.certified} certified comparison(s){ratio}{esc}.{budget_note}{dis}")
 
 
 def describe_exception(exc: BaseException) -> str:  # used by the plugin for collection errors

@@ -441,3 +441,184 @@ def test_a_batch_strategy_that_cannot_vary_is_reported_not_passed():
         r = run_claim(get_spec(cannot_vary), profile="ci")
     assert r["verdict"] in ("error", "inconclusive")
     assert "repeated an instance" in r["explanation"], r["explanation"]
+
+
+# ---- refutations for the stated reason (issue 13 §2) ----------------------------------------------
+@pytest.fixture(scope="module")
+def reasons():
+    with REGISTRY.isolated():
+        module = load_module(SUITE / "reasons.py")
+        records = {cid: run_claim(spec, profile="ci") for cid, (_, spec) in claims_of(module).items()}
+        yield module, records
+
+
+def test_controls_are_refuted_only_for_the_stated_reason(reasons):
+    module, records = reasons
+    assert {cid: r["verdict"] for cid, r in records.items()} == module.PLANTED
+
+
+def test_named_comparison_refutes_and_is_recorded(reasons):
+    r = reasons[1]["reasons/control-named-comparison"]
+    assert r["matches_expect"] and r["refuted_by"] == ["x ≥ 5"]
+    assert r["refutation"] == {"failed_check": "x ≥ 5", "named": ["x ≥ 5"], "matches": True}
+    assert r["counterexample"]["failed_check"] == "x ≥ 5"
+    assert ast.literal_eval(r["counterexample"]["arguments"]) == {"x": 0}
+    assert reasons[1]["reasons/control-regex"]["refutation"]["failed_check"] == "x ≥ 5 at level 0"
+
+
+@pytest.mark.parametrize("cid, kind, text", [
+    ("reasons/control-precondition", "PreconditionFailed", "the solver reached the requested loss"),
+    ("reasons/holds-precondition", "PreconditionFailed", "x is not 7"),
+    ("reasons/control-other-comparison", "WrongReason", "failed 'x ≤ 2 (a sanity bound)'"),
+    ("reasons/control-plain-assert", "WrongReason", "failed 'the instance is large'"),
+    ("reasons/finding-other-comparison", "WrongReason", "failed 'x ≥ 1'"),
+])
+def test_wrong_reasons_are_errors_that_fail_the_run(reasons, cid, kind, text):
+    from implreg.results import build_results
+
+    r = reasons[1][cid]
+    assert r["verdict"] == "error" and not r["matches_expect"]
+    assert r["error"]["type"] == kind and text in r["explanation"]
+    assert r["counterexample"] is not None      # the example that failed for the wrong reason is shown
+    assert not build_results([r], {"pytest_exit": 0})["run"]["passed"]
+
+
+def test_finding_refuted_by_another_comparison_is_not_a_finding(reasons):
+    from implreg.results import build_results
+
+    r = reasons[1]["reasons/finding-other-comparison"]
+    results = build_results([r], {"pytest_exit": 0})
+    assert results["run"]["catalogue_findings"] == [] and results["run"]["mismatches"] == [r["id"]]
+
+
+def test_discarded_preconditions_are_counted_with_their_reason(reasons):
+    r = reasons[1]["reasons/discard-precondition"]
+    assert r["verdict"] == "holds"
+    assert r["hypothesis"]["discarded"] == {"x ≠ 0 (excluded by the statement)": 1}
+    assert "discarded by require" in r["explanation"]
+
+
+def test_control_without_refuted_by_is_warned_about(reasons):
+    r = reasons[1]["reasons/control-unnamed"]
+    assert r["verdict"] == "refuted" and any("names no refuted_by" in w for w in r["warnings"])
+    assert reasons[1]["reasons/control-named-comparison"]["warnings"] == []
+
+
+def test_refuted_by_is_validated():
+    from implreg import stats
+    from implreg.claims import sample
+
+    with REGISTRY.isolated():
+        @claim("t/refuted-by-on-holds", statement="s", refuted_by="x ≥ 5")
+        @given(x=st.integers())
+        def on_holds(x):
+            pass
+
+        @claim("t/refuted-by-empty", statement="s", expect="refuted", refuted_by="  ")
+        @given(x=st.integers())
+        def empty(x):
+            pass
+
+        @claim("t/stat-reason", kind="empirical", statement="s", expect="refuted", refuted_by="x ≥ 5")
+        @sample(n=5, test=stats.paired(), x=st.floats(0, 1))
+        def stat_reason(x):
+            return x, x
+
+        assert any("needs expect='refuted'" in p for p in get_spec(on_holds).problems)
+        assert any("non-empty string" in p for p in get_spec(empty).problems)
+        assert any("names the statistical reason" in p for p in get_spec(stat_reason).problems)
+
+
+def test_require_rejects_non_boolean_conditions():
+    from implreg.claims import require
+    from implreg.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="boolean"):
+        require(1.0, what="x")
+    with pytest.raises(InvalidInputError, match="what="):
+        require(True, what="")
+    from implreg.claims import PreconditionFailed
+
+    with pytest.raises(PreconditionFailed, match="instance 1"):
+        require([True, False], what="converged")
+
+
+# ---- layering (issue 11 item 6) ------------------------------------------------------------------
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_claims_does_not_import_verdict_anywhere():
+    """claims (decorator, registry, validation) sits below verdict (running a claim): no import of verdict,
+    not even inside a function; verdict imports claims."""
+    import implreg.claims
+    import implreg.verdict
+
+    claims_imports = _imports(Path(implreg.claims.__file__))
+    above = ("implreg.verdict", "implreg.plugin", "implreg.results", "implreg.cli", "implreg.report")
+    assert not any(m.startswith(above) for m in claims_imports)
+    assert "implreg.claims" in _imports(Path(implreg.verdict.__file__))
+
+
+def test_direct_call_works_when_only_claims_is_imported(tmp_path):
+    """Calling a claim function directly binds the runner late, so a script importing only implreg.claims works."""
+    import subprocess
+
+    script = tmp_path / "direct.py"
+    script.write_text(textwrap.dedent('''
+        import sys
+        from hypothesis import given, strategies as st
+        from implreg.claims import claim
+        @claim("t/direct", statement="x ≥ 0", expect="holds")
+        @given(x=st.integers(0, 3))
+        def direct(x):
+            assert x >= 0
+        assert "implreg.verdict" not in sys.modules
+        direct()
+        print("ok")
+    '''))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_refuted_by_and_basis_with_certified_values():
+    """The certified-values seam (certify(a >= b)) raises from implreg.numerics: its failed comparison is named
+    and matched like a legacy certify call, and the record says whether the verdict rests on rigorous bounds."""
+    import torch
+
+    from implreg.numerics import Certified
+
+    def exact(x):
+        return Certified.exact(torch.tensor([float(x)], dtype=torch.float64))
+
+    with REGISTRY.isolated():
+        @claim("t/certified-control", statement="x ≥ 5", expect="refuted", refuted_by="x ≥ 5")
+        @given(x=st.integers(0, 10))
+        def control(x):
+            certify(exact(x) >= 1.0 if x > 100 else exact(x) >= 0.0, what="x ≥ 0")
+            certify(exact(x) >= 5.0, what="x ≥ 5")
+
+        @claim("t/certified-wrong-reason", statement="x ≥ 5", expect="refuted", refuted_by="x ≥ 5")
+        @given(x=st.integers(0, 10))
+        def wrong(x):
+            certify(exact(x) >= 20.0, what="x ≥ 20")
+
+        @claim("t/certified-holds", statement="x ≥ 0")
+        @given(x=st.integers(0, 10))
+        def holds(x):
+            certify(exact(x) >= 0.0, what="x ≥ 0")
+
+        r = run_claim(get_spec(control))
+        assert r["verdict"] == "refuted" and r["refutation"]["failed_check"] == "x ≥ 5"
+        w = run_claim(get_spec(wrong))
+        assert w["verdict"] == "error" and w["error"]["type"] == "WrongReason" and "'x ≥ 20'" in w["explanation"]
+        h = run_claim(get_spec(holds))
+        assert h["verdict"] == "holds" and h["certification"]["basis"] == {"rigorous": 1}
+        assert h["certification"]["basis_by_comparison"] == {"x ≥ 0": "rigorous"}

@@ -32,7 +32,8 @@ def cli(*args, **kw):
 
 def _planted():
     with REGISTRY.isolated():
-        return dict(load_module(SUITE / "planted.py").PLANTED)
+        return {cid: v for name in ("planted.py", "reasons.py", "statistical.py")
+                for cid, v in load_module(SUITE / name).PLANTED.items()}
 
 
 def test_suite_end_to_end(tmp_path):
@@ -49,24 +50,24 @@ def test_suite_end_to_end(tmp_path):
     assert first.returncode == 1, first.stderr
     out = first.stdout
     assert "implreg verify: tests/fixtures/suite · profile ci · seed 0 · 2 workers" in out
-    assert "[ 1/26]" in out and "[26/26]" in out
+    assert "[ 1/41]" in out and "[41/41]" in out
     assert "✓ refuted" in out and "(expected holds)" in out
     assert "◀ MISMATCH" in out and "FAIL:" in out
-    assert "verdicts: 8 holds, 4 refuted, 2 inconclusive, 13 error · 27 claims" in out
+    assert "verdicts: 10 holds, 9 refuted, 4 inconclusive, 19 error · 42 claims" in out
 
     # xdist merging loses nothing: every collected claim (and the broken file) has its record
     listed = json.loads(cli("list", SUITE_REL, "--json").stdout)
     claims = first_results["claims"]
     nodeids = {r["nodeid"] for r in claims if r["kind"] != "collection-error"}
-    assert nodeids == {c["nodeid"] for c in listed} and len(nodeids) == 26
+    assert nodeids == {c["nodeid"] for c in listed} and len(nodeids) == 41
     assert [r["id"] for r in claims if r["kind"] == "collection-error"] == [
         f"collection-error:{SUITE_REL}/broken_import.py"]
     assert {r["timing"]["worker"] for r in claims if r["kind"] != "collection-error"} == {"gw0", "gw1"}
     verdicts = {r["id"]: r["verdict"] for r in claims}
     for cid, verdict in _planted().items():
         assert verdicts[cid] == verdict, cid
-    assert first_results["run"]["counts"] == {"holds": 8, "refuted": 4, "inconclusive": 2, "error": 13}
-    assert first_results["run"]["passed"] is False and len(first_results["run"]["mismatches"]) == 16
+    assert first_results["run"]["counts"] == {"holds": 10, "refuted": 9, "inconclusive": 4, "error": 19}
+    assert first_results["run"]["passed"] is False and len(first_results["run"]["mismatches"]) == 24
 
     # re-rendering results.json gives the same bytes
     again = tmp_path / "again.html"
@@ -155,4 +156,7 @@ def test_list(tmp_path):
     assert p.returncode == 1                         # the broken file is reported
     assert "broken_import.py" in p.stderr
     assert "planted/false-ge10" in p.stdout and "(as reconstructed)" in p.stdout
-    assert "[malformed: duplicate id" in p.stdout and "26 claim(s)" in p.stdout
+    assert "[malformed: duplicate id" in p.stdout and "41 claim(s)" in p.stdout
+    # controls say what refutes them, and one that names nothing is warned about
+    assert "[refuted by: x ≥ 5]" in p.stdout
+    assert "reasons/control-unnamed" in p.stdout and "[warning: negative control" in p.stdout

@@ -22,7 +22,7 @@ from implreg.verdict import run_claim
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from implreg_test_helpers import SUITE, claims_of, load_module
 
-FILES = ("planted.py", "report_demo.py", "statistical.py")
+FILES = ("planted.py", "report_demo.py", "statistical.py", "reasons.py")
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 
 
@@ -87,6 +87,32 @@ def test_structure(results, html):
     assert "Falsifying example: false_ge10(" in html and "@reproduce_failure(" in html
     assert "Wilcoxon signed-rank test" in html and "effect size" in html
     assert "Numerical certification" in html and "precision (digits)" in html
+
+
+def test_refutation_reasons_warnings_and_three_outcome_statistics_are_shown(results, html):
+    """Issue 13 §2–3: the refuting comparison (and for controls the one they name), wrong-reason errors,
+    warnings for unnamed controls, and the three-outcome statistics with their sensitivity."""
+    assert "Refutation reason" in html and "the claim names as its refutation" in html
+    assert "refuting comparison" in html and "<code>x ≥ 5</code>" in html
+    assert "refuted for the wrong reason" in html and "failed precondition" in html
+    assert "names no refuted_by" in html and "warning-box" in html
+    assert "not significant is not refuted" in html
+    assert "smallest effect detectable" in html and "Noether" in html and "exact binomial distribution" in html
+    assert "power of the equivalence test at zero effect" in html and "TOST p-value" in html
+    assert "deprecated" in html
+
+
+def test_basis_of_a_verdict_is_shown_when_recorded(results):
+    """When the recorder says whether comparisons rested on rigorous bounds or estimates, the report says so."""
+    import copy
+
+    res = copy.deepcopy(results)
+    claim = next(c for c in res["claims"] if c["id"] == "planted/true-square")
+    claim["certification"]["basis"] = {"rigorous": 3, "estimate": 2}
+    html = render_html(res)
+    assert "verdict rests on" in html and "3 comparisons on rigorous bounds, 2 on estimates" in html
+    claim["certification"]["basis"] = {"rigorous": 4}
+    assert "rigorous bounds only (4 certified comparisons)" in render_html(res)
 
 
 def test_user_text_is_escaped(html):

@@ -150,10 +150,73 @@ def _claim_view(c: dict[str, Any], used: set[str]) -> dict[str, Any]:
             "xlabel": "a", "ylabel": "b", "kind": "scatter",
             "lines": [{"group": None, "x": [p[0] for p in pairs], "y": [p[1] for p in pairs]}],
         }, diagonal=True))
+    v["warnings"] = c.get("warnings") or []
+    v["refutation_view"] = _refutation_view(c)
+    v["stats_view"] = _stats_view(stats) if stats else None
     cert = c.get("certification") or {}
+    v["basis_text"] = _basis_text(cert.get("basis"))
+    estimates = sorted(w for w, b in (cert.get("basis_by_comparison") or {}).items() if b == "estimate")
+    if v["basis_text"] and estimates:
+        v["basis_text"] += " — on estimates: " + "; ".join(estimates[:8]) + (" …" if len(estimates) > 8 else "")
     v["escalation_count"] = cert.get("escalation_count", 0)
     v["escalation_summary"] = _escalation_summary(cert.get("escalations") or [])
     return v
+
+
+def _refutation_view(c: dict[str, Any]) -> dict[str, Any] | None:
+    """What refuted the claim (or what a control names as its refutation), for the report."""
+    named = c.get("refuted_by") or []
+    ref = c.get("refutation") or {}
+    if not named and not ref:
+        return None
+    failed = ref.get("failed_check")
+    return {
+        "named": named,
+        "failed": failed,
+        "precondition": ref.get("precondition"),
+        "matches": ref.get("matches"),
+        "verdict": c.get("verdict"),
+    }
+
+
+_REASON_WORDS = {"opposite": "significant in the opposite direction",
+                 "equivalence": "an equivalence test (TOST) showed no effect of the claimed size",
+                 "outside": "the proportion was shown outside its stated interval",
+                 "inconsistent": "the data were significantly inconsistent with H₀ (deprecated form)"}
+
+
+def _stats_view(s: dict[str, Any]) -> dict[str, Any]:
+    spec = s.get("spec") or {}
+    holds_when = {
+        "significant": "the test is significant in the stated direction (refuted: significant in the opposite "
+                       "direction, or shown within the equivalence margin; otherwise inconclusive)",
+        "equivalent": "an exact equivalence test (TOST) shows the proportion within the stated margin (refuted: "
+                      "shown outside it; otherwise inconclusive)",
+        "consistent": "the data are consistent with H₀ (not rejected) — deprecated: not rejecting H₀ is not "
+                      "evidence for it",
+    }.get(spec.get("holds_when"), spec.get("holds_when"))
+    pw = s.get("power") or {}
+    return {"holds_when": holds_when, "outcome": s.get("outcome"),
+            "reason": _REASON_WORDS.get(s.get("refuted_by")) if s.get("refuted_by") else None,
+            "power": pw, "equivalence": s.get("equivalence"), "p_opposite": s.get("p_opposite"),
+            "deprecated": s.get("deprecated")}
+
+
+def _basis_text(basis: Any) -> str | None:
+    if not basis:
+        return None
+    if isinstance(basis, dict):
+        rig, est = int(basis.get("rigorous", 0)), int(basis.get("estimate", 0))
+        other = {k: v for k, v in basis.items() if k not in ("rigorous", "estimate")}
+        if est == 0 and not other:
+            text = f"rigorous bounds only ({rig} certified comparison{'s' if rig != 1 else ''})"
+        else:
+            text = (f"{rig} comparison{'s' if rig != 1 else ''} on rigorous bounds, {est} on estimates "
+                    "(integrator error estimates, not proven bounds)")
+        if other:
+            text += "; " + ", ".join(f"{v} {k}" for k, v in sorted(other.items()))
+        return text
+    return str(basis)
 
 
 def _escalation_summary(escalations: list[dict[str, Any]]) -> list[dict[str, Any]]:

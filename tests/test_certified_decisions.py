@@ -1,0 +1,189 @@
+"""certify(cmp): strict, non-strict and exact-equality decisions, escalation through refine, Undecided
+messages, non-finite operands, and what the recorder is told."""
+
+import numpy as np
+import pytest
+import torch
+from flint import arb
+
+from implreg import _record, certify
+from implreg import numerics as nx
+from implreg.errors import InvalidInputError, NumericalError
+from implreg.numerics import Certified, Refinement
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def rec():
+    r = _record.Recorder("test/certified")
+    token = r.activate()
+    r.begin_example(None)
+    yield r
+    r.deactivate(token)
+
+
+def ex(*vals):
+    return Certified.exact(torch.tensor(vals, dtype=F64))
+
+
+def test_equal_values_hold_non_strictly_and_refute_strictly():
+    x = ex(0.1, -2.5, 0.0)
+    certify(x >= x)
+    certify(x <= x)
+    certify(x == x)
+    with pytest.raises(AssertionError, match="exactly equal"):
+        certify(x > x, what="x > x")
+
+
+def test_strict_inequality_decided_by_the_float_tier(rec):
+    x = ex(0.1, 1e300, -1e-300)
+    certify(x + 1.0 > x, what="x + 1 > x")        # 1e300 + 1 rounds to 1e300: the ball tier decides it
+    assert rec.basis["x + 1 > x"] == "rigorous"
+    with pytest.raises(AssertionError, match="instance 0"):
+        certify(x < x - 1.0, what="x < x − 1")
+
+
+def test_associativity_is_decided_exactly_for_dyadic_inputs():
+    a, b, c = ex(0.1, 3.0, 1e-300), ex(0.7, 1 / 3, 1e300), ex(1e-8, 0.2, 5e-324)
+    certify((a * b) * c == a * (b * c))
+    certify((a + b) + c == a + (b + c))
+    with pytest.raises(AssertionError, match="exactly equal"):   # in floats the two sums differ by an ulp
+        certify((ex(0.1) + 0.2) + 0.3 > ex(0.1) + (ex(0.2) + 0.3))
+
+
+def test_path_norms_at_a_single_path_are_equal():
+    """φ₁(w) = Π_l ‖w_l‖ and φ₂(w) = (Π_l w_l²)^(1/2) coincide on a one-path net (widths 1)."""
+    w = [ex(0.3, -1.7, 1e-3), ex(-2.0, 0.1, 7.5), ex(0.6, 3.3, -0.2)]
+    phi1 = w[0].square().sqrt() * w[1].square().sqrt() * w[2].square().sqrt()
+    phi2 = (w[0].square() * w[1].square() * w[2].square()).sqrt()
+    certify(phi1 >= phi2, what="φ₁ ≥ φ₂")
+    with pytest.raises(AssertionError, match="exactly equal"):
+        certify(phi1 > phi2, what="φ₁ > φ₂")
+
+
+def test_frobenius_product_vs_nuclear_norm_at_rank_one():
+    g = torch.Generator().manual_seed(3)
+    U = Certified.exact(torch.randn(5, 3, 1, generator=g, dtype=F64))
+    V = Certified.exact(torch.randn(5, 4, 1, generator=g, dtype=F64))
+    lhs = U.square().sum((1, 2)).sqrt() * V.square().sum((1, 2)).sqrt()
+    nuc = nx.svdvals(U @ V.mT).sum(-1)
+    certify(lhs >= nuc, what="‖U‖‖V‖ ≥ ‖UVᵀ‖_*")
+    with pytest.raises(AssertionError, match="exactly equal"):
+        certify(lhs > nuc, what="strict")
+
+
+def test_rank_two_nuclear_norm_closed_form():
+    """σ₁ + σ₂ = √(‖W‖_F² + 2|det W|) for 2×2 W, decided exactly (no numerical zero test)."""
+    W = Certified.exact(torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.5, -1.0], [2.0, 0.25]]], dtype=F64))
+    lhs = nx.svdvals(W).sum(-1)
+    rhs = (W.square().sum((1, 2)) + 2 * W.det().abs()).sqrt()
+    certify(lhs == rhs)
+
+
+def test_escalation_through_refine_decides_and_is_recorded(rec):
+    value = torch.tensor([1e-12, 5.0, 2e-12], dtype=F64)
+    calls = []
+
+    def refine(rows, prec):
+        calls.append((list(rows), prec))
+        return Refinement(np.array([arb(float(value[r]), 2.0**-prec) for r in rows], dtype=object), True,
+                          note=f"reference at {prec} bits")
+
+    det = Certified.measured(value, 1e-9, rigorous=False, refine=refine, label="det W(t)")
+    certify(det > 0, what="det > 0")
+    assert calls[0] == ([0, 2], 64)               # only the undecided rows are asked
+    esc = rec.escalations[0]
+    assert esc["what"] == "det > 0" and esc["certified"] == 2 and esc["outcome"] == "certified"
+    assert esc["prec_bits"] == 64 and esc["tier"] == "ball" and "reference at 64 bits" in esc["note"]
+    assert rec.basis["det > 0"] == "estimate"     # instance 1 was decided on the integrator's estimate
+    certify(det[[0, 2]] > 0, what="escalated")
+    assert rec.basis["escalated"] == "rigorous"   # every instance was decided on the rigorous refinement
+
+
+def test_escalation_refutes_with_a_tighter_ball(rec):
+    def refine(rows, prec):
+        return Refinement(np.array([arb(-1e-20, 1e-30)] * len(rows), dtype=object), False)
+
+    x = Certified.measured(torch.tensor([1e-15], dtype=F64), 1e-12, rigorous=False, refine=refine, label="x")
+    with pytest.raises(AssertionError, match="ball arithmetic at 64 bits"):
+        certify(x >= 0, what="x ≥ 0")
+    assert rec.escalations[0]["outcome"] == "refuted"
+
+
+def test_refine_that_gives_up_leaves_it_undecided(rec):
+    asked = []
+
+    def refine(rows, prec):
+        asked.append(prec)
+        return None
+
+    x = Certified.measured(torch.tensor([0.0], dtype=F64), 1e-3, rigorous=False, refine=refine, label="W11(t)")
+    with pytest.raises(certify.Undecided) as info:
+        certify(x >= 0, what="W11 ≥ 0")
+    assert asked == [64]
+    assert "can never be decided" in str(info.value) and "W11(t)" in str(info.value)
+    assert rec.undecided_count == 1 and rec.undecided[0]["instance"] == [0]
+
+
+def test_close_below_the_error_says_it_can_never_be_decided():
+    a = Certified.measured(torch.tensor([1.0, 2.0], dtype=F64), 1.2e-8, rigorous=False, label="W11(t)")
+    b = ex(1.0, 2.0)
+    with pytest.raises(certify.Undecided) as info:
+        certify(nx.close(a, b, 1e-9), what="W11(t) = W11(0)")
+    msg = str(info.value)
+    assert "W11(t) = W11(0)" in msg and "instance 0" in msg and "1.2e-08" in msg
+    assert "can never be decided" in msg and "loosen tol" in msg and "tighter solver tolerance" in msg
+    certify(nx.close(a, b, 1e-7))                    # tol above the error: decided
+
+
+def test_non_finite_operands_raise_numerical_error_naming_the_comparison():
+    x = ex(1.0, 0.0)
+    with pytest.raises(NumericalError, match="loss level"):
+        certify(x / ex(0.0, 1.0) >= 0, what="loss level")
+    with pytest.raises(NumericalError, match="instance 1"):
+        certify(ex(1.0, -1.0).sqrt() >= 0, what="sqrt")
+
+
+def test_comparisons_are_not_bools_and_bad_inputs_are_named():
+    x = ex(1.0)
+    with pytest.raises(InvalidInputError, match="certify"):
+        bool(x >= 0)
+    with pytest.raises(InvalidInputError, match=r"certify\.that"):
+        certify(True)
+    with pytest.raises(InvalidInputError, match="broadcast"):
+        certify(ex(1.0, 2.0) >= ex(1.0, 2.0, 3.0))
+    with pytest.raises(InvalidInputError, match="refine"):
+        bad = Certified.measured(torch.zeros(2, dtype=F64), 1.0, rigorous=True,
+                                 refine=lambda rows, prec: Refinement(np.zeros(5, dtype=object), True))
+        certify(bad > 0)
+
+
+def test_legacy_functions_accept_certified_operands():
+    x = Certified.measured(torch.tensor([1.0, 2.0], dtype=F64), 0.1, rigorous=True)
+    certify.at_least(x, 0.5)
+    with pytest.raises(certify.Undecided):
+        certify.at_least(x, 0.5, error=0.5)          # the extra error= adds to the operands' own error
+    with pytest.raises(AssertionError):
+        certify.at_most(x, 0.5)
+    certify.close(x, ex(1.0, 2.0), tol=0.2)
+
+
+def test_estimate_basis_is_recorded(rec):
+    x = Certified.measured(torch.tensor([1.0], dtype=F64), 1e-6, rigorous=False)
+    certify(x >= 0.5, what="estimate")
+    assert rec.basis["estimate"] == "estimate"
+
+
+def test_batched_rows_only_the_undecided_are_re_evaluated():
+    seen = []
+
+    def refine(rows, prec):
+        seen.append(tuple(rows))
+        return Refinement(np.array([[arb(1.0), arb(1.0)] for _ in rows], dtype=object), True)
+
+    x = Certified.measured(torch.tensor([[1.0, 1.0], [3.0, 3.0], [1.0, 1.0]], dtype=F64), 1.5, rigorous=True,
+                           refine=refine)
+    lim = torch.tensor([0.0, 1.0], dtype=F64)      # broadcasts along the batch: not row-selected
+    certify(x[:, :] * 2.0 >= lim)
+    assert seen == [(0, 1, 2)] or seen == [(0, 2)]
