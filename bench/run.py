@@ -243,7 +243,7 @@ def flops_per_attempt(w: W1 = W1()) -> int:
     fz = _fused(layout, "completion", True)
     y = layout.pack(factors)
     z = dict(dtype=F64)
-    t, ea = torch.zeros(1, **z), torch.zeros(1, **z)
+    t, ea = torch.zeros(1, **z), torch.zeros_like(y)
     h, tm = torch.full((1,), 1e-3, **z), torch.full((1,), math.inf, **z)
     prm = (problem.mask, problem.target)
     k1 = fz.f(t, y, *prm)

@@ -338,6 +338,76 @@ def test_guard_trips_as_unresolved_with_time() -> None:
     assert r.y[0, 0].item() < 0.5
 
 
+# ---------------------------------------------------------------------------------------------- per-entry errors
+
+
+def test_entry_errors_bound_each_component_and_their_maximum_is_the_row_error() -> None:
+    """y' = −r·y, components of very different sizes: each entry's estimate bounds its own actual error
+    (closed form y_i(t) = y_i(0)·e^{−r_i t}), the tiny component's estimate is far below the big one's, and the
+    (B,), (B, L), (B, T) fields are the maxima over components (NaN where no state was recorded)."""
+    rates = torch.tensor([1.0, 2.0, 0.5], dtype=f64)
+    y0 = torch.tensor([[1.0, 1e-6, 3.0], [2.0, 0.5, 1e-8]], dtype=f64)
+    r = integrate(lambda t, y: -rates * y, y0, t_max=3.0, rtol=1e-6, atol=1e-14, save_at=[1.0, 2.0, 5.0],
+                  levels=lambda y: y[:, :1] - torch.tensor([0.5, 0.09], dtype=f64), n_levels=2)
+    assert r.statuses() == [Status.REACHED_T_MAX] * 2
+    exact = y0 * torch.exp(-rates * 3.0)
+    assert r.entry_error.shape == (2, 3)
+    assert torch.all((r.y - exact).abs() <= r.entry_error), ((r.y - exact).abs(), r.entry_error)
+    assert float(r.entry_error[0, 1]) < 1e-4 * float(r.entry_error[0, 0])  # the 1e-6 entry: a 1e-6 share
+    saved = y0.unsqueeze(1) * torch.exp(-rates * torch.tensor([[1.0], [2.0]], dtype=f64))
+    assert torch.all((r.save_y[:, :2] - saved).abs() <= r.save_entry_error[:, :2])
+
+    def nan_equal(a, b) -> bool:
+        return torch.equal(torch.nan_to_num(a, nan=-1.0), torch.nan_to_num(b, nan=-1.0))
+
+    assert torch.equal(r.error, r.entry_error.amax(-1))
+    assert r.save_entry_error.shape == (2, 3, 3) and nan_equal(r.save_error, r.save_entry_error.amax(-1))
+    assert r.level_entry_error.shape == (2, 2, 3) and nan_equal(r.level_error, r.level_entry_error.amax(-1))
+    assert torch.isnan(r.save_entry_error[:, 2]).all() and torch.isnan(r.level_entry_error[1, 1]).all()
+    assert torch.isfinite(r.level_entry_error[0]).all()  # instance 0 crosses both levels
+
+
+def test_an_entry_with_zero_derivative_keeps_error_exactly_zero() -> None:
+    """A component whose derivative is exactly 0 never moves: y_i + h·0 = y_i, so it has no local error and no
+    rounding; its error is exactly 0 at the end, at every save, level and located event."""
+    y0 = torch.tensor([[1.0, 0.3, -2.5]], dtype=f64)
+    r = integrate(lambda t, y: y * torch.tensor([-1.0, 0.0, 0.0], dtype=f64), y0, t_max=10.0,
+                  event=lambda y: y[:, 0] - 0.01, save_at=[0.5, 1.0], levels=lambda y: y[:, :1] - 0.5, n_levels=1)
+    assert r.statuses() == [Status.REACHED_EVENT]
+    assert torch.equal(r.y[0, 1:], y0[0, 1:])
+    assert torch.equal(r.entry_error[0, 1:], torch.zeros(2, dtype=f64))
+    assert torch.equal(r.save_entry_error[0, :, 1:], torch.zeros(2, 2, dtype=f64))
+    assert torch.equal(r.level_entry_error[0, :, 1:], torch.zeros(1, 2, dtype=f64))
+    assert float(r.entry_error[0, 0]) > 0 and float(r.error[0]) == float(r.entry_error[0, 0])
+
+
+@pytest.mark.parametrize("t_max", [1e-3, 10.0, 1e6])
+def test_an_exact_fixed_point_stays_exact_and_reaches_t_max(t_max: float) -> None:
+    """y' = y² from 0: the field is exactly 0, the error norm is exactly 0, so the step grows by the controller's
+    maximum factor (10) every step and t_max is reached in a few dozen steps with state and error exactly 0."""
+    r = integrate(lambda t, y: y * y, torch.zeros(3, 4, dtype=f64), t_max=t_max, save_at=[0.5 * t_max])
+    assert r.statuses() == [Status.REACHED_T_MAX] * 3 and torch.all(r.t == t_max)
+    assert int(r.n_steps.max()) <= 25 and int(r.n_rejected.max()) == 0
+    for x in (r.y, r.entry_error, r.error, r.save_y, r.save_entry_error):
+        assert torch.equal(x, torch.zeros_like(x))
+
+
+def test_zero_init_of_a_depth_2_factorization_is_an_exact_fixed_point() -> None:
+    """W₂W₁ with W₁ = W₂ = 0: every gradient −W_{j'}ᵀ∇ℓ is exactly 0 (the fused kernel's path), so the flow
+    stays at 0 exactly, with error exactly 0, and reaches t_max (the det guard is off: det = 0 is exact here)."""
+    from implreg.flow import solve
+    from implreg.problems import razin_cohen_2x2
+
+    z = torch.zeros(2, 2, 2, dtype=f64)
+    sol = solve(razin_cohen_2x2(2), [z, z], t_max=50.0, loss_levels=[1e-3], save_at=[1.0], guard="none")
+    r = sol.result
+    assert r.statuses() == [Status.REACHED_T_MAX] * 2 and torch.all(r.t == 50.0)
+    assert int(r.n_steps.max()) <= 25
+    for x in (r.y, r.entry_error, r.error, r.save_y, r.save_entry_error):
+        assert torch.equal(x, torch.zeros_like(x))
+    assert torch.isnan(r.level_entry_error).all()  # ℓ stays at ℓ(0) = 1.5: the level is never crossed
+
+
 def test_status_messages_read_as_sentences() -> None:
     for s in Status:
         assert isinstance(s.message, str) and len(s.message.split()) >= 3
@@ -382,7 +452,7 @@ def pool_run(rows: list[int], full: bool = True, extra: int = 0):
 
 
 FIELDS = ("t", "y", "status", "error", "n_steps", "n_rejected", "save_y", "save_error", "level_t", "level_y",
-          "level_error", "unresolved_t")
+          "level_error", "unresolved_t", "entry_error", "save_entry_error", "level_entry_error")
 
 
 def assert_same_row(a, i: int, b, j: int) -> None:

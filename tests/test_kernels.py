@@ -50,7 +50,7 @@ def step_inputs(n: int, shapes, kind: str, seed: int = 0, m: int = 3):
     t = r(n)
     h = 10.0 ** (-4 * r(n))  # 1e-4 … 1: a mix of accepted and rejected attempts
     tm = t + torch.where(r(n) < 0.3, 0.5 * h, torch.full((n,), math.inf, dtype=f64))
-    ea = 1e-12 * r(n)
+    ea = 1e-12 * r(n, P)
     if kind == "completion":
         p0 = (r(n, d, e) < 0.7).to(f64)
         p1 = torch.randn(n, d, e, generator=g, dtype=f64) * p0

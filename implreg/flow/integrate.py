@@ -76,17 +76,31 @@ class IntegrationResult:
     t: Tensor  # (B,) time reached (the located event time when the event fired)
     y: Tensor  # (B, P) state at t
     status: Tensor  # (B,) int64 Status codes
-    error: Tensor  # (B,) estimated absolute error of y (max over components), see integrate()
+    error: Tensor  # (B,) estimated absolute error of y (max over components): entry_error.amax(-1)
     n_steps: Tensor  # (B,) accepted steps
     n_rejected: Tensor  # (B,) rejected steps
     save_t: Tensor  # (T,) requested save times
     save_y: Tensor  # (B, T, P) states at save times (NaN where the instance stopped before)
-    save_error: Tensor  # (B, T) error estimate at each save time
+    save_error: Tensor  # (B, T) error estimate at each save time: save_entry_error.amax(-1)
     level_t: Tensor  # (B, L) first time each level function crossed ≤ 0 (NaN if never)
     level_y: Tensor  # (B, L, P) state at that time (NaN if never)
-    level_error: Tensor  # (B, L)
+    level_error: Tensor  # (B, L): level_entry_error.amax(-1)
     unresolved_t: Tensor  # (B,) time the guard tripped (NaN if it never did)
     meta: dict = field(default_factory=dict)
+    # per-component error estimates (see integrate()); exactly 0 for a component that never moved.  A producer
+    # that has only the (B,), (B, T), (B, L) fields may leave these out: each entry then gets its row's maximum
+    # (a valid, coarser estimate).
+    entry_error: Tensor | None = None  # (B, P)
+    save_entry_error: Tensor | None = None  # (B, T, P)
+    level_entry_error: Tensor | None = None  # (B, L, P)
+
+    def __post_init__(self) -> None:
+        if self.entry_error is None:
+            self.entry_error = self.error.unsqueeze(-1).expand(self.y.shape).clone()
+        if self.save_entry_error is None:
+            self.save_entry_error = self.save_error.unsqueeze(-1).expand(self.save_y.shape).clone()
+        if self.level_entry_error is None:
+            self.level_entry_error = self.level_error.unsqueeze(-1).expand(self.level_y.shape).clone()
 
     def statuses(self) -> list[Status]:
         return [Status(int(s)) for s in self.status.tolist()]
@@ -106,6 +120,11 @@ class IntegrationResult:
                 continue
             out.append(f"instance {i}: {s.message}{extra} after {int(self.n_steps[i])} steps")
         return out
+
+
+def _amax(e: Tensor) -> Tensor:
+    """max over the last (component) dimension; 0 for a state with no components."""
+    return e.amax(-1) if e.shape[-1] else torch.zeros(e.shape[:-1], dtype=e.dtype, device=e.device)
 
 
 def _pow(x: Tensor, p: float) -> Tensor:
@@ -151,8 +170,12 @@ def integrate(
     problem's data) passed as extra arguments to f, event, levels and guard, and compacted together with the
     state, so those functions stay pure and row-wise.
 
-    The error estimate is ``Σ_steps (max_i |h Σ_j e_j k_j,i| + u·max_i |y_i|)`` (u = unit roundoff): the
-    sum of local error estimates and rounding, without amplification by the flow.  It is an *estimate*, not a
+    The error estimate of component i is ``Σ_steps (|h Σ_j e_j k_j,i| + u·|y_i|)`` (u = unit roundoff; y the
+    step's new state), summed only over the steps in which some stage derivative k_j,i is non-zero (otherwise
+    y_i + h·0 = y_i exactly): the sum of local error estimates and rounding, without amplification by the flow.
+    A component that never moves (an exact fixed point included) has error exactly 0.  ``entry_error`` (B, P)
+    holds it, and states from the dense output (levels, saves, located events) carry their step's value;
+    ``error`` is its maximum over components.  It is an *estimate*, not a
     rigorous bound: where the flow amplifies earlier errors it can be too small (once seen 1.2× too small, in
     arora-2018/end-to-end-simulation).  It is validated against the mpmath reference in the tests (actual /
     estimated ≤ 0.1 across the 2×2 saddle escape); callers that need more compare two tolerances.
@@ -243,14 +266,14 @@ def _integrate(
     out_t = torch.zeros(B, **z)
     out_y = y0.clone()
     out_status = torch.zeros(B, dtype=torch.int64, device=device)
-    out_err = torch.zeros(B, **z)
+    out_err = torch.zeros(B, P, **z)
     out_steps = torch.zeros(B, dtype=torch.int64, device=device)
     out_rej = torch.zeros(B, dtype=torch.int64, device=device)
     save_y = torch.full((B, T, P), nan, **z)
-    save_err = torch.full((B, T), nan, **z)
+    save_err = torch.full((B, T, P), nan, **z)
     level_t = torch.full((B, L), nan, **z)
     level_y = torch.full((B, L, P), nan, **z)
-    level_err = torch.full((B, L), nan, **z)
+    level_err = torch.full((B, L, P), nan, **z)
     unresolved_t = torch.full((B,), nan, **z)
     event_t = torch.full((B,), math.inf, **z)  # located event time (saves and levels after it are dropped)
 
@@ -259,7 +282,7 @@ def _integrate(
     y = y0.clone()
     t = torch.zeros(B, **z)
     tm = tmax
-    err_acc = torch.zeros(B, **z)
+    err_acc = torch.zeros(B, P, **z)
     steps = torch.zeros(B, dtype=torch.int64, device=device)
     rej = torch.zeros(B, dtype=torch.int64, device=device)
     prm = tuple(torch.as_tensor(q, device=device) for q in params)
@@ -353,7 +376,7 @@ def _integrate(
             big = ~(ye.abs().amax(-1) < divergence_limit)
             st = torch.where(big, int(Status.DIVERGED), st)
             if guard is not None:
-                bad = guard(ye, eb[m], *prm_m) & ~big
+                bad = guard(ye, _amax(eb[m]), *prm_m) & ~big
                 st = torch.where(bad, int(Status.UNRESOLVED), st)
                 unresolved_t[gm[bad]] = te[bad]
             out_y[gm], out_t[gm], out_status[gm] = ye, te, st
@@ -392,7 +415,7 @@ def _integrate(
     attempts = torch.zeros_like(steps)
     prep = getattr(step_kernel, "prepare", None)  # the layout a fused kernel wants its batch-first inputs in
     if prep is not None:
-        y, k1, prm = prep(y), prep(k1), tuple(prep(q) for q in prm)
+        y, k1, err_acc, prm = prep(y), prep(k1), prep(err_acc), tuple(prep(q) for q in prm)
     n = int(idx.numel())
     active = torch.ones(n, dtype=torch.bool, device=device)
     n_frozen = 0
@@ -429,7 +452,7 @@ def _integrate(
                 y_eval = torch.where(finite.unsqueeze(-1), y_new, y)
             g_new = event(y_eval, *prm) if event is not None else None
             g_lv = levels(y_eval, *prm) if levels is not None else None
-            bad = guard(y_eval, acc_err, *prm) if guard is not None else None
+            bad = guard(y_eval, _amax(acc_err), *prm) if guard is not None else None
             (y, t, err_acc, k1, steps, rej, h, attempts, status, fired, lev_new, lev_done_new, save_in, record,
              attention) = rk_post(p, hs, last, t_new, K[:, -1], y_new, msq, finite, acc_err, ymax, bad, y, t,
                                   err_acc, k1, steps, rej, attempts, active, g_new, g_lv, lev_in, saves_arg, c_max,
@@ -477,16 +500,17 @@ def _integrate(
             )
             prm = tuple(q[keep] for q in prm)
             if prep is not None:
-                y, k1, prm = prep(y), prep(k1), tuple(prep(q) for q in prm)
+                y, k1, err_acc, prm = prep(y), prep(k1), prep(err_acc), tuple(prep(q) for q in prm)
             n -= n_frozen
             n_frozen = 0
             active = torch.ones(n, dtype=torch.bool, device=device)
     flush()
 
     return IntegrationResult(
-        t=out_t, y=out_y, status=out_status, error=out_err, n_steps=out_steps, n_rejected=out_rej,
-        save_t=saves, save_y=save_y, save_error=save_err, level_t=level_t, level_y=level_y,
-        level_error=level_err, unresolved_t=unresolved_t,
+        t=out_t, y=out_y, status=out_status, error=_amax(out_err), n_steps=out_steps, n_rejected=out_rej,
+        save_t=saves, save_y=save_y, save_error=_amax(save_err), level_t=level_t, level_y=level_y,
+        level_error=_amax(level_err), unresolved_t=unresolved_t, entry_error=out_err, save_entry_error=save_err,
+        level_entry_error=level_err,
         meta={"tableau": tableau.name, "rtol": rtol, "atol": atol, "dtype": str(dtype), "device": str(device),
               "nonfinite_start": nonfinite_start},
     )

@@ -163,9 +163,10 @@ def rk_attempt(
     ``all_stages=False``: the dense output is rarely needed and can be recomputed), the new state, the squared
     RMS error norm ``mean((e_loc / (atol + rtol·max(|y|, |y_new|)))²)`` (squared: eager torch's √ is not
     correctly rounded on every CPU while compiled code's is, so no √ is taken inside a kernel), whether the
-    attempt is finite, the accumulated error estimate ``err_acc + max|e_loc| + u·max|y_new|``, ``max|y_new|``,
+    attempt is finite, the accumulated per-component error estimate ``err_acc + |e_loc| + u·|y_new|`` (n, P) (the
+    increment is exactly 0 for a component whose stage derivatives are all exactly 0: it did not move), ``max|y_new|``,
     the field's auxiliary output at y_new (FSAL with ``f_aux`` only, else None) and the guard's verdict at y_new
-    (None without a guard).
+    given ``max_i acc_err_i`` (None without a guard).
     """
     u = torch.finfo(y.dtype).eps
     last = h >= tm - t
@@ -192,13 +193,23 @@ def rk_attempt(
     scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
     q = ratio(e_loc, scale)
     msq = fsum(q * q) * (1.0 / q.shape[-1])
-    ymax = y_new.abs().amax(-1)
+    ya = y_new.abs()
+    ymax = ya.amax(-1)
     finite = torch.isfinite(msq) & torch.isfinite(ymax)
-    acc_err = err_acc + e_loc.abs().amax(-1) + u * ymax
+    acc_err = err_acc + torch.where(_moved(K), e_loc.abs() + u * ya, 0.0)
     t_new = torch.where(last, tm, t + hs)
-    bad = guard(y_new, acc_err, *prm) if guard is not None else None
+    bad = guard(y_new, acc_err.amax(-1), *prm) if guard is not None else None
     Ko = torch.stack(K, dim=1) if all_stages else K[-1]
     return hs, last, t_new, Ko, y_new, msq, finite, acc_err, ymax, aux, bad
+
+
+def _moved(K: Sequence[Tensor]) -> Tensor:
+    """Per component: is some stage derivative k_{j,i} non-zero?  Where none is, ``y_i + h·Σ_j b_j k_{j,i}``
+    is y_i exactly (every term is ±0), so the step adds neither local error nor rounding to that component."""
+    out = K[0] != 0
+    for k in K[1:]:
+        out = out | (k != 0)
+    return out
 
 
 def dense_coefficients(co: RKCoefficients, hb: Tensor, K: Tensor) -> list[Tensor]:
@@ -532,14 +543,17 @@ def col_attempt(co: RKCoefficients, shapes: Sequence[tuple[int, int]], kind: str
             e_loc.append(hs * e_sum)
         q = [ratio(e_loc[p], atol + rtol * torch.maximum(ys[p].abs(), y_new[p].abs())) for p in range(P)]
         msq = col_fsum([x * x for x in q]) * (1.0 / P)
-        ymax = col_max([x.abs() for x in y_new])
+        ya = [x.abs() for x in y_new]
+        ymax = col_max(ya)
         finite = torch.isfinite(msq) & torch.isfinite(ymax)
-        acc_err = err_acc + col_max([x.abs() for x in e_loc]) + u * ymax
+        acc = [err_acc[:, p] + torch.where(_moved([k[p] for k in K]), e_loc[p].abs() + u * ya[p], 0.0)
+               for p in range(P)]
         t_new = torch.where(last, tm, t + hs)
-        bad = gfn(y_new, acc_err) if gfn is not None else None
+        bad = gfn(y_new, col_max(acc)) if gfn is not None else None
         # (n, P) results written as (P, n) and viewed transposed: each column is a contiguous row, so the
         # whole attempt vectorizes along the batch
-        return hs, last, t_new, torch.stack(K[-1]).T, torch.stack(y_new).T, msq, finite, acc_err, ymax, aux, bad
+        return (hs, last, t_new, torch.stack(K[-1]).T, torch.stack(y_new).T, msq, finite, torch.stack(acc).T, ymax,
+                aux, bad)
 
     return attempt
 
@@ -719,7 +733,7 @@ def rk_post(
     t_old = t
     y = torch.where(acol, y_new, y)
     t = torch.where(accept, t_new, t)
-    err_acc = torch.where(accept, acc_err, err_acc)
+    err_acc = torch.where(acol, acc_err, err_acc)
     k1 = torch.where(acol, k_last, k1)
     steps = steps + accept.to(steps.dtype)
     rej = rej + (active & ~accept).to(rej.dtype)
