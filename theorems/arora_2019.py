@@ -162,7 +162,7 @@ def _depth_experiment(problems: tuple[LowRankCompletion, ...]) -> dict[int, dict
             sol = flow.solve(P, fz.balanced_init(W0, N), loss_target=LOSS_TARGET, t_max=1e5, guard="none")
             sol.raise_on_failure()
             W = sol.end_to_end
-            er = measures.effective_rank(W).tolist()
+            er = measures.effective_rank(W).value.tolist()
             err = (torch.linalg.matrix_norm(W - M) / torch.linalg.matrix_norm(M)).tolist()
             for k, i in enumerate(idx):
                 out[N]["erank"][i] = er[k]
