@@ -162,7 +162,7 @@ def _depth_experiment(problems: tuple[LowRankCompletion, ...]) -> dict[int, dict
             sol = flow.solve(P, fz.balanced_init(W0, N), loss_target=LOSS_TARGET, t_max=1e5, guard="none")
             sol.raise_on_failure()
             W = sol.end_to_end
-            er = measures.effective_rank(W).tolist()
+            er = measures.effective_rank(W).value.tolist()
             err = (torch.linalg.matrix_norm(W - M) / torch.linalg.matrix_norm(M)).tolist()
             for k, i in enumerate(idx):
                 out[N]["erank"][i] = er[k]
@@ -232,10 +232,13 @@ def depth_improves_reconstruction(problem):
     kind="conjecture",
     expect="refuted",
     statement="Negative control: 'the effective rank increases with depth' — observation (erank₃, erank₁) per "
-              f"problem, one-sided paired sign test (erank₃ > erank₁) at level 0.01, n = {N_PROBLEMS}; the claim "
-              "holds only if that is significant.",
+              f"problem, one-sided paired sign test (erank₃ > erank₁) at level 0.01, n = {N_PROBLEMS}.  Three "
+              "outcomes: it holds if that is significant, is refuted only if the OPPOSITE direction (erank₃ < "
+              "erank₁) is significant at the same level, and is inconclusive otherwise (not significant is not "
+              "refuted).",
     hypotheses=_HYP,
     max_examples=1,
+    refuted_by="opposite",
 )
 @sample(n=N_PROBLEMS, test=stats.paired("sign", alternative="greater", alpha=0.01), batched=True,
         problem=low_rank_completions(**PROBLEMS))
@@ -243,4 +246,3 @@ def depth_raises_effective_rank(problem):
     res = _depth_experiment(tuple(problem))
     _record_experiment(res, problem)
     return torch.tensor(res[3]["erank"]), torch.tensor(res[1]["erank"])
-
