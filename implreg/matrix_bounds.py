@@ -140,7 +140,7 @@ def measure_error(name: str, W: Tensor, e: Tensor | float) -> Tensor:
     d, dp = W.shape[-2], W.shape[-1]
     n = max(d, dp)
     value = _measure(name, Wf)
-    spec = measures.spectral(Wf)
+    spec = measures.spectral(Wf).value
     m = _QUASI.match(name)
     if m is not None and float(m.group(2)) < 1:
         p = float(m.group(2))
@@ -160,12 +160,12 @@ def measure_error(name: str, W: Tensor, e: Tensor | float) -> Tensor:
 
 def _measure(name: str, W: Tensor) -> Tensor:
     if name in measures.NORMS:
-        return measures.NORMS[name](W)
+        return measures.NORMS[name](W).value
     m = _QUASI.match(name) or re.match(r"^(schatten|entrywise)-(inf|[0-9]*\.?[0-9]+)$", name)
     if m is None:
         raise InvalidInputError(f"unknown norm {name!r}")
     p = math.inf if m.group(2) == "inf" else float(m.group(2))
-    return measures.schatten(W, p) if m.group(1) == "schatten" else measures.entrywise(W, p)
+    return (measures.schatten(W, p) if m.group(1) == "schatten" else measures.entrywise(W, p)).value
 
 
 def effective_rank_2x2(W: Tensor, e: Tensor | float) -> tuple[Tensor, Tensor]:

@@ -1,8 +1,11 @@
 """Matrix measures: norms, Schatten and entrywise (quasi-)norms, singular values, ranks, error bounds.
 
-Every measure takes a batch ``W`` of shape (B, d, d') (real float32/float64, finite, on any device) and
-returns a (B,) tensor of the same dtype on the same device; instances never influence each other.
-Singular values come from ``torch.linalg.svdvals`` (no autograd support is needed or promised).
+Every measure takes a batch ``W`` of shape (B, d, d') — a Tensor (real float32/float64, finite, any device: exact
+input, float32 converted exactly) or an ``implreg.numerics.Certified`` (W with its per-entry error, e.g. a flow's
+state) — and returns a ``Certified`` (B,) (float64, same device) built from the numerics ops (``svdvals``,
+sums, powers, roots), so its error bound is rigorous given the input's, ``certify`` can compare it without an
+``error=`` term, and its equality cases are decided in the exact tier.  ``.value`` is the float64 value.
+Instances never influence each other.
 
 Error bounds (``singular_value_error_bound``, ``norm_error_bound``) take an entrywise bound ``e`` with
 |E_ij| ≤ e on the error E of W and bound |m(W + E) − m(W)| *in exact arithmetic*.  They do not include the
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
+from implreg.numerics import Certified, maximum, svdvals, where
 
 __all__ = [
     "MEASURES",
@@ -107,143 +111,189 @@ def _bound(coefficient: float, e: Tensor) -> Tensor:
     return torch.where(e == 0, torch.zeros_like(out), out)
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def _power_mean_root(x: Tensor, p: float) -> Tensor:
-    """(Σ_j x_ij^p)^(1/p) along the last dim for x ≥ 0, shape (B, N) → (B,); scaled by max_j x_ij so that it
-    neither overflows nor underflows unless the result itself does.
-    """
-    m = x.amax(dim=-1)
-    if math.isinf(p):
-        return m
-    nonzero = m > 0
-    safe_m = torch.where(nonzero, m, torch.ones_like(m))
-    ratio = x / safe_m[:, None]  # in [0, 1], exact division up to rounding
-    if p == 1.0:
-        out = x.sum(dim=-1)
-    elif p == 2.0:
-        out = safe_m * (ratio * ratio).sum(dim=-1).sqrt()  # only correctly rounded operations
-    else:
-        # x^p as exp(p·log x), not torch.pow: on CPU torch.pow(·, scalar) evaluates the SIMD body and the
-        # scalar tail of a tensor with different routines (1 ulp apart), so an instance's value would depend
-        # on its position in the batch; exp and log use one routine at every position (tests: torch.equal).
-        # Accuracy: a term t = exp(p log r) gets relative error ≈ eps·|log t|, i.e. ≤ eps·max(t|log t|) =
-        # eps/e relative to the sum s ≥ 1; the root exp(log(s)/p) adds ≈ 2·eps·log(s)/p, no worse than the
-        # conditioning of s ↦ s^(1/p) itself (summation error N·eps amplified by 1/p).
-        s = torch.exp(p * torch.log(ratio)).sum(dim=-1)  # 1 ≤ s ≤ N where m > 0 (log 0 = −inf ↦ exp = 0)
-        log_root = torch.log(s) / p
-        direct = safe_m * torch.exp(log_root)
-        # exp(log_root) overflows for tiny p although m·s^(1/p) may be representable: stay in log space there.
-        logspace = torch.exp(torch.log(safe_m) + log_root)
-        out = torch.where(torch.isfinite(direct), direct, logspace)
-    return torch.where(nonzero, out, torch.zeros_like(out))
-
-
-def _entries(W: Tensor) -> Tensor:
-    """|W| flattened per instance to (B, d·d'), contiguous: one summation order whatever W's memory layout."""
-    return W.abs().reshape(W.shape[0], W.shape[1] * W.shape[2]).contiguous()
-
-
 # ---------------------------------------------------------------------------------------------- measures
 
 
-def singular_values(W: Tensor) -> Tensor:
-    """Singular values σ_1 ≥ … ≥ σ_k ≥ 0, k = min(d, d'), shape (B, k).
+def _lift_W(W: Tensor | Certified, name: str = "W") -> Certified:
+    """W as a certified value: a Tensor is exact input (its float64 value, float32 converted exactly); a Certified
+    keeps its error.  Validation (shape, dtype, finiteness) as before, on the value."""
+    if isinstance(W, Certified):
+        _check_W(W.value, name)
+        return W
+    _check_W(W, name)
+    return Certified.exact(W.to(torch.float64))
 
-    Computed by ``torch.linalg.svdvals`` (LAPACK/cuSOLVER, backward stable: |σ̂_r − σ_r| ≲ n·eps·‖W‖_2).
-    """
-    _check_W(W)
-    return torch.linalg.svdvals(W)
+
+def _pow2_scale(W: Certified) -> tuple[Tensor, Tensor]:
+    """Per-instance powers of two (s, 1/s) with s·max|w| ∈ [½, 1) (1 for a zero matrix), from the value and
+    error: scaling by them is exact in float64 (no new rounding, only possible underflow of entries ≪ the largest,
+    which the certified product accounts for), so squares and p-th powers neither overflow nor underflow unless
+    the result itself does — as the float measures did by scaling with max |w|."""
+    if W.value.numel() == 0:  # an empty batch: nothing to scale
+        ones = torch.ones(W.shape[0], dtype=W.value.dtype, device=W.value.device)
+        return ones, ones
+    m = (W.value.abs() + W.error).flatten(1).amax(-1)
+    m = torch.where(torch.isfinite(m), m, W.value.abs().flatten(1).amax(-1))
+    _, ex = torch.frexp(m)
+    ex = torch.where(m > 0, ex, torch.zeros_like(ex)).clamp(-1000, 1000)
+    two = torch.full_like(m, 2.0)
+    return torch.pow(two, -ex.to(m.dtype)), torch.pow(two, ex.to(m.dtype))
 
 
-def frobenius(W: Tensor) -> Tensor:
+def _col(s: Tensor, ndim: int) -> Tensor:
+    return s.reshape(s.shape[0], *([1] * (ndim - 1)))
+
+
+def _pow(x: Certified, p: float) -> Certified:
+    """x^p for x ≥ 0 and a real p: exp(p·log x) where x's enclosure lies above 0, the core's ``x ** p`` (a monotone
+    map on [0, ∞), which encloses e^p-sized errors near 0) elsewhere.  Why not ``x ** p`` throughout: on CPU
+    torch.pow(·, scalar) uses a SIMD routine for the vector body and libm for the tail, so the same entry could
+    round differently depending on its position in the batch (instances must not influence each other, to the
+    bit); exp and log use one routine at every position.  Integer p stays repeated multiplication (exact op)."""
+    if float(p).is_integer():
+        return x ** int(p)
+    pos = x.lo > 0
+    via_log = (where(pos, x, 1.0).log() * p).exp()
+    return where(pos, via_log, where(pos, 0.0, x) ** p)
+
+
+def _pmean(x: Certified, p: float, inv: Tensor) -> Certified:
+    """(Σ_j x_j^p)^(1/p) over the last dim of x ≥ 0 already scaled into [0, 1) by s, times 1/s = ``inv``."""
+    if math.isinf(p):
+        return x.amax(-1) * inv
+    if p == 1.0:
+        return x.sum(-1) * inv
+    if p == 2.0:
+        return x.square().sum(-1).sqrt() * inv
+    total = _pow(x, p).sum(-1)  # in [0, n]: x ∈ [0, 1)
+    direct = _pow(total, 1.0 / p) * inv
+    if bool(torch.isfinite(direct.value).all()):
+        return direct
+    # total^(1/p) overflows for tiny p although the norm may be representable: exp(log(total)/p + log(1/s)) there
+    logspace = (total.log() / p + Certified.exact(inv).log()).exp()
+    return where(torch.isfinite(direct.value), direct, logspace)
+
+
+def singular_values(W: Tensor | Certified) -> Certified:
+    """Singular values σ_1 ≥ … ≥ σ_k ≥ 0, k = min(d, d'), shape (B, k), certified (``numerics.svdvals``: Weyl
+    for the input's error plus an a-posteriori bound on LAPACK's rounding)."""
+    return svdvals(_lift_W(W))
+
+
+def frobenius(W: Tensor | Certified) -> Certified:
     """Frobenius norm ‖W‖_F = (Σ_ij w_ij²)^(1/2) = (Σ_r σ_r²)^(1/2)  (Horn & Johnson, Matrix Analysis §5.6).
 
-    Computed from the entries (no SVD), scaled by max |w_ij| so that it does not overflow.
+    From the entries (no SVD), scaled by a power of two so that it does not overflow.
     """
-    _check_W(W)
-    return _power_mean_root(_entries(W), 2.0)
+    Wc = _lift_W(W)
+    s, inv = _pow2_scale(Wc)
+    x = (Wc * _col(s, 3)).reshape(Wc.shape[0], Wc.shape[1] * Wc.shape[2])
+    return _pmean(x, 2.0, inv)
 
 
-def nuclear(W: Tensor) -> Tensor:
+def nuclear(W: Tensor | Certified) -> Certified:
     """Nuclear (trace) norm ‖W‖_* = Σ_r σ_r, the Schatten-1 norm  (Horn & Johnson, Matrix Analysis §5.6)."""
-    _check_W(W)
-    return torch.linalg.svdvals(W).sum(dim=-1)
+    return svdvals(_lift_W(W)).sum(-1)
 
 
-def spectral(W: Tensor) -> Tensor:
+def spectral(W: Tensor | Certified) -> Certified:
     """Spectral (operator 2-) norm ‖W‖_2 = σ_1, the Schatten-∞ norm (Horn & Johnson, Matrix Analysis §5.6)."""
-    _check_W(W)
-    return torch.linalg.svdvals(W)[..., 0]
+    return svdvals(_lift_W(W))[:, 0]
 
 
-def sigma_min(W: Tensor) -> Tensor:
+def sigma_min(W: Tensor | Certified) -> Certified:
     """Smallest singular value σ_k, k = min(d, d') (0 iff W is rank-deficient)  (Horn & Johnson §7.3)."""
-    _check_W(W)
-    return torch.linalg.svdvals(W)[..., -1]
+    return svdvals(_lift_W(W))[:, -1]
 
 
-def schatten(W: Tensor, p: float) -> Tensor:
+def schatten(W: Tensor | Certified, p: float) -> Certified:
     """Schatten-p (quasi-)norm ‖W‖_{S_p} = (Σ_r σ_r^p)^(1/p), any p > 0; p = ∞ gives σ_1  (Bhatia, Matrix
     Analysis §IV.2).  A norm for p ≥ 1, a quasi-norm for 0 < p < 1 (as in Razin & Cohen 2020).
 
-    For p < 1 tiny singular values dominate: rounding noise σ ≈ eps·‖W‖ of a numerically rank-deficient W
-    contributes (eps·‖W‖)^p, so the value is ill-conditioned there (see ``norm_error_bound``).
+    For p < 1 tiny singular values dominate: a singular value known only to within e contributes up to e^p, so the
+    bound is wide there (the certified power of an interval containing 0 says so).
     """
-    _check_W(W)
+    Wc = _lift_W(W)
     p = _check_p(p)
-    return _power_mean_root(torch.linalg.svdvals(W), p)
+    sv = svdvals(Wc)
+    if math.isinf(p):
+        return sv[:, 0]
+    s, inv = _pow2_scale(Wc)
+    return _pmean(sv * _col(s, 2), p, inv)
 
 
-def entrywise(W: Tensor, p: float) -> Tensor:
+def entrywise(W: Tensor | Certified, p: float) -> Certified:
     """Entrywise ℓ_p (quasi-)norm ‖vec W‖_p = (Σ_ij |w_ij|^p)^(1/p), any p > 0; p = ∞ gives max |w_ij|
     (Horn & Johnson, Matrix Analysis §5.6).  A norm for p ≥ 1, a quasi-norm for 0 < p < 1.
     """
-    _check_W(W)
+    Wc = _lift_W(W)
     p = _check_p(p)
-    return _power_mean_root(_entries(W), p)
+    B, d, dp = Wc.shape
+    if math.isinf(p):
+        return abs(Wc).reshape(B, d * dp).amax(-1)
+    s, inv = _pow2_scale(Wc)
+    return _pmean(abs(Wc * _col(s, 3)).reshape(B, d * dp), p, inv)
 
 
-def distance_to_rank(W: Tensor, k: int) -> Tensor:
+def distance_to_rank(W: Tensor | Certified, k: int) -> Certified:
     """Frobenius distance to the nearest matrix of rank ≤ k: min_{rank M ≤ k} ‖W − M‖_F = (Σ_{r>k} σ_r²)^(1/2)
-    (Eckart & Young 1936).  k ranges over 0 … min(d, d'); k = 0 gives ‖W‖_F, k = min(d, d') gives 0.
-
-    Absolute accuracy is that of the tail singular values, ≈ n·eps·‖W‖_2: an exactly rank-k W gives
-    ~1e-16·‖W‖, not 0.
+    (Eckart & Young 1936).  k ranges over 0 … min(d, d'); k = 0 gives ‖W‖_F, k = min(d, d') gives 0 (exactly).
     """
-    _check_W(W)
-    kmax = min(W.shape[-2], W.shape[-1])
+    Wc = _lift_W(W)
+    kmax = min(Wc.shape[-2], Wc.shape[-1])
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise InvalidInputError(f"rank k must be an integer in 0 … {kmax}, got {k!r}")
     if not 0 <= k <= kmax:
         raise InvalidInputError(
-            f"rank k must be in 0 … min(d, d') = {kmax} for W of shape {tuple(W.shape)}, got {k}"
+            f"rank k must be in 0 … min(d, d') = {kmax} for W of shape {tuple(Wc.shape)}, got {k}"
         )
     if k == kmax:
-        return W.new_zeros(W.shape[0])
-    return _power_mean_root(torch.linalg.svdvals(W)[..., int(k) :], 2.0)
+        return Certified.exact(torch.zeros(Wc.shape[0], dtype=torch.float64, device=Wc.value.device))
+    s, inv = _pow2_scale(Wc)
+    return _pmean(svdvals(Wc)[:, int(k):] * _col(s, 2), 2.0, inv)
 
 
-def effective_rank(W: Tensor) -> Tensor:
+#: Below this a probability's p·log p is not evaluated (its log would need a ball away from 0): its term is the
+#: interval [p⁺ log p⁺, 0] (−p log p increases on [0, 1/e]), a rigorous enclosure however small p⁺ is.
+_P_FLOOR = 1e-300
+
+
+def effective_rank(W: Tensor | Certified) -> Certified:
     """Effective rank erank(W) = exp(−Σ_r p_r log p_r), p_r = σ_r / Σ_s σ_s, with 0·log 0 = 0  (Roy & Vetterli
-    2007, Def. 1).  Lies in [1, min(d, d')]; it is NaN for W = 0 (p undefined), per instance.
+    2007, Def. 1).  Lies in [1, min(d, d')]; NaN (error ∞) for W = 0 (p undefined), per instance.
 
-    NaN rather than an exception so that a zero instance does not fail the rest of its batch; callers that may
-    meet W = 0 must check ``torch.isnan`` themselves (``x <= c`` is False but ``~(x > c)`` is True for NaN).
+    A p_r whose enclosure reaches below 1e-300 (e.g. the rounding-level σ of a rank-deficient W) enters as the
+    rigorous interval [p⁺ log p⁺, 0] instead of a logarithm of a ball containing 0.
     """
-    _check_W(W)
-    s = torch.linalg.svdvals(W)
-    total = s.sum(dim=-1, keepdim=True)
-    prob = s / torch.where(total > 0, total, torch.ones_like(total))
-    entropy = -torch.special.xlogy(prob, prob).sum(dim=-1)  # xlogy(0, 0) = 0
-    return torch.where(total[..., 0] > 0, torch.exp(entropy), torch.full_like(entropy, math.nan))
+    Wc = _lift_W(W)
+    sv = svdvals(Wc)
+    total = sv.sum(-1, keepdim=True)
+    # W = 0 exactly (value and error 0): p is undefined.  (The certified σ of an exact zero matrix carries
+    # LAPACK's a-posteriori rounding bound, tiny but > 0, so ``total.hi <= 0`` alone does not see it.)
+    exact_zero = ((Wc.value == 0) & (Wc.error == 0)).flatten(1).all(-1)
+    zero = exact_zero | (total.hi <= 0).squeeze(-1)
+    safe_total = where(zero.unsqueeze(-1), Certified.exact(torch.ones_like(total.value)), total)
+    prob = sv / safe_total
+    floor = Certified.exact(torch.full_like(prob.value, _P_FLOOR))
+    pf = maximum(prob, floor)
+    term = pf * pf.log()  # p log p ≤ 0
+    hi = prob.hi.clamp(min=0.0)
+    # max over [0, p⁺] of |p log p| is p⁺|log p⁺| for p⁺ ≤ 1/e, else 1/e; rounded up by 1 % (≫ the few ulps of
+    # these three float64 operations)
+    worst = torch.where(hi < math.exp(-1), -hi * torch.log(hi.clamp(min=1e-320)), torch.full_like(hi, math.exp(-1)))
+    worst = torch.where(hi > 0, worst * 1.01, torch.zeros_like(hi))
+    small = Certified.measured(-0.5 * worst, 0.5 * worst * (1 + 1e-15), rigorous=True, label="p log p near 0")
+    term = where(prob.lo > _P_FLOOR, term, small)
+    out = (-term.sum(-1)).exp()
+    nan = Certified.measured(torch.full_like(out.value, math.nan), torch.full_like(out.value, math.inf),
+                             rigorous=True, label="effective rank of W = 0 (undefined)")
+    return where(zero, nan, out)
 
 
 # ---------------------------------------------------------------------------------------------- registries
 
 
-NORMS: Mapping[str, Callable[[Tensor], Tensor]] = MappingProxyType(
+NORMS: Mapping[str, Callable[[Tensor | Certified], Certified]] = MappingProxyType(
     {
         "frobenius": frobenius,
         "nuclear": nuclear,
@@ -258,9 +308,9 @@ NORMS: Mapping[str, Callable[[Tensor], Tensor]] = MappingProxyType(
         "entrywise-inf": partial(entrywise, p=math.inf),
     }
 )
-"""Every norm and quasi-norm a report iterates over: readable name → function of W, (B, d, d') → (B,)."""
+"""Every norm and quasi-norm a report iterates over: readable name → function of W, (B, d, d') → Certified (B,)."""
 
-MEASURES: Mapping[str, Callable[[Tensor], Tensor]] = MappingProxyType(
+MEASURES: Mapping[str, Callable[[Tensor | Certified], Certified]] = MappingProxyType(
     {**NORMS, "sigma-min": sigma_min, "effective-rank": effective_rank}
 )
 """NORMS plus the other scalar measures that ``norm_error_bound`` knows: name → function of W."""

@@ -610,6 +610,11 @@ class ReferenceSolution:
     save_factors: list[Any] = field(default_factory=list)
     save_loss: list[mpf | None] = field(default_factory=list)
     save_errors: list[mpf | None] = field(default_factory=list)
+    # the estimates behind the records above, per level / save (None where not reached): ‖δθ‖₂ over the
+    # factor entries (so a bound on each entry's error) at the recorded state, and ‖δW‖_F at each level
+    level_factor_errors: list[mpf | None] = field(default_factory=list)
+    level_errors: list[mpf | None] = field(default_factory=list)
+    save_factor_errors: list[mpf | None] = field(default_factory=list)
 
     def workdps(self) -> contextlib.AbstractContextManager:
         """``mp.workdps(self.dps)``: compute with the solution's numbers at the precision they were made at."""
@@ -922,6 +927,8 @@ def solve(
                 sol.level_time_errors.append(None)
                 sol.level_end_to_end.append(None)
                 sol.level_factors.append(None)
+                sol.level_factor_errors.append(None)
+                sol.level_errors.append(None)
                 continue
             th, Xh, wh = hit
             Eh = ledger.at(*wh, F)
@@ -934,12 +941,15 @@ def solve(
             sol.level_time_errors.append(Eh / gnorm if gnorm > 0 else mp.inf)
             sol.level_end_to_end.append(W_h)
             sol.level_factors.append(fac_h)
+            sol.level_factor_errors.append(+Eh)
+            sol.level_errors.append(errors(Xh, Eh)[0])
         for hit in save_hits:
             if hit is None:
                 sol.save_end_to_end.append(None)
                 sol.save_factors.append(None)
                 sol.save_loss.append(None)
                 sol.save_errors.append(None)
+                sol.save_factor_errors.append(None)
                 continue
             _, Xh, wh = hit
             Eh = ledger.at(*wh, F)
@@ -948,6 +958,7 @@ def solve(
             sol.save_factors.append(fac_h)
             sol.save_loss.append(loss_h)
             sol.save_errors.append(errors(Xh, Eh)[0])
+            sol.save_factor_errors.append(+Eh)
     sol.wall_time_s = time.perf_counter() - t_start_wall
     return sol
 

@@ -253,10 +253,10 @@ def hard_case(B: int = 3):
 
 def test_depth2_hard_case_never_returns_the_wrong_sign() -> None:
     """In exact arithmetic det W(t) > 0 for all t (it decays like e^{−ct}); float64 loses the sign.  With the
-    default guard every instance must either keep det > 0 with an ok status or be UNRESOLVED with a message
-    naming the time (measured: all UNRESOLVED, at t ≈ 9–22)."""
+    det guard (guard="det", what a claim reading a det sign asks for) every instance must either keep det > 0
+    with an ok status or be UNRESOLVED with a message naming the time (measured: all UNRESOLVED, t ≈ 9–22)."""
     P, fac = hard_case()
-    sol = solve(P, fac, t_max=100.0)
+    sol = solve(P, fac, t_max=100.0, guard="det")
     assert sol.result.meta["guard"] == "det"
     for i, (s, msg) in enumerate(zip(sol.result.statuses(), sol.messages(), strict=True)):
         if s == Status.UNRESOLVED:
@@ -280,8 +280,8 @@ def test_depth2_hard_case_without_guard_returns_the_wrong_sign() -> None:
 
 def test_depth2_hard_case_guard_applies_at_t_max() -> None:
     P, fac = hard_case(1)
-    tu = float(solve(P, fac, t_max=100.0).result.unresolved_t[0])
-    sol = solve(P, fac, t_max=tu)  # identical steps; the tripping step is now the last one
+    tu = float(solve(P, fac, t_max=100.0, guard="det").result.unresolved_t[0])
+    sol = solve(P, fac, t_max=tu, guard="det")  # identical steps; the tripping step is now the last one
     assert bool(det_guard(sol.layout)(sol.result.y, sol.error)[0])  # the guard rejects the final state …
     assert sol.result.statuses() == [Status.UNRESOLVED], sol.messages()  # … measured: REACHED_T_MAX
 
@@ -315,7 +315,7 @@ def pool_solve(depth: int, rows: list[int]) -> FlowSolution:
     P, fac, tm = _POOLS[depth]
     i = torch.tensor(rows)
     return solve(P.select(i), tuple(f[i] for f in fac), t_max=tm[i], loss_target=1e-4, loss_levels=[1e-1, 1e-2],
-                 save_at=[0.5, 1.0, 2.0])
+                 save_at=[0.5, 1.0, 2.0], guard="det")
 
 
 _FLOW_SOLO: dict = {}
@@ -411,7 +411,7 @@ def test_loss_and_end_to_end_properties_are_consistent() -> None:
     sol = solve(P, fac, t_max=0.5)
     assert torch.equal(sol.end_to_end, end_to_end(sol.factors))
     assert torch.equal(sol.loss, P.loss(sol.end_to_end))
-    assert sol.result.meta["guard"] == "none"  # non-square factors: no det guard under 'auto'
+    assert sol.result.meta["guard"] == "none"  # the det guard is off unless asked for
 
 
 def test_t_max_zero_returns_the_initial_state() -> None:
@@ -482,11 +482,14 @@ def test_two_tolerance_error_is_estimate_plus_difference_with_the_same_states() 
     for name in ("y", "level_y", "save_y", "level_t"):
         a, b = getattr(est.result, name), getattr(two.result, name)
         assert torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0)), name
-    want = est.level_error + (est.result.level_y - loose.result.level_y).abs().amax(-1)
-    assert torch.equal(two.level_error, want)
+    # per component e_i + |y_i − y_loose,i|, and the (B,) fields are their maxima (≤ max e + max |Δ|)
+    want_entries = est.result.level_entry_error + (est.result.level_y - loose.result.level_y).abs()
+    assert torch.equal(two.result.level_entry_error, want_entries)
+    assert torch.equal(two.level_error, want_entries.amax(-1))
     assert (two.level_error >= est.level_error).all()
-    want_final = est.error + (est.result.y - loose.result.y).abs().amax(-1)  # both stopped at the loss target
-    assert torch.equal(two.error, want_final)
+    assert (two.level_error <= est.level_error + (est.result.level_y - loose.result.level_y).abs().amax(-1)).all()
+    want_final = est.result.entry_error + (est.result.y - loose.result.y).abs()  # both stopped at the target
+    assert torch.equal(two.result.entry_error, want_final) and torch.equal(two.error, want_final.amax(-1))
     assert "two-tolerance" in two.result.meta["error_model"]
 
 

@@ -234,7 +234,7 @@ def test_agrees_with_factor_coordinates(depth: int, scale: float, target: float)
     A = with_det_sign(scale * torch.randn(B, 2, 2, generator=gen, dtype=F64), 1)
     fs = exactly_balanced(A, depth)
     levels = [x for x in (0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3) if x >= target]
-    a = flow.solve(razin_cohen_2x2(B), fs, loss_target=target, t_max=1e5, loss_levels=levels)
+    a = flow.solve(razin_cohen_2x2(B), fs, loss_target=target, t_max=1e5, loss_levels=levels, guard="det")
     b = solve_balanced(razin_cohen_2x2(B), fs, depth, loss_target=target, t_max=1e5, loss_levels=levels)
     assert b.ok.all() and b.switched.all() and (b.det_sign == 1).all()
     seen = torch.isfinite(a.level_t)
@@ -256,7 +256,7 @@ def test_hard_case_depth2_det_positive_to_1e_4() -> None:
     gen = torch.Generator().manual_seed(7)
     B = 2
     W0 = with_det_sign(1e-3 * torch.randn(B, 2, 2, generator=gen, dtype=F64), 1)
-    plain = flow.solve(razin_cohen_2x2(B), balanced_init(W0, 2), loss_target=1e-3, t_max=1e5)
+    plain = flow.solve(razin_cohen_2x2(B), balanced_init(W0, 2), loss_target=1e-3, t_max=1e5, guard="det")
     assert (plain.status == int(Status.UNRESOLVED)).all() and (plain.loss > 1e-2).all()
     levels = [0.3, 0.1, 1e-2, 1e-3, 1e-4]
     saves = [1.0, 5.0, 20.0, 100.0, 500.0, 2000.0, 1e4, 4e4]

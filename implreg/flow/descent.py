@@ -34,6 +34,14 @@ class DescentSolution:
     loss_history: Tensor  # (B, R) loss every `record_every` iterations (NaN after an instance stopped)
 
     @property
+    def certified(self):
+        """The run as certified values: the computed iterates are exact (the experiment IS the float64 run), the
+        end-to-end product and loss carry rigorous rounding bounds (``implreg.flow.certified.certified_descent``)."""
+        from implreg.flow.certified import certified_descent
+
+        return certified_descent(self)
+
+    @property
     def factors(self) -> Factors:
         return self.layout.unpack(self.y)
 

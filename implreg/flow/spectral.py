@@ -48,6 +48,7 @@ balanced float64 factors exist: ``W_{j+1} = Y W_jᵀ`` with Y a signed permutati
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ from implreg.factorization import (
     end_to_end,
     factor_grads,
 )
-from implreg.flow.gradient_flow import det_guard
+from implreg.flow.gradient_flow import TWO_TOL_FACTOR, det_guard, two_tolerance_combine_entries
 from implreg.flow.integrate import IntegrationResult, Status, integrate
 from implreg.problems import Problem
 
@@ -752,6 +753,70 @@ class BalancedFlowSolution:
     layout: SpectralLayout
     drift: Tensor  # (B,) ‖UᵀU − I‖_F ∨ ‖VᵀV − I‖_F at the final state (NaN: never switched)
     meta: dict = field(default_factory=dict)
+    init_factors: tuple | None = None  # the balanced factors it started from (the certified view's reference init)
+    loss_target: float | None = None
+    t_max: Tensor | None = None  # (B,)
+    # per-entry two-tolerance errors (B, d, d), (B, L, d, d), (B, T, d, d); None until formed
+    entry_error: Tensor | None = None
+    level_entry_error: Tensor | None = None
+    save_entry_error: Tensor | None = None
+    _view: object = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def certified(self):
+        """End-to-end matrices, losses and times as certified values whose leaves escalate to the mpmath
+        reference (balanced factors at its precision) by themselves; see ``implreg.flow.certified``.
+
+        The leaves' errors are the two-tolerance errors ``error + error_loose + |W − W_loose|`` per entry
+        (:meth:`with_two_tolerance_error`), never the first-order unamplified ``error`` alone, which misses the
+        flow's amplification of earlier errors (as the factor solver's summed estimate does across a saddle
+        escape).  Making the view costs one loose solve (``TWO_TOL_FACTOR``× the tolerances)."""
+        if self._view is None:
+            self._view = self.certified_view()
+        return self._view
+
+    def certified_view(self, **kw):
+        """A fresh certified view; ``kw`` as :func:`implreg.flow.certified.certified_balanced_flow`."""
+        from implreg.flow.certified import certified_balanced_flow
+
+        return certified_balanced_flow(self.with_two_tolerance_error(), **kw)
+
+    def with_two_tolerance_error(self) -> BalancedFlowSolution:
+        """This solution with per-entry two-tolerance errors ``e + e_loose + |W − W_loose|`` (as
+        ``flow.gradient_flow.two_tolerance_error``): ``solve_balanced`` re-run at ``TWO_TOL_FACTOR``×
+        the tolerances from the same balanced factors, t_max, loss target, levels and saves (other settings from
+        ``meta``).  +∞ where the two runs are not comparable (a different final status or time, a state the
+        loose run never reached)."""
+        if self.entry_error is not None:
+            return self
+        if self.init_factors is None:
+            raise InvalidInputError("this BalancedFlowSolution does not carry its initial factors: its "
+                                    "two-tolerance error (and certified view) cannot be formed")
+        m = self.meta
+        W = self.end_to_end
+        loose = solve_balanced(
+            self.problem, self.init_factors, self.depth, t_max=self.t_max, loss_target=self.loss_target,
+            loss_levels=self.loss_levels.tolist(), save_at=self.save_t, rtol=TWO_TOL_FACTOR * m["rtol"],
+            atol=TWO_TOL_FACTOR * m["atol"], max_steps=m.get("max_steps", 200_000), switch_ratio=m["switch_ratio"],
+            switch_safety=m["switch_safety"], gap_limit=m["gap_limit"], drift_limit=m["drift_limit"],
+            damping=m["damping"], balance_rtol=m.get("balance_rtol", 1e-12), method=m.get("method", "rosenbrock"),
+            dtype=W.dtype, device=W.device)
+
+        def entries(e: Tensor, el: Tensor, Wt: Tensor, Wl: Tensor) -> Tensor:
+            """e + e_loose (…) broadcast over the entries, plus |W − W_loose| (as ``two_tolerance_error``)."""
+            y, yl = Wt.flatten(-2), Wl.flatten(-2)
+            both = (e + torch.nan_to_num(el, nan=0.0)).unsqueeze(-1).expand_as(y)
+            return two_tolerance_combine_entries(both, y, yl).reshape(Wt.shape)
+
+        same = (self.status == loose.status) & ((self.t == loose.t) | (self.status == int(Status.REACHED_EVENT)))
+        final = torch.where((same & self.ok).reshape(-1, 1, 1),
+                            entries(self.error, loose.error, W, loose.end_to_end), torch.full_like(W, math.inf))
+        return dataclasses.replace(
+            self, entry_error=final,
+            level_entry_error=entries(self.level_error, loose.level_error, self.level_end_to_end,
+                                      loose.level_end_to_end),
+            save_entry_error=entries(self.save_error, loose.save_error, self.save_end_to_end, loose.save_end_to_end),
+            meta={**m, "error_model": f"two-tolerance (loose run at {TWO_TOL_FACTOR:g}× the tolerances)"})
 
     @property
     def n_steps(self) -> Tensor:
@@ -1096,7 +1161,9 @@ def solve_balanced(
         layout=slayout, drift=drift_out,
         meta={"rtol": rtol, "atol": atol, "switch_ratio": switch_ratio, "switch_safety": switch_safety,
               "gap_limit": gap_limit, "drift_limit": drift_limit, "damping": damping, "depth": N,
-              "dtype": str(dtype), "device": str(dev), "problem": problem.name},
+              "dtype": str(dtype), "device": str(dev), "problem": problem.name, "max_steps": max_steps,
+              "balance_rtol": balance_rtol, "method": method},
+        init_factors=tuple(W.clone() for W in factors), loss_target=loss_target, t_max=tmax,
     )
 
 
