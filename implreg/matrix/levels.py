@@ -448,3 +448,30 @@ def perturbed_sigma_min_upper_bound(z: Any, zp: Any, eps: Any, delta: Any) -> An
     """(|ε| + δ)(1 + (|z| + δ)(|z′| + δ)/((|z| − δ)(|z′| − δ))): σ_min(W) ≤ |det W|/|w| ≤ |W₂₂| + |W₁₂W₂₁|/|w| with
     the bound of :func:`perturbed_w_lower_bound` (σ_max ≥ |w|).  Derived (CLAIMS.md claim 8)."""
     return (abs(eps) + delta) * (1 + (abs(z) + delta) * (abs(zp) + delta) / ((abs(z) - delta) * (abs(zp) - delta)))
+
+
+def reference_factor_dets(problem: Problem, factors_mp: Sequence[Any], levels: Sequence[float], *, dps: int,
+                          budget_s: float = REF_TOTAL_BUDGET_S) -> list[tuple[Any, Any] | None]:
+    """det W at each loss level of ONE instance from the mpmath reference, in product form: (Π_j det W_j, error).
+
+    Why the product form: at depth 2 det W ≈ e^{−100} at ℓ = 3e-3 while each det W_j ≈ e^{−50} (balanced), so
+    the factors' determinants need half the digits det W of the end-to-end matrix would.  The error is first
+    order in the reference's error estimate per factor entry (2× ``level_factor_errors``, for the located
+    crossing's time shift, as in ``implreg.flow.certified``): an estimate, not a rigorous bound.  2×2 factors.
+    None where the reference did not reach the level.
+    """
+    sol = reference.solve(problem, factors_mp, t_end=1e6, dps=dps, loss_target=min(levels),
+                          loss_levels=list(levels), budget_s=budget_s)
+    out: list[tuple[Any, Any] | None] = []
+    with sol.workdps():
+        for k in range(len(levels)):
+            if k >= len(sol.level_factors) or sol.level_factors[k] is None:
+                out.append(None)
+                continue
+            e = 2 * sol.level_factor_errors[k]
+            det, err = mp.mpf(1), mp.mpf(0)
+            for Wj in sol.level_factors[k]:
+                dj, ej = mp_det2(Wj), mp_det2_error(Wj, e)
+                det, err = det * dj, abs(det) * ej + abs(dj) * err + err * ej
+            out.append((det, err))
+    return out
