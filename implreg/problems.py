@@ -19,6 +19,7 @@ __all__ = [
     "completion",
     "razin_cohen_2x2",
     "razin_cohen_embedding",
+    "razin_cohen_observed",
     "razin_cohen_perturbed",
     "sensing",
 ]
@@ -200,3 +201,34 @@ def razin_cohen_embedding(
     for i in range(2, d):
         target[i, i] = 1.0
     return completion(mask, target, name=f"razin-cohen-embedding-{d}").expand(batch)
+
+
+def razin_cohen_observed(z: float | Tensor, zp: float | Tensor, eps: float | Tensor,
+                         unobserved: tuple[int, int] | Tensor = (0, 0), *, dtype: torch.dtype = torch.float64,
+                         device: torch.device | str = "cpu") -> Problem:
+    """Razin & Cohen's robustness problem: observations ``[[∗, z], [z′, ε]]`` with the unobserved entry ∗ moved to
+    ``unobserved`` = (r, c) by swapping rows (r = 1) and columns (c = 1): target[i][j] = M[i ⊕ r][j ⊕ c].
+
+    z, z′ ≠ 0 and ε are floats or (B,) tensors (one instance each); ``unobserved`` a pair or a (B, 2) tensor.
+    The swaps multiply det by (−1)^(r+c), so the robustness theorem's sign condition reads
+    sign det W(0) = (−1)^(r+c)·sign(z z′) in this frame.
+    """
+    vals = [torch.as_tensor(x, dtype=dtype, device=device).reshape(-1) for x in (z, zp, eps)]
+    B = max(v.shape[0] for v in vals)
+    z_t, zp_t, e_t = (v.expand(B) if v.shape[0] == 1 else v for v in vals)
+    if any(v.shape[0] != B for v in (z_t, zp_t, e_t)):
+        raise InvalidInputError(f"z, z′, ε batch sizes differ: {[v.shape[0] for v in vals]}")
+    if not all(torch.isfinite(v).all() for v in (z_t, zp_t, e_t)) or (z_t == 0).any() or (zp_t == 0).any():
+        raise InvalidInputError("razin_cohen_observed needs finite z, z′, ε with z, z′ ≠ 0")
+    pos = torch.as_tensor(unobserved, dtype=torch.int64, device=device).reshape(-1, 2).expand(B, 2)
+    if not ((pos == 0) | (pos == 1)).all():
+        raise InvalidInputError(f"unobserved must be (r, c) with r, c ∈ {{0, 1}}, got {pos.tolist()}")
+    canon = torch.zeros(B, 2, 2, dtype=dtype, device=device)
+    canon[:, 0, 1], canon[:, 1, 0], canon[:, 1, 1] = z_t, zp_t, e_t
+    i = torch.arange(2, device=device)
+    rows = i[None, :] ^ pos[:, :1]                        # (B, 2): source row of each target row
+    cols = i[None, :] ^ pos[:, 1:]
+    target = canon[torch.arange(B, device=device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    mask = torch.ones(B, 2, 2, dtype=dtype, device=device)
+    mask[torch.arange(B, device=device), pos[:, 0], pos[:, 1]] = 0.0
+    return completion(mask, target, name="razin-cohen-observed")

@@ -45,6 +45,7 @@ __all__ = [
     "GaussianInit",
     "LinearProblem",
     "LowRankCompletion",
+    "PerturbedObservations",
     "balanced_inits",
     "depth_batches",
     "gaussian_inits",
@@ -53,6 +54,7 @@ __all__ = [
     "low_rank_completions",
     "orthogonal_from_gaussian",
     "perturbation_eps",
+    "perturbed_observations",
     "perturbed_problems",
     "same_depth_batches",
     "singular_values",
@@ -547,6 +549,40 @@ def perturbation_eps(lo: float = 0.05, hi: float = 0.5) -> st.SearchStrategy[flo
     if not (0 < lo <= hi):
         raise InvalidInputError(f"need 0 < lo ≤ hi, got ({lo}, {hi})")
     return _log_uniform(lo, hi)
+
+
+@dataclass(frozen=True)
+class PerturbedObservations:
+    """Razin & Cohen's robustness problem ``[[∗, z], [z′, ε]]`` with ∗ moved to ``unobserved`` = (r, c)
+    (``implreg.problems.razin_cohen_observed``); ``det_sign`` is the sign det W(0) must have for the theorem,
+    (−1)^(r+c)·sign(z z′) (the row/column swaps multiply det by (−1)^(r+c))."""
+
+    z: float
+    zp: float
+    eps: float
+    unobserved: tuple[int, int] = (0, 0)
+
+    @property
+    def det_sign(self) -> int:
+        s = 1 if self.z * self.zp > 0 else -1
+        return s * (-1) ** (self.unobserved[0] + self.unobserved[1])
+
+
+#: The authors' experiments (Razin & Cohen 2020, robustness): z = −2, z′ = ½, ε ∈ {½, 0.1, 0.05, 0.01}.
+AUTHORS_PERTURBATIONS = tuple((-2.0, 0.5, e) for e in (0.5, 0.1, 0.05, 0.01))
+
+
+def perturbed_observations(*, z: tuple[float, float] = (0.25, 4.0), eps: tuple[float, float] = (0.01, 0.5),
+                           authors: bool = True) -> st.SearchStrategy[PerturbedObservations]:
+    """z, z′ with |z|, |z′| log-uniform in ``z`` and a drawn sign, ε with |ε| log-uniform in ``eps`` and a drawn
+    sign, ∗ at a drawn position; with ``authors`` the authors' four (z, z′, ε) come first (shrinks to them)."""
+    def signed(lo: float, hi: float) -> st.SearchStrategy[float]:
+        return st.tuples(st.sampled_from((1.0, -1.0)), _log_uniform(lo, hi)).map(lambda t: t[0] * t[1])
+
+    drawn = st.tuples(signed(*z), signed(*z), signed(*eps))
+    values = st.one_of(st.sampled_from(AUTHORS_PERTURBATIONS), drawn) if authors else drawn
+    pos = st.tuples(st.integers(0, 1), st.integers(0, 1))
+    return st.builds(lambda v, p: PerturbedObservations(*v, p), values, pos)
 
 
 def perturbed_problems(eps: Sequence[float], dtype: torch.dtype = torch.float64) -> Problem:
