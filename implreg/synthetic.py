@@ -103,7 +103,7 @@ def teacher_classification(
     _check(m_train, D, classes)
     teacher = random_net(teacher_widths, 1, generator=generator, dtype=dtype, device=device)
     x = _randn((m_train + m_test, D), generator, dtype, device) / math.sqrt(D)
-    y = forward(teacher, x)[0].argmax(dim=-1)
+    y = forward(teacher, x).value[0].argmax(dim=-1)
     return Dataset(x[:m_train], y[:m_train], x[m_train:], y[m_train:], classes,
                    f"teacher ReLU net of widths {teacher_widths}, labels = argmax")
 
@@ -120,7 +120,7 @@ def teacher_regression(
     """x ~ N(0, I) (m, D) and targets y = f_teacher(x) + noise·N(0, I), (m, k); returns (x, y, teacher)."""
     teacher = random_net(teacher_widths, 1, generator=generator, dtype=dtype, device=device)
     x = _randn((m, teacher_widths[0]), generator, dtype, device)
-    y = forward(teacher, x)[0] + noise * _randn((m, teacher_widths[-1]), generator, dtype, device)
+    y = forward(teacher, x).value[0] + noise * _randn((m, teacher_widths[-1]), generator, dtype, device)
     return x, y, teacher
 
 
@@ -284,7 +284,7 @@ def _fit_widths(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, widths: tuple[int,
     for H in widths:
         init = random_net((x.shape[-1], H, classes), x.shape[0], generator=torch.Generator().manual_seed(seed + H))
         fit = fit_to_zero_error(init, x, y)
-        err[H] = (forward(fit.net, xt).argmax(dim=-1) != yt).to(x.dtype).mean(dim=1)
+        err[H] = (forward(fit.net, xt).value.argmax(dim=-1) != yt).to(x.dtype).mean(dim=1)
         meas[H] = exploring_measures(fit.net, x, y)
         conv[H] = fit.converged
     return err, meas, conv
