@@ -286,6 +286,10 @@ from hypothesis import strategies as st
 
 from implreg import certify, evidence
 from implreg.claims import claim
+from implreg.numerics import Certified
+
+# Write the mathematics: measures, flows and losses come back as certified values that carry their own error,
+# and certify() decides each comparison (escalating where float64 cannot).  See docs/writing-conjectures.md.
 '''
 
 _TEMPLATE_CLAIM = '''
@@ -296,9 +300,10 @@ _TEMPLATE_CLAIM = '''
        hypotheses=["x real"])
 @given(x=st.floats(-1e3, 1e3))
 def {fname}(x):
-    value = x * x
-    evidence.scalar("x²", value)
-    certify.at_least(value, 0.0, error=0.0, what="x²")   # replace with your conclusion
+    X = Certified.exact(x)                 # an exact input; arithmetic on it carries the rounding as error
+    value = X * X
+    evidence.scalar("x²", float(value))
+    certify(value >= 0, what="x² ≥ 0")      # replace with your conclusion; > is strict, == is decided exactly
 '''
 
 
