@@ -306,3 +306,66 @@ def test_check_matrix_names_the_problem() -> None:
     W[2, 0, 0] = float("nan")
     with pytest.raises(InvalidInputError, match=r"instances \[2\]"):
         P.check_matrix(W)
+
+
+# ---------------------------------------------------------------------------------------------- robustness problem
+
+
+def test_razin_cohen_observed_moves_the_unobserved_entry() -> None:
+    """Hand-written targets: [[∗, z], [z′, ε]] with ∗ moved by row/column swaps."""
+    from implreg.problems import razin_cohen_observed
+
+    P = razin_cohen_observed([-2.0] * 4, [0.5] * 4, [0.1] * 4,
+                             torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]]))
+    want = [[[0, -2], [0.5, 0.1]], [[-2, 0], [0.1, 0.5]], [[0.5, 0.1], [0, -2]], [[0.1, 0.5], [-2, 0]]]
+    assert torch.equal(P.target, torch.tensor(want, dtype=torch.float64))
+    assert [tuple((P.mask[i] == 0).nonzero()[0].tolist()) for i in range(4)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+@pytest.mark.parametrize("bad", [{"z": 0.0}, {"zp": float("nan")}, {"unobserved": (2, 0)}])
+def test_razin_cohen_observed_rejects_bad_input(bad) -> None:
+    from implreg.problems import razin_cohen_observed
+
+    kw = {"z": 1.0, "zp": 1.0, "eps": 0.1, "unobserved": (0, 0)} | bad
+    with pytest.raises(InvalidInputError):
+        razin_cohen_observed(kw["z"], kw["zp"], kw["eps"], kw["unobserved"])
+
+
+def test_perturbed_bounds_hold_on_random_matrices() -> None:
+    """The claim-8 bounds against brute force: random W within the loss ball whose det has the theorem's sign
+    (independent of the bounds' derivation: numpy det and SVD)."""
+    import numpy as np
+
+    from implreg.matrix.levels import perturbed_sigma_min_upper_bound, perturbed_w_lower_bound
+
+    rng = np.random.default_rng(5)
+    n = 0
+    for _ in range(20000):
+        z, zp = rng.choice([-1, 1], 2) * 10 ** rng.uniform(-1, 1, 2)
+        eps = rng.choice([-1, 1]) * 10 ** rng.uniform(-3, 0.5)
+        dl = rng.uniform(0, 0.999) * min(abs(z), abs(zp))
+        r = rng.normal(size=3)
+        r *= dl * rng.uniform() / np.linalg.norm(r)
+        W = np.array([[rng.normal() * 10 ** rng.uniform(-2, 4), z + r[0]], [zp + r[1], eps + r[2]]])
+        if np.sign(np.linalg.det(W)) != np.sign(z * zp):
+            continue
+        n += 1
+        assert abs(W[0, 0]) >= perturbed_w_lower_bound(z, zp, eps, dl) * (1 - 1e-12)
+        assert np.linalg.svd(W, compute_uv=False)[-1] <= perturbed_sigma_min_upper_bound(z, zp, eps, dl) * (1 + 1e-12)
+    assert n > 1000
+
+
+def test_perturbed_observations_det_sign_is_opposite_to_the_zero_completion() -> None:
+    """det_sign = −sign det(target with ∗ = 0), in every frame (swaps multiply both by (−1)^(r+c))."""
+    from hypothesis import given, settings
+
+    from implreg.problems import razin_cohen_observed
+    from implreg.strategies.matrix import perturbed_observations
+
+    @settings(max_examples=50, deadline=None)
+    @given(o=perturbed_observations())
+    def check(o):
+        P = razin_cohen_observed(o.z, o.zp, o.eps, o.unobserved)
+        assert int(torch.sign(torch.linalg.det(P.target[0]))) == -o.det_sign
+
+    check()

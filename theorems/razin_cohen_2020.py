@@ -644,7 +644,7 @@ def perturbed_robustness(by_depth):
     |w||W₂₂| > |W₁₂W₂₁|; and σ_min = |det W|/σ_max ≤ |W₂₂| + |W₁₂W₂₁|/|w|."""
     for batch in by_depth.values():
         obs, inits = [o for o, _ in batch], [i for _, i in batch]
-        P = razin_cohen_observed(*(torch.tensor([getattr(o, a) for o in obs]) for a in ("z", "zp", "eps")),
+        P = razin_cohen_observed([o.z for o in obs], [o.zp for o in obs], [o.eps for o in obs],
                                  torch.tensor([o.unobserved for o in obs]))
         v = flow_to_levels(P, inits, ROBUST_LEVELS, save_at=ROBUST_SAVES, t_max=ROBUST_T).certified
         _check_robust_states(v.level_end_to_end, v.level_loss, obs, "loss levels")
