@@ -16,12 +16,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from implreg_test_helpers import draw_problem
 
 from implreg import certify, flow, reference
 from implreg.factorization import balanced_init, gaussian_init, with_det_sign
 from implreg.flow.integrate import IntegrationResult
 from implreg.numerics import Certified
-from implreg.problems import completion, razin_cohen_2x2, sensing
+from implreg.problems import razin_cohen_2x2
 
 F64 = torch.float64
 PER_COMPONENT = "entry_error" in getattr(IntegrationResult, "__dataclass_fields__", {})
@@ -121,16 +122,7 @@ def instances(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
     depth = draw(st.integers(1, 3))
-    kind = draw(st.sampled_from(["razin-cohen", "completion", "sensing"]))
-    if kind == "razin-cohen":
-        problem, (d, e) = razin_cohen_2x2(1), (2, 2)
-    elif kind == "completion":
-        d, e = draw(st.integers(2, 3)), draw(st.integers(2, 3))
-        mask = (torch.rand(1, d, e, generator=g) < 0.7).double()
-        problem = completion(mask, torch.randn(1, d, e, generator=g, dtype=F64))
-    else:
-        d, e, m = 2, draw(st.integers(2, 3)), draw(st.integers(1, 4))
-        problem = sensing(torch.randn(1, m, d, e, generator=g, dtype=F64), torch.randn(1, m, generator=g, dtype=F64))
+    problem, (d, e) = draw_problem(draw, g)
     # small inits go through the saddle escape (the flow amplifies earlier errors by ~1/scale^…)
     scale = draw(st.sampled_from([1e-2, 0.1, 0.5]))
     dims = (e, *([max(d, e)] * (depth - 1)), d)

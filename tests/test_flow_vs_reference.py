@@ -13,10 +13,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from implreg_test_helpers import draw_problem
 
 from implreg import flow, reference
 from implreg.factorization import balanced_init, gaussian_init, haar_orthogonal
-from implreg.problems import completion, razin_cohen_2x2, sensing
+from implreg.problems import razin_cohen_2x2
 
 RATIOS: list[float] = []
 
@@ -26,17 +27,7 @@ def instances(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
     depth = draw(st.integers(1, 4))
-    kind = draw(st.sampled_from(["razin-cohen", "completion", "sensing"]))
-    if kind == "razin-cohen":
-        problem, (d, e) = razin_cohen_2x2(1), (2, 2)
-    elif kind == "completion":
-        d, e = draw(st.integers(2, 3)), draw(st.integers(2, 3))
-        mask = (torch.rand(1, d, e, generator=g) < 0.7).double()
-        problem = completion(mask, torch.randn(1, d, e, generator=g, dtype=torch.float64))
-    else:
-        d, e, m = 2, draw(st.integers(2, 3)), draw(st.integers(1, 4))
-        problem = sensing(torch.randn(1, m, d, e, generator=g, dtype=torch.float64),
-                          torch.randn(1, m, generator=g, dtype=torch.float64))
+    problem, (d, e) = draw_problem(draw, g)
     scale = draw(st.sampled_from([1e-2, 0.1, 0.5]))
     if draw(st.booleans()) and d == e:
         W0 = scale * torch.randn(1, d, e, generator=g, dtype=torch.float64)

@@ -301,27 +301,24 @@ def getitem(x: Certified, idx: Any) -> Certified:
     return gather(x, lambda t: t[idx], "indexing")
 
 
-def stack(seq: Sequence[Any], dim: int = 0) -> Certified:
-    """torch.stack of certified values."""
+def _join(seq: Sequence[Any], dim: int, op: str, join: Any) -> Certified:
+    """``join`` (torch.stack or torch.cat) of certified values: values and error bounds joined alike."""
     xs = lift_all(list(seq))
     if not xs:
-        raise InvalidInputError("stack of an empty sequence")
+        raise InvalidInputError(f"{op} of an empty sequence")
     try:
-        v = torch.stack([x.value for x in xs], dim)
-        e = torch.stack([x.error for x in xs], dim)
+        v = join([x.value for x in xs], dim)
+        e = join([x.error for x in xs], dim)
     except RuntimeError as exc:
-        raise InvalidInputError(f"stack: {exc}") from None
-    return Certified(v, e, _rig(*xs), "stack", tuple(xs), {"dim": dim % v.ndim})
+        raise InvalidInputError(f"{op}: {exc}") from None
+    return Certified(v, e, _rig(*xs), op, tuple(xs), {"dim": dim % v.ndim})
+
+
+def stack(seq: Sequence[Any], dim: int = 0) -> Certified:
+    """torch.stack of certified values."""
+    return _join(seq, dim, "stack", torch.stack)
 
 
 def cat(seq: Sequence[Any], dim: int = 0) -> Certified:
     """torch.cat of certified values."""
-    xs = lift_all(list(seq))
-    if not xs:
-        raise InvalidInputError("cat of an empty sequence")
-    try:
-        v = torch.cat([x.value for x in xs], dim)
-        e = torch.cat([x.error for x in xs], dim)
-    except RuntimeError as exc:
-        raise InvalidInputError(f"cat: {exc}") from None
-    return Certified(v, e, _rig(*xs), "cat", tuple(xs), {"dim": dim % v.ndim})
+    return _join(seq, dim, "cat", torch.cat)
