@@ -807,10 +807,32 @@ def test_nuclear_at_least_frobenius_decides_random_and_rank_one() -> None:
         certify(_measures.nuclear(R) > _measures.frobenius(R), what="‖W‖_* > ‖W‖_F is false at rank one")
 
 
-@pytest.mark.xfail(strict=True, reason="cert: ball-tier svdvals (balls.svd_enclosure) returns NaN for every matrix "
-                   "(_frob_upper takes sqrt of a ball Σv² that straddles 0 → NaN), so a gap of σ_2 ~ 1e-17 (a float "
-                   "product u@vᵀ, rank 2 at the rounding level) can never be separated from 0")
+def test_ball_svd_enclosure_contains_the_singular_values() -> None:
+    """balls.svd_enclosure (the ball tier's svdvals) encloses mpmath's 80-digit singular values, and stays finite
+    where the residual A − ÛΣ̂V̂ᵀ has entries whose balls straddle 0 (exactly rank-deficient and float rank-one
+    matrices; once every enclosure was NaN there, from √ of a sum of squared balls straddling 0)."""
+    import mpmath
+    from flint import arb
+
+    from implreg.numerics import balls
+
+    g = torch.Generator().manual_seed(4)
+    cases = [torch.randn(3, 2, generator=g, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64),
+             torch.randn(3, 1, generator=g, dtype=torch.float64) @ torch.randn(1, 3, generator=g, dtype=torch.float64),
+             torch.tensor([[1e-300, 0.0], [0.0, 1e300]], dtype=torch.float64), torch.eye(3, dtype=torch.float64)]
+    for M in cases:
+        A = np.array([[arb(float(x)) for x in row] for row in M.tolist()], dtype=object)
+        got = balls.svd_enclosure(A, 128)
+        with mpmath.workdps(80):
+            exact = sorted((abs(x) for x in mpmath.svd_r(mpmath.matrix(M.tolist()), compute_uv=False)), reverse=True)
+        for ball, sv in zip(got, exact, strict=True):
+            assert ball.is_finite(), f"svd_enclosure gave {ball} for {M.tolist()}"
+            assert ball.lower() <= arb(mpmath.nstr(sv, 60)) <= ball.upper(), (ball, sv, M.tolist())
+
+
 def test_nuclear_at_least_frobenius_near_rank_one_escalates() -> None:
+    """A float product u@vᵀ is rank one only up to rounding (σ₂ ∈ {0, ~1e-17}): the ball tier separates σ₂ from 0
+    or proves it 0, so ‖W‖_* ≥ ‖W‖_F is decided."""
     g = torch.Generator().manual_seed(1)
     u = torch.randn(4, 3, 1, generator=g, dtype=torch.float64)
     v = torch.randn(4, 1, 2, generator=g, dtype=torch.float64)

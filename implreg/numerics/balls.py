@@ -229,8 +229,12 @@ def svd_enclosure(A: np.ndarray, prec: int) -> list[arb]:
 
 
 def _frob_upper(X: np.ndarray) -> arb:
-    """An exact arb ≥ the Frobenius norm of every matrix in the ball matrix X."""
+    """An exact arb ≥ the Frobenius norm of every matrix in the ball matrix X: √(Σ sup|x|²), rounded up.
+
+    Squaring the sup of |x| (an exact number) rather than the ball x keeps every term's enclosure positive: x**2 of
+    a ball that straddles 0 (a residual entry, typically) is a ball around ~0 whose sum straddles 0, and its sqrt is
+    NaN."""
     s = arb(0)
     for v in X.flat:
-        s += v**2
+        s += abs(v).upper() ** 2
     return s.sqrt().upper()
