@@ -54,11 +54,13 @@ _DTYPES = (torch.float32, torch.float64)
 def _check_W(W: Tensor, name: str = "W") -> None:
     if not isinstance(W, Tensor):
         raise InvalidInputError(f"{name} must be a torch.Tensor of shape (B, d, d'), got {type(W).__name__}")
-    if W.ndim != 3:
+    if W.ndim < 3:
         raise InvalidInputError(
-            f"{name} must be a batch of matrices of shape (B, d, d'), got shape {tuple(W.shape)} "
-            f"(ndim {W.ndim}); add a batch dimension with W.unsqueeze(0)"
+            f"{name} must be a batch of matrices of shape (B, d, d') (or (B, K, …, d, d')), got shape "
+            f"{tuple(W.shape)} (ndim {W.ndim}); add a batch dimension with W.unsqueeze(0)"
         )
+    if W.ndim != 3:  # the public measures flatten extra batch dimensions (``_batch_dims``) before they get here
+        raise InvalidInputError(f"{name}: internal error, shape {tuple(W.shape)} reached a (B, d, d') routine")
     if W.shape[1] < 1 or W.shape[2] < 1:
         raise InvalidInputError(f"{name} must have d ≥ 1 and d' ≥ 1, got shape {tuple(W.shape)}")
     if W.dtype not in _DTYPES:
@@ -112,6 +114,23 @@ def _bound(coefficient: float, e: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- measures
+
+
+def _batch_dims(fn: Callable[..., Certified]) -> Callable[..., Certified]:
+    """Let a measure of (B, d, d') take any batch shape (B, K, …, d, d'): flatten the batch dimensions, measure,
+    and give the result back the same leading shape (e.g. a flow's states at K loss levels, (B, K, d, d'))."""
+
+    def measure(W: Tensor | Certified, *args: object, **kwargs: object) -> Certified:
+        value = W.value if isinstance(W, Certified) else W
+        if not isinstance(value, Tensor) or value.ndim <= 3:
+            return fn(W, *args, **kwargs)
+        lead = tuple(value.shape[:-2])
+        out = fn(W.reshape(-1, *value.shape[-2:]), *args, **kwargs)
+        return out.reshape(*lead, *out.shape[1:])
+
+    measure.__name__, measure.__qualname__, measure.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    measure.__wrapped__ = fn  # type: ignore[attr-defined]
+    return measure
 
 
 def _lift_W(W: Tensor | Certified, name: str = "W") -> Certified:
@@ -174,12 +193,14 @@ def _pmean(x: Certified, p: float, inv: Tensor) -> Certified:
     return where(torch.isfinite(direct.value), direct, logspace)
 
 
+@_batch_dims
 def singular_values(W: Tensor | Certified) -> Certified:
     """Singular values σ_1 ≥ … ≥ σ_k ≥ 0, k = min(d, d'), shape (B, k), certified (``numerics.svdvals``: Weyl
     for the input's error plus an a-posteriori bound on LAPACK's rounding)."""
     return svdvals(_lift_W(W))
 
 
+@_batch_dims
 def frobenius(W: Tensor | Certified) -> Certified:
     """Frobenius norm ‖W‖_F = (Σ_ij w_ij²)^(1/2) = (Σ_r σ_r²)^(1/2)  (Horn & Johnson, Matrix Analysis §5.6).
 
@@ -191,21 +212,25 @@ def frobenius(W: Tensor | Certified) -> Certified:
     return _pmean(x, 2.0, inv)
 
 
+@_batch_dims
 def nuclear(W: Tensor | Certified) -> Certified:
     """Nuclear (trace) norm ‖W‖_* = Σ_r σ_r, the Schatten-1 norm  (Horn & Johnson, Matrix Analysis §5.6)."""
     return svdvals(_lift_W(W)).sum(-1)
 
 
+@_batch_dims
 def spectral(W: Tensor | Certified) -> Certified:
     """Spectral (operator 2-) norm ‖W‖_2 = σ_1, the Schatten-∞ norm (Horn & Johnson, Matrix Analysis §5.6)."""
     return svdvals(_lift_W(W))[:, 0]
 
 
+@_batch_dims
 def sigma_min(W: Tensor | Certified) -> Certified:
     """Smallest singular value σ_k, k = min(d, d') (0 iff W is rank-deficient)  (Horn & Johnson §7.3)."""
     return svdvals(_lift_W(W))[:, -1]
 
 
+@_batch_dims
 def schatten(W: Tensor | Certified, p: float) -> Certified:
     """Schatten-p (quasi-)norm ‖W‖_{S_p} = (Σ_r σ_r^p)^(1/p), any p > 0; p = ∞ gives σ_1  (Bhatia, Matrix
     Analysis §IV.2).  A norm for p ≥ 1, a quasi-norm for 0 < p < 1 (as in Razin & Cohen 2020).
@@ -222,6 +247,7 @@ def schatten(W: Tensor | Certified, p: float) -> Certified:
     return _pmean(sv * _col(s, 2), p, inv)
 
 
+@_batch_dims
 def entrywise(W: Tensor | Certified, p: float) -> Certified:
     """Entrywise ℓ_p (quasi-)norm ‖vec W‖_p = (Σ_ij |w_ij|^p)^(1/p), any p > 0; p = ∞ gives max |w_ij|
     (Horn & Johnson, Matrix Analysis §5.6).  A norm for p ≥ 1, a quasi-norm for 0 < p < 1.
@@ -235,6 +261,7 @@ def entrywise(W: Tensor | Certified, p: float) -> Certified:
     return _pmean(abs(Wc * _col(s, 3)).reshape(B, d * dp), p, inv)
 
 
+@_batch_dims
 def distance_to_rank(W: Tensor | Certified, k: int) -> Certified:
     """Frobenius distance to the nearest matrix of rank ≤ k: min_{rank M ≤ k} ‖W − M‖_F = (Σ_{r>k} σ_r²)^(1/2)
     (Eckart & Young 1936).  k ranges over 0 … min(d, d'); k = 0 gives ‖W‖_F, k = min(d, d') gives 0 (exactly).
@@ -258,6 +285,7 @@ def distance_to_rank(W: Tensor | Certified, k: int) -> Certified:
 _P_FLOOR = 1e-300
 
 
+@_batch_dims
 def effective_rank(W: Tensor | Certified) -> Certified:
     """Effective rank erank(W) = exp(−Σ_r p_r log p_r), p_r = σ_r / Σ_s σ_s, with 0·log 0 = 0  (Roy & Vetterli
     2007, Def. 1).  Lies in [1, min(d, d')]; NaN (error ∞) for W = 0 (p undefined), per instance.
