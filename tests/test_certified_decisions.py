@@ -32,8 +32,10 @@ def test_equal_values_hold_non_strictly_and_refute_strictly():
     certify(x >= x)
     certify(x <= x)
     certify(x == x)
-    with pytest.raises(AssertionError, match="exactly equal"):
+    with pytest.raises(AssertionError, match="exactly equal") as info:
         certify(x > x, what="x > x")
+    # the message gives the exact zero gap, not a float error bound that could not have decided it
+    assert "the gap is exactly 0" in str(info.value) and "error bound" not in str(info.value)
 
 
 def test_strict_inequality_decided_by_the_float_tier(rec):

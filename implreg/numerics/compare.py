@@ -310,9 +310,11 @@ def _raise_if_false(cmp: Comparison, what: str, gaps: list[_FloatGap], false: np
                f"tol = {fmt(_np(cmp.tol.value, shape).flat[i])}")
     else:
         rel = f"value {_SYMBOL[cmp.op]} bound is false: value = {fmt(av)}, bound = {fmt(bv)}"
-    if exact_equal is not None and exact_equal.flat[i]:
-        rel += " (the two sides are exactly equal, so the strict inequality fails)"
     suffix = f" ({how})" if how else ""
-    raise AssertionError(
-        f"{what}: {rel}, error bound = {fmt(err)} at {where(idx)}{suffix}; "
-        f"{int(false.sum())} of {false.size} instance(s) violate it")
+    if exact_equal is not None and exact_equal.flat[i]:
+        # the float tier's error bound is beside the point here: the gap itself evaluated to exactly 0
+        rel += " (the two sides are exactly equal, so the strict inequality fails)"
+        detail = f"the gap is exactly 0 at {where(idx)}{suffix}"
+    else:
+        detail = f"error bound = {fmt(err)} at {where(idx)}{suffix}"
+    raise AssertionError(f"{what}: {rel}, {detail}; {int(false.sum())} of {false.size} instance(s) violate it")
