@@ -182,7 +182,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     counts = results["run"]["counts"]
     print()
     print("verdicts: " + ", ".join(f"{counts[v]} {v}" for v in counts if counts[v]) +
-          f" · {results['run']['claims']} claim{'' if results['run']['claims'] == 1 else 's'} · {wall:.1f}s")
+          f" · {results['run']['claims']} claim{'' if results['run']['claims'] == 1 else 's'}"
+          f" · {results['run'].get('instances_total', 0)} instances checked · {wall:.1f}s")
     print(f"report:   {report}  (results: {report.with_name('results.json')})")
     if not results["claims"]:
         print(f"no claims were collected (pytest exit status {proc.returncode}); nothing was verified",

@@ -175,6 +175,8 @@ def build_results(records: Iterable[dict[str, Any]], run: dict[str, Any],
     run.update({
         "counts": counts,
         "claims": len(records),
+        # problem instances checked in passing examples, summed over claims (issue 14: shown per claim and in all)
+        "instances_total": sum(int(r.get("instances") or 0) for r in records),
         "mismatches": mismatches,
         "documented_deviations": deviations,
         "catalogue_findings": findings,

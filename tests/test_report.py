@@ -219,3 +219,10 @@ def test_atomic_write_leaves_a_normally_readable_file(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (out.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_instance_counts_are_shown_per_claim_and_in_total(results, html):
+    """Issue 14: the report shows the instances each claim checked and their total (results.json too)."""
+    per_claim = [int(c.get("instances") or 0) for c in results["claims"]]
+    assert results["run"]["instances_total"] == sum(per_claim) > 0
+    assert re.search(r"<dt>instances checked</dt><dd>" + str(sum(per_claim)) + "</dd>", html)
