@@ -1,52 +1,62 @@
-"""Claim 10 of CLAIMS.md (Razin & Cohen 2020, §6): implicit regularization of CP tensor factorization toward low
-tensor rank, an empirical claim over drawn problems (kept apart from the matrix claims of
-``razin_cohen_2020.py``, whose source it shares)."""
+"""Claim 10 of CLAIMS.md (Razin & Cohen 2020, §6): gradient descent on a CP factorization from small init, fit to
+some entries of a rank-1 tensor, reaches lower tensor rank and lower reconstruction error than the "linear"
+baseline (observed values, zeros elsewhere).  At the paper's scale: rank-1 8×8×8 and 8×8×8×8 tensors of Frobenius
+norm 1, 50–511 observed entries of the order-3 tensor (the same fractions, 400–4095, of the order-4 one).
+
+Tensor rank is bracketed, never guessed (``implreg.tensor``): an ALS witness bounds the CP descent solution's
+ε-rank from above, the certified unfoldings bound the baseline's from below; a problem counts for "lower rank"
+only when the brackets are disjoint, against it only when they are disjoint the other way, else it is a tie.
+"""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-from hypothesis import strategies as st
 
 from implreg import evidence, stats
 from implreg import tensor as tens
 from implreg.claims import claim, sample
 from theorems.razin_cohen_2020 import RAZIN_COHEN_2020
 
-# ---------------------------------------------------------------------------------------------- claim 10
+#: Per order: observed-entry range, init standard deviations.  Order 3 is the paper's; at order 4 the paper's
+#: inits (1e-2, 1e-3) leave fewer than a third of the problems out of the saddle at 0 within the step budget (the
+#: escape time grows like init^(2−N)), so order 4 starts at 3e-2.
+SETTINGS = {3: ((50, 511), (1e-2, 1e-3)), 4: ((400, 4095), (3e-2,))}
+SIDE, CP_WIDTH, LR, MAX_STEPS = 8, 8, 0.5, 20_000
+#: Descent stops at ℓ ≤ 1e-6 · ½‖Y_Ω‖² (observed residual ≤ 1e-3 of the observed part).
+LOSS_REL = 1e-6
+#: ε of the ε-rank, relative Frobenius.  The paper's 1e-6 would count the init's residue, not what descent
+#: learned: the unused CP columns stay near init, ≈ (std·√8)^N each (6e-6 at order 3, std 1e-2; 3e-5 at order 4,
+#: std 3e-2), while 1e-3 sits above that residue and at the accuracy descent is run to (LOSS_REL).
+EPS = 1e-3
+PER_ORDER = 8
+
+_HYP = ("rank-1 truth, i.i.d. N(0,1) factors, ‖T*‖_F = 1; order 3 (8×8×8) and order 4 (8×8×8×8), 8 problems each",
+        "observed entries uniform without replacement: 50–511 (order 3), 400–4095 (order 4)",
+        "CP width 8, init N(0, s²): s ∈ {1e-2, 1e-3} (order 3), 3e-2 (order 4)",
+        f"gradient descent, step {LR}, until ℓ ≤ {LOSS_REL:g}·½‖Y_Ω‖² or {MAX_STEPS} steps (unconverged runs count)",
+        f"ε-rank with ε = {EPS:g} (relative Frobenius)")
 
 
-TENSOR_SHAPE = (4, 4, 4)
-TENSOR_N = 12
-TENSOR_EPS = 0.02  # relative tolerance of the numerical tensor rank
-
-
-def _tensor_runs(ranks, fractions, scales, rng):
-    """Draw truths and masks with ``rng``, run CP gradient descent, return per-problem (learned, baseline,
-    truth) tensors."""
-    n = len(ranks)
-    Ys, Ms = [], []
-    for r, frac in zip(ranks, fractions, strict=True):
-        Ys.append(tens.low_rank_tensor(rng, TENSOR_SHAPE, r))
-        m = np.zeros(int(np.prod(TENSOR_SHAPE)))
-        m[rng.choice(m.size, size=max(1, round(frac * m.size)), replace=False)] = 1.0
-        Ms.append(m.reshape(TENSOR_SHAPE))
-    Y, M = torch.tensor(np.stack(Ys)), torch.tensor(np.stack(Ms))
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    energy = 0.5 * (M * Y * Y).flatten(1).sum(-1)
+def _runs(rng: np.random.Generator) -> list[dict]:
+    """Draw PER_ORDER problems per order and run CP descent on each order's batch."""
     out = []
-    for i in range(n):  # per problem: its own init scale
-        res = tens.cp_descent(M[i : i + 1], Y[i : i + 1], rank=8, scale=float(scales[i]), lr=0.05,
-                              loss_target=1e-6 * float(energy[i]), max_steps=20_000, generator=gen)
-        out.append((res.tensor[0], tens.zero_filled(M[i], Y[i]), Y[i]))
+    for order, ((lo, hi), stds) in SETTINGS.items():
+        shape, size = (SIDE,) * order, SIDE**order
+        Y = torch.tensor(np.stack([tens.low_rank_tensor(rng, shape, 1, norm=1.0) for _ in range(PER_ORDER)]))
+        M = torch.zeros(PER_ORDER, size, dtype=torch.float64)
+        for i in range(PER_ORDER):
+            M[i, torch.from_numpy(rng.choice(size, int(rng.integers(lo, hi + 1)), replace=False))] = 1.0
+        M = M.reshape(Y.shape)
+        std = torch.tensor([stds[i % len(stds)] for i in range(PER_ORDER)], dtype=torch.float64)
+        target = LOSS_REL * 0.5 * (M * Y * Y).flatten(1).sum(-1)
+        res = tens.cp_descent(M, Y, rank=CP_WIDTH, scale=std, lr=LR, loss_target=target, max_steps=MAX_STEPS,
+                              generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+        for i in range(PER_ORDER):
+            out.append({"order": order, "observed": int(M[i].sum()), "init": float(std[i]),
+                        "converged": bool(res.converged[i]), "steps": int(res.steps[i]),
+                        "learned": res.tensor[i], "baseline": tens.zero_filled(M[i], Y[i]), "truth": Y[i]})
     return out
-
-
-_TENSOR_HYP = (f"order-3 tensors {TENSOR_SHAPE}", "truth: CP rank 1–2, i.i.d. N(0,1) factors",
-               "observed fraction 0.4–0.7", "CP width 8, init N(0, s²), s ∈ [1e-3, 3e-2]",
-               "gradient descent, step 0.05, until ℓ ≤ 1e-6·(observed energy) or 20 000 steps")
 
 
 @claim(
@@ -54,27 +64,32 @@ _TENSOR_HYP = (f"order-3 tensors {TENSOR_SHAPE}", "truth: CP rank 1–2, i.i.d. 
     source=RAZIN_COHEN_2020.at("§6 (tensor factorization experiment)", confirmed=False),
     kind="empirical",
     expect="holds",
-    statement="Gradient descent on a CP factorization from small init, fit to a fraction of the entries of a "
-              "low-rank order-3 tensor, reaches lower tensor rank than the 'linear' baseline (observed values, "
-              "zeros elsewhere).  Tensor rank = numerical ε-rank (ε = 0.02, ALS with restarts, same procedure for "
-              "both).  One-sided paired sign test at level 0.01 over 12 drawn problems.",
-    hypotheses=_TENSOR_HYP,
+    statement="Gradient descent on a CP factorization from small init, fit to some entries of a rank-1 tensor, "
+              "reaches lower tensor ε-rank than the zero-filled baseline.  Each problem's ranks are bracketed "
+              "(ALS witness above, certified unfoldings below); a problem counts only where the brackets are "
+              "disjoint.  One-sided paired sign test at level 0.01 over 16 drawn problems.",
+    hypotheses=_HYP,
     max_examples=1,
 )
-@sample(n=TENSOR_N, test=stats.paired("sign", alternative="less", alpha=0.01), batched=True,
-        rank=st.integers(1, 2), fraction=st.floats(0.4, 0.7), scale=st.floats(-3, math.log10(3e-2)).map(
-            lambda x: 10.0**x))
-def tensor_lower_rank(rank, fraction, scale, rng):
-    runs = _tensor_runs(rank, fraction, scale, rng)
-    a = [tens.numerical_rank(learned, TENSOR_EPS) for learned, _, _ in runs]
-    b = [tens.numerical_rank(base, TENSOR_EPS) for _, base, _ in runs]
-    for r, x, y in zip(rank, a, b, strict=True):
-        evidence.table("tensor ε-rank: CP gradient descent vs zero-filled baseline",
-                       {"true rank": r, "CP descent": x, "zero-filled": y})
-    for name, v in (("CP gradient descent", a), ("zero-filled baseline", b)):
-        evidence.series("tensor ε-rank by problem", x=np.arange(len(v), dtype=float), y=np.asarray(v, dtype=float),
-                        group=name, xlabel="problem", ylabel="ε-rank (ε = 0.02)", kind="scatter")
-    return np.array(a, dtype=float), np.array(b, dtype=float)
+@sample(n=2 * PER_ORDER, test=stats.paired("sign", alternative="less", alpha=0.01), batched=True)
+def tensor_lower_rank(rng):
+    a, b = [], []
+    for r in _runs(rng):
+        o = tens.rank_order(r["learned"], r["baseline"], EPS)
+        # The pair is the two bracket ends that decided the order (a tie where the brackets overlap).
+        (l1, u1), (l2, u2) = o.first, o.second
+        a.append({-1: u1, 1: l1, 0: l1}[o.sign])
+        b.append({-1: l2, 1: u2, 0: l1}[o.sign])
+        evidence.table("tensor ε-rank brackets: CP descent vs zero-filled baseline (ε = 1e-3)",
+                       {"order": r["order"], "observed": r["observed"], "init": r["init"],
+                        "descent converged": r["converged"], "CP descent ε-rank": _bracket(o.first),
+                        "baseline ε-rank": _bracket(o.second)})
+    return np.array(a), np.array(b)
+
+
+def _bracket(lu: tuple[int, int | None]) -> str:
+    lo, up = lu
+    return f"= {lo}" if up == lo else f"≥ {lo}" if up is None else f"{lo}–{up}"
 
 
 @claim(
@@ -84,22 +99,19 @@ def tensor_lower_rank(rank, fraction, scale, rng):
     expect="holds",
     statement="Same setting as tensor-lower-rank: the CP gradient-descent solution has lower relative "
               "reconstruction error ‖T − T*‖_F/‖T*‖_F than the zero-filled baseline.  One-sided paired Wilcoxon "
-              "signed-rank test at level 0.01 over 12 drawn problems.",
-    hypotheses=_TENSOR_HYP,
+              "signed-rank test at level 0.01 over 16 drawn problems.",
+    hypotheses=_HYP,
     max_examples=1,
 )
-@sample(n=TENSOR_N, test=stats.paired("wilcoxon", alternative="less", alpha=0.01), batched=True,
-        rank=st.integers(1, 2), fraction=st.floats(0.4, 0.7), scale=st.floats(-3, math.log10(3e-2)).map(
-            lambda x: 10.0**x))
-def tensor_lower_error(rank, fraction, scale, rng):
-    runs = _tensor_runs(rank, fraction, scale, rng)
-
-    def rel(T, Y):
-        return float(torch.linalg.norm(T - Y) / torch.linalg.norm(Y))
-
-    a = np.array([rel(learned, Y) for learned, _, Y in runs])
-    b = np.array([rel(base, Y) for _, base, Y in runs])
-    for name, v in (("CP gradient descent", a), ("zero-filled baseline", b)):
-        evidence.series("tensor reconstruction error by problem", x=np.arange(len(v), dtype=float), y=v, group=name,
-                        xlabel="problem", ylabel="‖T − T*‖_F / ‖T*‖_F", log_y=True, kind="scatter")
+@sample(n=2 * PER_ORDER, test=stats.paired("wilcoxon", alternative="less", alpha=0.01), batched=True)
+def tensor_lower_error(rng):
+    runs = _runs(rng)
+    a = np.array([float(torch.linalg.norm(r["learned"] - r["truth"])) for r in runs])  # ‖T*‖_F = 1
+    b = np.array([float(torch.linalg.norm(r["baseline"] - r["truth"])) for r in runs])
+    for order in SETTINGS:
+        sel = [i for i, r in enumerate(runs) if r["order"] == order]
+        for name, v in (("CP gradient descent", a[sel]), ("zero-filled baseline", b[sel])):
+            evidence.series(f"order {order}: reconstruction error by observed entries",
+                            x=np.array([runs[i]["observed"] for i in sel], dtype=float), y=v, group=name,
+                            xlabel="observed entries", ylabel="‖T − T*‖_F / ‖T*‖_F", log_y=True, kind="scatter")
     return a, b
