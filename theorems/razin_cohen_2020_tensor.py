@@ -26,8 +26,9 @@ SIDE, CP_WIDTH, LR, MAX_STEPS = 8, 8, 0.5, 20_000
 #: Descent stops at ℓ ≤ 1e-6 · ½‖Y_Ω‖² (observed residual ≤ 1e-3 of the observed part).
 LOSS_REL = 1e-6
 #: ε of the ε-rank, relative Frobenius.  The paper's 1e-6 would count the init's residue, not what descent
-#: learned: the unused CP columns stay near init, ≈ (std·√8)^N each (6e-6 at order 3, std 1e-2; 3e-5 at order 4,
-#: std 3e-2), while 1e-3 sits above that residue and at the accuracy descent is run to (LOSS_REL).
+#: learned: the unused CP columns stay near init, ≈ (std·√8)^N each (2.3e-5 at order 3, std 1e-2; 5e-5 at order
+#: 4, std 3e-2; √7 times that for seven of them), while 1e-3 sits above that residue and at the accuracy descent
+#: is run to (LOSS_REL: observed residual ≤ 1e-3 of the observed part).
 EPS = 1e-3
 PER_ORDER = 8
 
