@@ -2,8 +2,8 @@
 
 ``W = W_N ⋯ W_1`` under gradient flow ``Ẇ_j = −∂ℓ/∂W_j``.  Factors and end-to-end matrices may have any batch
 shape (B, …, a, b) and be plain tensors (exact inputs: a float64 is a dyadic rational) or ``Certified`` values;
-every result is ``Certified``, its rounding (and the inputs' errors) carried by certified arithmetic, so claims
-hand the results to ``certify`` directly:
+results are ``Certified`` (but for a mask and the depth sweep's plain states), their rounding and the inputs'
+errors carried by certified arithmetic, so claims hand them to ``certify`` directly:
 
 * :func:`loss_gradient` — ∇ℓ(W);
 * :func:`balancedness` and :func:`balancedness_drift` — D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ, conserved by the flow,
