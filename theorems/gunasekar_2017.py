@@ -45,7 +45,7 @@ def min_nuclear_norm_on_razin_cohen(batch):
     sol = flow_to_levels(razin_cohen_2x2(len(batch)), batch, (LEVEL,))
     # a solver that never got to ℓ₀ says nothing about the conjecture: a precondition, never a refutation
     require(torch.isfinite(sol.level_t[:, 0]), f"every instance reached ℓ = {LEVEL} (depth {batch[0].depth})")
-    # the bound that makes a violation at ℓ₀ permanent (exact arithmetic on the exact level)
+    # the bound that makes a violation at ℓ₀ permanent, rigorously at the float64 level the solver stops at
     certify(w11_lower_bound(Certified.exact(LEVEL)) > 2 + SLACK, what=f"(1 − √2ℓ₀)²/√2ℓ₀ > 2 + {SLACK} at ℓ₀ = {LEVEL}")
     nuc = measures.nuclear(sol.certified.level_end_to_end[:, 0])
     evidence.scalar(f"‖W‖_* where ℓ = {LEVEL}", nuc.value)
