@@ -1,0 +1,219 @@
+"""Deep matrix factorization dynamics as certified values (Arora, Cohen & Hazan 2018; Arora, Cohen, Hu & Luo 2019).
+
+``W = W_N ⋯ W_1`` under gradient flow ``Ẇ_j = −∂ℓ/∂W_j``.  Factors and end-to-end matrices may have any batch
+shape (B, …, a, b) and be plain tensors (exact inputs: a float64 is a dyadic rational) or ``Certified`` values;
+results are ``Certified`` (but for a mask and the depth sweep's plain states), their rounding and the inputs'
+errors carried by certified arithmetic, so claims hand them to ``certify`` directly:
+
+* :func:`loss_gradient` — ∇ℓ(W);
+* :func:`balancedness` and :func:`balancedness_drift` — D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ, conserved by the flow,
+  and its drift along a solve against the drift the integrator's local errors allow;
+* :func:`end_to_end` and :func:`end_to_end_rate` — W and Ẇ formed from the factor velocities (any init);
+* :func:`solve_across_depths` — solutions from one end-to-end init at several depths (Arora et al. 2019, §5);
+* :func:`solve_end_to_end` — W(t) from the end-to-end ODE of balanced init (Arora et al. 2018, Theorem 1);
+* :func:`singular_value_rates` and :func:`singular_value_rule` — u_rᵀẆv_r and −N σ_r^{2−2/N} ⟨∇ℓ, u_r v_rᵀ⟩
+  (Arora et al. 2019, Theorem 3), at the :func:`simple_singular_values`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from implreg.errors import InvalidInputError
+from implreg.factorization import balanced_init, end_to_end_velocity
+from implreg.flow.gradient_flow import TWO_TOL_FACTOR, FlowSolution, solve, two_tolerance_combine_entries
+from implreg.flow.integrate import integrate
+from implreg.measures import frobenius, singular_values
+from implreg.numerics import Certified, lift
+from implreg.problems import Problem
+
+__all__ = [
+    "balancedness",
+    "balancedness_drift",
+    "end_to_end",
+    "end_to_end_rate",
+    "loss_gradient",
+    "simple_singular_values",
+    "singular_value_rates",
+    "singular_value_rule",
+    "solve_across_depths",
+    "solve_end_to_end",
+]
+
+Matrix = Tensor | Certified
+
+
+def _batched(problem: Problem, name: str, extra: int, tail: int) -> Tensor:
+    """A problem tensor (B, *tail dims) reshaped to (B, 1 × extra, *tail dims) to broadcast over W's extra dims."""
+    t = getattr(problem, name)
+    return t.reshape(t.shape[0], *([1] * extra), *t.shape[t.ndim - tail:])
+
+
+def loss_gradient(problem: Problem, W: Matrix) -> Certified:
+    """∇ℓ(W) = Σ_k (⟨A_k, W⟩ − y_k) A_k (completion: mask ⊙ (W − b)) of matrices W (B, …, d, d'), the
+    problem's B instances broadcast over the middle dimensions (the problem's tensors are exact)."""
+    W = lift(W)
+    extra = W.ndim - 3
+    if problem.is_completion:
+        return (W - _batched(problem, "target", extra, 2)) * _batched(problem, "mask", extra, 2)
+    A = _batched(problem, "A", extra, 3)                              # (B, 1…, K, d, d')
+    r = (W.unsqueeze(-3) * A).flatten(-2).sum(-1) - _batched(problem, "y", extra, 1)
+    return (r.unsqueeze(-1).unsqueeze(-1) * A).sum(-3)
+
+
+def _product(factors: Sequence[Certified]) -> Certified | None:
+    """W_k ⋯ W_1 of factors (W_1, …, W_k), None for an empty list (the identity)."""
+    out = None
+    for Wj in factors:
+        out = Wj if out is None else Wj @ out
+    return out
+
+
+def end_to_end(factors: Sequence[Matrix]) -> Certified:
+    """W = W_N ⋯ W_1 of factors (B, …, a_j, b_j), the rounding of the products carried."""
+    if not factors:
+        raise InvalidInputError("end_to_end needs at least one factor")
+    return _product([lift(W) for W in factors])
+
+
+def balancedness(factors: Sequence[Matrix]) -> tuple[Certified, ...]:
+    """D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ for j = 1 … N−1, each (B, …, a_j, a_j).  Gradient flow keeps every D_j
+    constant, for any loss and any init (Arora et al. 2018, proof of Theorem 1); balanced init is D_j = 0."""
+    fs = [lift(W) for W in factors]
+    return tuple(Wn.mT @ Wn - Wj @ Wj.mT for Wj, Wn in itertools.pairwise(fs))
+
+
+def balancedness_drift(sol: FlowSolution) -> list[tuple[Certified, Certified]]:
+    """Per j = 1 … N−1: ``(drift, allowed)`` at the solve's save times, each (B, T).
+
+    ``drift`` = ‖D_j(θ̂(t)) − D_j(θ_0)‖_F of the computed states θ̂(t) taken as exact numbers (rounding carried,
+    rigorous).  ``allowed`` is the drift that the integrator's local errors explain if D_j is exactly conserved
+    (an estimate): with ε_m = θ_{m+1} − φ_h(θ_m) the local error of step m and φ_h the exact flow map, D_j(φ_h θ_m) =
+    D_j(θ_m), so D_j(θ_n) − D_j(θ_0) = Σ_m [D_j(φ_hθ_m + ε_m) − D_j(φ_hθ_m)]; D_j is quadratic, so each term is
+    ≤ 2‖W_{j+1}‖₂‖ε_{m,j+1}‖_F + 2‖W_j‖₂‖ε_{m,j}‖_F + ‖ε_m‖², ‖ε_{m,j}‖_F ≤ √|W_j|·‖ε_m‖_∞.  Summed, with
+    E(t) = Σ_m ‖ε_m‖_∞ (the solver's ``save_error``: its summed local error estimates, an estimate of E):
+        allowed = 2(max_{s≤t}‖W_{j+1}‖₂√|W_{j+1}| + max_{s≤t}‖W_j‖₂√|W_j|)·E + (|W_{j+1}| + |W_j|)·E²,
+    |W| the number of entries, the maxima taken over the save times ≤ t (save densely: that is part of the
+    estimate).  Earlier defects are not amplified by the flow (each stays in D_j once), which is why this is far
+    tighter than the two-tolerance error of the states (measured 1e-10 against 1e-5 at rtol 1e-9).  A save at
+    t = 0 compares 0 with 0 and is undecidable: save at t > 0 only.
+    """
+    if sol.init is None:
+        raise InvalidInputError("balancedness_drift needs the solve's initial factors (sol.init)")
+    states = sol.layout.unpack(sol.result.save_y)                    # (B, T, a_j, b_j)
+    init = [W.unsqueeze(1) for W in sol.layout.unpack(sol.init)]      # (B, 1, a_j, b_j)
+    E = sol.result.save_error                                         # (B, T)
+    out = []
+    for j, (D_t, D_0) in enumerate(zip(balancedness(states), balancedness(init), strict=True)):
+        gain, size = torch.zeros_like(E), 0
+        for W in states[j:j + 2]:
+            n = W.shape[-2] * W.shape[-1]
+            gain = gain + torch.cummax(torch.linalg.matrix_norm(W, ord=2), dim=1).values * math.sqrt(n)
+            size += n
+        allowed = 2 * gain * E + size * E * E
+        out.append((frobenius(D_t - D_0), Certified.measured(allowed, 0.0, rigorous=False,
+                                                             label=f"drift of D_{j + 1} the local errors allow")))
+    return out
+
+
+def end_to_end_rate(problem: Problem, factors: Sequence[Matrix]) -> Certified:
+    """Ẇ = Σ_j W_{N:j+1} Ẇ_j W_{j−1:1} with Ẇ_j = −W_{N:j+1}ᵀ ∇ℓ(W) W_{j−1:1}ᵀ (the chain rule, Arora et al. 2018,
+    eq. 4), for factors of any init; (B, …, d, d')."""
+    fs = [lift(W) for W in factors]
+    G = loss_gradient(problem, _product(fs))
+    out = None
+    for j in range(len(fs)):
+        above, below = _product(fs[j + 1:]), _product(fs[:j])
+        term = G if above is None else (above @ above.mT) @ G
+        term = term if below is None else term @ (below.mT @ below)
+        out = term if out is None else out + term
+    return -out
+
+
+def _svd_directions(W: Certified) -> tuple[Certified, Certified]:
+    """The float64 singular vectors (U, V) of W's value, as exact inputs (their own rounding is NOT carried)."""
+    U, _, Vh = torch.linalg.svd(W.value, full_matrices=False)
+    return Certified.exact(U), Certified.exact(Vh.mT)
+
+
+def _diagonal_of(M: Certified) -> Certified:
+    k = min(M.shape[-2], M.shape[-1])
+    idx = torch.arange(k, device=M.device)
+    return M[..., idx, idx]
+
+
+def simple_singular_values(W: Matrix, rel_gap: float) -> Tensor:
+    """Boolean mask (B, …, k): σ_r(W) apart from the other singular values and from 0 by more than rel_gap·σ_1,
+    where σ_r is simple and the float64 singular vectors err by ≲ u‖W‖/gap (Wedin 1972)."""
+    S = torch.linalg.svdvals(lift(W).value)
+    steps = S[..., :-1] - S[..., 1:]
+    below = torch.cat([steps, S[..., -1:]], dim=-1)
+    above = torch.cat([torch.full_like(S[..., :1], math.inf), steps], dim=-1)
+    return torch.minimum(below, above) > rel_gap * S[..., :1]
+
+
+def singular_value_rates(W: Matrix, W_dot: Matrix) -> Certified:
+    """u_rᵀẆv_r (B, …, k) with (u_r, v_r) the float64 singular vectors of W's value (taken as exact): the rate
+    σ̇_r of a simple singular value when (u_r, v_r) are W's exact singular vectors (Stewart & Sun 1990, IV.2)."""
+    W, W_dot = lift(W), lift(W_dot)
+    U, V = _svd_directions(W)
+    return _diagonal_of(U.mT @ W_dot @ V)
+
+
+def singular_value_rule(problem: Problem, W: Matrix, depth: int) -> Certified:
+    """−N σ_r^{2−2/N} ⟨∇ℓ(W), u_r v_rᵀ⟩ (B, …, k) (Arora et al. 2019, Theorem 3: σ̇_r under balanced init), σ_r
+    certified, (u_r, v_r) as in :func:`singular_value_rates`."""
+    W = lift(W)
+    U, V = _svd_directions(W)
+    projected = _diagonal_of(U.mT @ loss_gradient(problem, W) @ V)
+    return -depth * singular_values(W) ** (2 - 2 / depth) * projected
+
+
+def solve_across_depths(problem: Problem, W0: Tensor, depths: Sequence[int], *, loss_target: float,
+                        t_max: float = 1e5, rtol: float = 1e-9, atol: float = 1e-12) -> Tensor:
+    """End-to-end solutions (B, K, d, d'), K = len(depths): per depth N, gradient flow (``flow.solve``) from the
+    balanced factors of the same W0 (B, d, d') (``factorization.balanced_init``, identity rotations) until
+    ℓ ≤ loss_target or t_max; only depth changes (the protocol of Arora et al. 2019, §5).  Raises where a solve
+    fails.  Plain float64 states: for experiments whose statistics use values, not certified comparisons."""
+    out = []
+    for N in depths:
+        sol = solve(problem, balanced_init(W0, N), loss_target=loss_target, t_max=t_max, rtol=rtol, atol=atol)
+        sol.raise_on_failure()
+        out.append(sol.end_to_end)
+    return torch.stack(out, dim=1)
+
+
+def solve_end_to_end(problem: Problem, W0: Tensor, depth: int, *, t_max: float, save_at: Sequence[float],
+                     rtol: float = 1e-10, atol: float = 1e-13, max_steps: int = 100_000) -> Certified:
+    """W(t) at the times ``save_at`` (B, T, d, d') from the end-to-end ODE of balanced init,
+    Ẇ = −Σ_{j=1}^{N} (WWᵀ)^{(j−1)/N} ∇ℓ(W) (WᵀW)^{(N−j)/N} (Arora et al. 2018, Theorem 1), W(0) = W0 (B, d, d').
+
+    Dormand–Prince at (rtol, atol) and at ``TWO_TOL_FACTOR``× both; the per-entry error is the two-tolerance
+    estimate e_tight + e_loose + |W_tight − W_loose| (as ``flow.solve``'s certified view; ``rigorous=False``).
+    A save not reached is 0 ± ∞.  No refinement: an undecided comparison stays undecided.
+    """
+    d, e = problem.shape
+    names = list(problem.tensors())
+
+    def field(t: Tensor, y: Tensor, *data: Tensor) -> Tensor:
+        p = Problem(problem.name, **dict(zip(names, data, strict=True)))
+        return end_to_end_velocity(p, y.reshape(-1, d, e), depth).reshape(y.shape[0], -1)
+
+    def run(scale: float):
+        return integrate(field, W0.reshape(W0.shape[0], -1), t_max=t_max, save_at=save_at, rtol=scale * rtol,
+                         atol=scale * atol, max_steps=max_steps, params=list(problem.tensors().values()))
+
+    tight, loose = run(1.0), run(TWO_TOL_FACTOR)
+    err = two_tolerance_combine_entries(tight.save_entry_error + torch.nan_to_num(loose.save_entry_error),
+                                        tight.save_y, loose.save_y)
+    y = tight.save_y
+    missing = ~torch.isfinite(y) | ~torch.isfinite(err)
+    shape = (*y.shape[:2], d, e)
+    return Certified.measured(torch.where(missing, 0.0, y).reshape(shape),
+                              torch.where(missing, math.inf, err).reshape(shape), rigorous=False,
+                              label="end-to-end ODE solution W(t)")
