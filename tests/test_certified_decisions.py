@@ -189,3 +189,20 @@ def test_batched_rows_only_the_undecided_are_re_evaluated():
     lim = torch.tensor([0.0, 1.0], dtype=F64)      # broadcasts along the batch: not row-selected
     certify(x[:, :] * 2.0 >= lim)
     assert seen == [(0, 1, 2)] or seen == [(0, 2)]
+
+
+def test_a_float_exponent_with_a_huge_denominator_stays_unevaluated_in_the_exact_tier():
+    """fl(1/3) = 6004799503160661/2⁵⁴: sympy's evaluation of x^fl(1/3) factors x and took minutes (a `where`
+    branch that is then discarded built it); the tier keeps it unevaluated and decides the selected branch."""
+    from flint import fmpq
+
+    from implreg.capacity import rpow
+    from implreg.numerics import certify as decide
+    from implreg.numerics.exact import _powr, is_zero
+
+    x = Certified.exact(torch.tensor([3.0 * 2.0**40, 7.0 * 2.0**-40], dtype=torch.float64))
+    decide(rpow(rpow(x, 3.0), 1.0, 3.0) == x, "(x³)^(1/3) = x exactly")  # the where's other branch: x³^fl(1/3)
+    assert is_zero(_powr(fmpq(3), 1 / 3) - 1) is None  # undecidable here, and said so (not a hang, not a guess)
+    # the base that hung (a cube of a 104-bit integer over 2^222, from tests/test_capacity.py at seed 1)
+    n = 2431243011214126530540676350795689540070723129850704971760539495003230714836301546139679825027
+    assert is_zero(_powr(fmpq(n, 2**222), 1 / 3)) is None

@@ -71,6 +71,27 @@ def _sqrt(a):
     return sympy.sqrt(sympy.Max(a, 0))
 
 
+#: Largest root degree q of x^(a/q) the tier evaluates: sympy extracts perfect powers by factoring, and
+#: minimal_polynomial's degree grows with q.  A float exponent such as fl(1/3) = 6004799503160661/2⁵⁴ stays an
+#: unevaluated power (``where`` often builds one on a branch it then discards); deciding with it is undecidable
+#: here (``is_zero`` returns None) — evaluating it took sympy minutes (tests/test_capacity.py, seed 1).
+MAX_ROOT_DEGREE = 64
+
+
+def _powr(a, p: float):
+    """max(a, 0)^p with p taken exactly (a dyadic rational)."""
+    e = sympy.Rational(*p.as_integer_ratio())
+    b = sympy.Max(_sym(a), 0)
+    if e.q <= MAX_ROOT_DEGREE or b.is_zero or b == 1:
+        return b**e
+    return sympy.Pow(b, e, evaluate=False)
+
+
+def _huge_root(v) -> bool:
+    return any(isinstance(x, sympy.Pow) and x.exp.is_Rational and x.exp.q > MAX_ROOT_DEGREE for x in
+               sympy.preorder_traversal(v))
+
+
 def _isqrt(n: int) -> int:
     import math
     return math.isqrt(n)
@@ -123,8 +144,7 @@ class ExactBackend:
         elif op == "log":
             r = _LOG(x)
         else:  # powr
-            e = sympy.Rational(*float(p["p"]).as_integer_ratio())
-            r = np.frompyfunc(lambda a: sympy.Max(_sym(a), 0) ** e, 1, 1)(x)
+            r = np.frompyfunc(lambda a: _powr(a, float(p["p"])), 1, 1)(x)
         return np.asarray(r, dtype=object)
 
     def binary(self, op: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -207,7 +227,7 @@ def is_zero(v) -> bool | None:
         return bool(v.is_zero)
     if v == 0:
         return True
-    if v.count_ops() > 4000:
+    if v.count_ops() > 4000 or _huge_root(v):
         return None
     try:
         poly = sympy.minimal_polynomial(v, _X)
