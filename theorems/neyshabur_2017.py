@@ -37,10 +37,11 @@ TRAINING = ["full-batch Adam (lr 0.01) until zero training error and cross-entro
             f"n = {N} problems (fixed seeds), paired by problem"]
 
 
-def _empirical(fn, name: str, claim_id: str, test=None, **meta):
-    """A batched @sample claim over the fixed sample (one observation pair per problem), named ``name``."""
+def _empirical(fn, name: str, claim_id: str, **meta):
+    """A batched @sample claim over the fixed sample (one observation pair per problem), tested by the one-sided
+    paired Wilcoxon signed-rank test (first < second) at level ALPHA; ``name`` is its function name."""
     fn.__name__ = fn.__qualname__ = name  # the registry and reports key on it
-    test = test or stats.paired("wilcoxon", alternative="less", alpha=ALPHA)
+    test = stats.paired("wilcoxon", alternative="less", alpha=ALPHA)
     return claim(claim_id, kind="empirical", **meta)(sample(n=N, test=test, batched=True, problem=st.just(None))(fn))
 
 
@@ -65,7 +66,7 @@ def sharpness_not_rescaling_invariant(inst, alpha, seed):
     ks = [k for j in range(1, 17) for k in (j, -j)]  # c = 4^k, by increasing |k|
     br = C.alpha_sharpness(R.cat([net] + [R.rescale_node(net, 1, 0, 4.0**k) for k in ks]), x, y, alpha, seed=seed)
     gap = C.bracket_separation(br[1:], br[0])
-    i = next((i for i in range(len(ks)) if gap.lo[i] > 0), int(gap.lo.argmax()))  # the smallest |k| that shows it
+    i = next((j for j in range(len(ks)) if gap.lo[j] > 0), int(gap.lo.argmax()))  # the smallest |k| that shows it
     certify(gap[i] > 0, what=f"separation of the brackets of ζ_α(ρ_c(w)) and ζ_α(w) at c = 4^{ks[i]}")
     X.bracket_evidence("α-sharpness bracket of ρ_{c,v}(w) vs c (the function is the same for every c)",
                        torch.tensor([4.0**k for k in ks]), br[1:], xlabel="c", ylabel="ζ_α")
