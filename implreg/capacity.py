@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.numerics import Certified, svdvals, where
+from implreg.numerics import Certified, Comparison, close, maximum, svdvals, where
 from implreg.numerics import cat as ccat
 from implreg.numerics import stack as cstack
 from implreg.relu import (
@@ -52,15 +52,22 @@ from implreg.relu import (
 )
 
 __all__ = [
+    "REAL_POWER_REL",
+    "ZERO_FLOOR",
     "Bracket",
     "RademacherLower",
     "alpha_sharpness",
+    "bracket_separation",
     "convex_net_norm",
+    "dominates",
     "exact_path_norm_pow",
     "exact_unit_norms_pow",
     "expected_sharpness",
     "exploring_measures",
     "group_norm",
+    "identity",
+    "layer_amgm_bound",
+    "layer_amgm_pow",
     "layer_balancing_error",
     "layer_balancing_scaling",
     "layer_norms",
@@ -76,14 +83,17 @@ __all__ = [
     "path_norm_pow",
     "percentile_margin",
     "rademacher_bound",
+    "rademacher_linear",
     "rademacher_linear_l1",
     "rademacher_relu_lower",
     "rademacher_search",
+    "rescaling_chain_pow",
     "rpow",
     "spectral_product",
     "to_fractions",
     "unit_norms_pow",
     "weight_decay",
+    "weight_decay_minimizer_error",
     "weight_decay_minimizer_scaling",
 ]
 
@@ -225,6 +235,66 @@ def layer_product(net: ReluNet, p: float, q: float) -> Certified:
     for k in range(1, net.depth):
         out = out * N[:, k]
     return out
+
+
+REAL_POWER_REL = 1e-12
+"""Relative tolerance of ``identity``/``dominates`` between expressions in real powers, which no finite precision
+separates from equality: ≥ 100× the float64 rounding of the ≤ 256-path sums and few-layer products the claims
+compare (≲ 1e-14), and ≥ 1e11× below the change a non-invariant measure shows under a rescaling by 2^e, |e| ≥ 1
+(≥ 2^{1/2} − 1 ≈ 0.4)."""
+
+ZERO_FLOOR = 1e-300
+"""Absolute floor of ``identity`` for quantities that are never rational (exponent None: singular values): both
+sides may be exactly 0 (a zero layer), where the certified SVD still carries a denormal-sized error; every
+nonzero product of ≤ 4 spectral norms of drawn nets (entries 0 or ≥ 2⁻²⁰) is ≥ (2⁻²⁰)⁴ ≫ 1e-300."""
+
+
+def identity(a: Certified, b: Certified, exponent: float | None) -> Comparison:
+    """a = b for two expressions of the same quantity: exact when ``exponent`` (the real power inside them) is an
+    integer, so both are rational and ties are decided exactly; else |a − b| ≤ REAL_POWER_REL·|b| (+ ZERO_FLOOR
+    when exponent is None: quantities never rational, such as singular values)."""
+    if exponent is not None and float(exponent).is_integer():
+        return a == b
+    return close(a, b, REAL_POWER_REL * b.value.abs() + (ZERO_FLOOR if exponent is None else 0.0))
+
+
+def dominates(a: Certified, b: Certified, exponent: float) -> Comparison:
+    """a ≥ b: exact when ``exponent`` (the real power inside a and b) is an integer, else a ≥ (1 − REAL_POWER_REL)·b."""
+    return a >= b if float(exponent).is_integer() else a >= (1 - REAL_POWER_REL) * b
+
+
+def _prod(xs: list[Certified]) -> Certified:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out * x
+    return out
+
+
+def rescaling_chain_pow(net: ReluNet, p: float) -> tuple[Certified, Certified]:
+    """(μ_{p,∞}(w)^{dp}, γ_{p,∞}(w)^p) = ((max_v s_v)^d, Π_k max_{v∈k} s_v), s_v = ‖w_{→v}‖_p^p, each (B,): the
+    chain μ_{p,∞}^d ≥ γ_{p,∞} ≥ φ_p (COLT'15 Theorem 5 with Lemma 19) in p-th powers, rational for integer p."""
+    M = [s.amax(-1) for s in unit_norms_pow(net, p)]
+    return cstack(M, -1).amax(-1) ** net.depth, _prod(M)
+
+
+def layer_amgm_pow(net: ReluNet, p: float, q: float) -> tuple[Certified, Certified]:
+    """The two sides of μ_{p,q}(w) ≥ d^{1/q} γ_{p,q}(w)^{1/d} (COLT'15 Claim 1, AM–GM) raised to the q-th and d-th
+    powers, each (B,): ((Σ_k T_k)^d / d^d, Π_k T_k), T_k = ‖W_k‖_{p,q}^q = Σ_v s_v^{q/p}; for q = ∞
+    ((max_k M_k)^d, Π_k M_k), M_k = ‖W_k‖_{p,∞}^p.  Rational (ties decided exactly) when q/p is an integer or q = ∞."""
+    p, q = _check_p(p), _check_p(q, "q", allow_inf=True)
+    d, s = net.depth, unit_norms_pow(net, p)
+    if math.isinf(q):
+        T = [sk.amax(-1) for sk in s]
+        return cstack(T, -1).amax(-1) ** d, _prod(T)
+    T = [rpow(sk, q, p).sum(-1) for sk in s]
+    return sum(T[1:], T[0]) ** d / d**d, _prod(T)
+
+
+def layer_amgm_bound(net: ReluNet, p: float, q: float) -> Certified:
+    """d^{1/q} γ_{p,q}(w)^{1/d}, (B,): the AM–GM lower bound on μ_{p,q}(w) (COLT'15 Claim 1), attained after
+    ``layer_balancing_scaling``."""
+    bound = rpow(layer_product(net, p, q), 1.0, net.depth)
+    return bound if math.isinf(q) else rpow(Certified.exact(float(net.depth)), 1.0, q) * bound
 
 
 def path_norm_per_output(net: ReluNet, p: float = 2.0) -> Certified:
@@ -422,6 +492,13 @@ def convex_net_norm(net: ReluNet) -> Tensor:
     return 2 * ((W1 * W1).sum(-1).sqrt() * (W2 * W2).sum(-2).sqrt()).sum(-1)
 
 
+def weight_decay_minimizer_error(net: ReluNet) -> float:
+    """Relative bound on WD(ρ_ĉ(w)) − 2Σ_j‖u_j‖‖v_j‖ for the computed ``weight_decay_minimizer_scaling``: each
+    ĉ_j = c*_j(1 + η) with |η| ≤ 8u (a quotient, a square root and two norms), and at the stationary point c* the
+    excess is second order: c²a + b/c² at c*(1 + η) exceeds 2√(ab) by ≤ 4η²·2√(ab)."""
+    return 4 * (8 * unit_roundoff(net.dtype)) ** 2
+
+
 def weight_decay_minimizer_scaling(net: ReluNet) -> NodeScaling:
     """Depth 2: c_j = (‖v_j‖/‖u_j‖)^{1/2} balances ‖c_j u_j‖ = ‖v_j/c_j‖, attaining 2Σ_j ‖u_j‖‖v_j‖
     (the AM–GM equality case); units with u_j = 0 or v_j = 0 keep c_j = 1."""
@@ -589,6 +666,25 @@ class Bracket:
     @property
     def width(self) -> Tensor:
         return self.upper - self.lower
+
+    def __getitem__(self, index: int | slice | Tensor) -> Bracket:
+        return Bracket(self.lower[index], self.upper[index], self.rounding[index], self.method)
+
+    @property
+    def certified_lower(self) -> Certified:
+        """``lower`` as a Certified leaf with error ``rounding``: a value the quantity reaches, so ≤ it."""
+        return Certified.measured(self.lower, self.rounding, rigorous=True, label=f"lower side ({self.method})")
+
+    @property
+    def certified_upper(self) -> Certified:
+        """``upper`` as a Certified leaf with error ``rounding``: a bound the quantity never exceeds."""
+        return Certified.measured(self.upper, self.rounding, rigorous=True, label=f"upper side ({self.method})")
+
+
+def bracket_separation(a: Bracket, b: Bracket) -> Certified:
+    """max(a.lower − b.upper, b.lower − a.upper), certified per entry (broadcast): where it is > 0 the brackets
+    are disjoint, so the two bracketed quantities differ (a 0-dim ``b`` is compared with every entry of ``a``)."""
+    return maximum(a.certified_lower - b.certified_upper, b.certified_lower - a.certified_upper)
 
 
 def _box_radius(flat: Tensor, alpha: float, relative: bool) -> Tensor:
@@ -791,6 +887,14 @@ def rademacher_linear_l1(
     est = phi / m * vals.mean(dim=-1)
     half = rng * math.sqrt(math.log(2 / (1 - level)) / (2 * samples))
     return est, half, f"Monte Carlo over {samples} sign vectors, Hoeffding interval at level {level}"
+
+
+def rademacher_linear(x: Tensor, phi: float = 1.0, *, level: float = 0.99, seed: int = 0) -> Certified:
+    """R̂ of {x ↦ ⟨w, x⟩ : ‖w‖_1 ≤ φ} on x as a Certified (B,) leaf (``rademacher_linear_l1``): rigorous when the
+    average over sign vectors is exact (error = rounding), an estimate when it is Monte Carlo (error = the
+    Hoeffding half-width at ``level``); the label says which."""
+    est, half, how = rademacher_linear_l1(x, phi, level=level, seed=seed)
+    return Certified.measured(est, half, rigorous="exact" in how, label=f"R̂ ({how})")
 
 
 def rademacher_search(

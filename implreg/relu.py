@@ -53,6 +53,7 @@ __all__ = [
     "ForwardPass",
     "NodeScaling",
     "ReluNet",
+    "activate_unit",
     "cat",
     "certified_weights",
     "flatten",
@@ -569,6 +570,10 @@ class NodeScaling:
             return torch.ones(0, dtype=torch.bool)
         return torch.stack([(c > 0).all(dim=1) for c in self.factors]).all(dim=0)
 
+    def nearest_powers_of_two(self) -> NodeScaling:
+        """Every factor c replaced by 2^round(log₂ c) (c > 0): rescalings by these are exact in floating point."""
+        return NodeScaling(tuple(torch.exp2(torch.round(torch.log2(c))) for c in self.factors))
+
     def inverse(self) -> NodeScaling:
         return NodeScaling(tuple(1.0 / c for c in self.factors))
 
@@ -615,6 +620,20 @@ def rescale(net: ReluNet, scaling: NodeScaling) -> ReluNet:
         ws.append(W)
         exact.append(E)
     return ReluNet(tuple(ws), tuple(exact))
+
+
+def activate_unit(net: ReluNet, unit: int, x0: Tensor) -> ReluNet:
+    """The nets with first-layer hidden unit ``unit`` active on the input x0 (n_0,): its incoming row r becomes
+    −r where r·x0 < 0 and r + x0 where r·x0 = 0 (then r·x0 = ‖x0‖² > 0 for x0 ≠ 0); other weights unchanged."""
+    _check_hidden(net, 1, unit)
+    x0 = x0.to(net.weights[0])
+    if x0.shape != (net.widths[0],) or not bool((x0 != 0).any()):
+        raise InvalidInputError(f"x0 must be a nonzero input of shape ({net.widths[0]},), got {tuple(x0.shape)}")
+    W1 = net.weights[0].clone()
+    r = W1[:, unit]
+    dot = (r @ x0)[:, None]
+    W1[:, unit] = torch.where(dot < 0, -r, torch.where(dot == 0, r + x0, r))
+    return ReluNet((W1, *net.weights[1:]))
 
 
 def rescale_node(net: ReluNet, layer: int, unit: int, c: float | Tensor) -> ReluNet:

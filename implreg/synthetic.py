@@ -146,6 +146,10 @@ class LabelExperiment:
     steps: dict[int, Tensor]
     description: str
 
+    def all_converged(self, *sizes: int) -> bool:
+        """Whether every net at these sizes (default: all) met the stopping rule."""
+        return bool(torch.cat([self.converged[m] for m in sizes or self.sizes]).all())
+
 
 @functools.lru_cache(maxsize=4)
 def random_label_experiment(
@@ -227,6 +231,10 @@ class WidthExperiment:
     measures: dict[int, dict[str, Tensor]]
     converged: dict[int, Tensor]
     description: str
+
+    def all_converged(self) -> bool:
+        """Whether every net of every width met the stopping rule."""
+        return bool(torch.cat([self.converged[H] for H in self.widths]).all())
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,45 +1,30 @@
-"""Claims from Path-SGD (Neyshabur, Salakhutdinov & Srebro, NIPS 2015, arXiv 1506.02617), collected in
-Neyshabur's thesis (arXiv 1709.01953): CLAIMS.md 16 (node rescaling preserves the function), 23 (Path-SGD
-is rescaling-invariant, SGD is not) and 24 (the Path-SGD scaling by two passes).  Section numbers are as
-reconstructed, not confirmed against the published PDF.
+"""Claims from Path-SGD (Neyshabur, Salakhutdinov & Srebro, NIPS 2015, arXiv 1506.02617), collected in Neyshabur's
+thesis (arXiv 1709.01953): CLAIMS.md 16 (node rescaling preserves the function), 23 (Path-SGD is rescaling-invariant,
+SGD is not) and 24 (the Path-SGD scaling by two passes).  Section numbers are as reconstructed.
 
-Every check is exact.  Forward passes and the scaling γ_e are certified values (implreg.relu, implreg.pathsgd)
-of the exact weights — ``rescale`` keeps ρ_c(w) exact — and their equalities are decided in exact arithmetic
-where float bounds cannot.  A step uses + − × ÷ and ReLU masks only, so step(ρ(w)) = ρ(step(w)) is decided in
-rational arithmetic (``fractions.Fraction``; every float64 is a dyadic rational).
+Every check is exact: forward passes and γ_e are certified values of the exact weights (``rescale`` keeps ρ_c(w)
+exact), and a step uses + − × ÷ and ReLU masks only, so step(ρ(w)) = ρ(step(w)) is decided in rational arithmetic
+(``pathsgd.step_commutes_exactly``; every float64 is a dyadic rational).
 """
 
 from __future__ import annotations
 
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from implreg import certify, evidence
+from implreg import experiment_evidence as X
 from implreg import pathsgd as PS
 from implreg import relu as R
 from implreg.claims import Source, claim
-from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
+from implreg.strategies.relu import net_widths, relu_nets
+from implreg.strategies.relu_data import training_instances
 
-PATH_SGD = Source(
-    key="neyshabur-2015-pathsgd",
-    title="Path-SGD: Path-Normalized Optimization in Deep Neural Networks",
-    authors="B. Neyshabur, R. Salakhutdinov, N. Srebro",
-    year=2015,
-    arxiv="1506.02617",
-    venue="NIPS 2015",
-)
-
-@st.composite
-def training_instances(draw, *, negative: bool = False):
-    """A batch of small nets, one positive node rescaling per net, inputs x (m, n_0), targets y (m, n_d)."""
-    net = draw(relu_nets(net_widths(depth=st.integers(2, 3), width=st.integers(1, 3), inputs=st.integers(1, 3),
-                                    outputs=st.integers(1, 2)), batch=(1, 3)))
-    s = draw(node_rescalings(net, log2_range=4.0, negative=negative))
-    x = draw(inputs(net.widths[0], m=st.integers(1, 4)))
-    y = draw(inputs(net.widths[-1], m=x.shape[0]))
-    lr = draw(st.sampled_from([0.5, 0.1, 0.01]))
-    return net, s, x, y, lr
+PATH_SGD = Source(key="neyshabur-2015-pathsgd", year=2015, arxiv="1506.02617", venue="NIPS 2015",
+                  title="Path-SGD: Path-Normalized Optimization in Deep Neural Networks",
+                  authors="B. Neyshabur, R. Salakhutdinov, N. Srebro")
+TRAINING = ["bias-free ReLU net, depth 2–3, widths ≤ 3", "positive node rescaling, factors 2ᵉ, |e| ≤ 4",
+            "squared loss on 1–4 points, full-batch steps, η ∈ {0.5, 0.1, 0.01}"]
 
 
 # ---------------------------------------------------------------------------------------------- claim 16
@@ -48,18 +33,13 @@ def training_instances(draw, *, negative: bool = False):
 FN_WHAT = "f_{ρ(w)}(x) = f_w(x)"
 
 
-@claim(
-    "neyshabur-2015-pathsgd/rescaling-preserves-function",
-    source=PATH_SGD.at("§3 (rescaling and unbalanceness)", confirmed=False),
-    kind="proposition",
-    expect="holds",
-    statement=r"Node rescaling of any hidden units by factors $c > 0$ (incoming weights $\times c$, outgoing "
-    r"$\times 1/c$) leaves the function computed by a bias-free ReLU network unchanged.",
-    latex=r"c_v > 0 \;\forall v \;\Rightarrow\; f_{\rho_c(w)}(x) = f_w(x)\quad\forall x",
-    hypotheses=["bias-free layered ReLU net, depth 2–3, widths ≤ 3, 1–2 outputs",
-                "one factor c_v = 2ᵉ > 0 per hidden unit, e ∈ [−4, 4]", "1–4 inputs in [−2, 2]ⁿ⁰"],
-    max_examples=40,
-)
+@claim("neyshabur-2015-pathsgd/rescaling-preserves-function", kind="proposition", expect="holds", max_examples=40,
+       source=PATH_SGD.at("§3 (rescaling and unbalanceness)", confirmed=False),
+       statement=r"Node rescaling of any hidden units by factors $c > 0$ (incoming weights $\times c$, outgoing "
+       r"$\times 1/c$) leaves the function computed by a bias-free ReLU network unchanged.",
+       latex=r"c_v > 0 \;\forall v \;\Rightarrow\; f_{\rho_c(w)}(x) = f_w(x)\quad\forall x",
+       hypotheses=["bias-free layered ReLU net, depth 2–3, widths ≤ 3, 1–2 outputs",
+                   "one factor c_v = 2ᵉ > 0 per hidden unit, e ∈ [−4, 4]", "1–4 inputs in [−2, 2]ⁿ⁰"])
 @given(inst=training_instances())
 def rescaling_preserves_function(inst):
     net, s, x, _, _ = inst
@@ -67,18 +47,12 @@ def rescaling_preserves_function(inst):
     certify(R.forward(R.rescale(net, s), x) == R.forward(net, x), what=FN_WHAT)
 
 
-@claim(
-    "neyshabur-2015-pathsgd/negative-rescaling-preserves-function",
-    source=PATH_SGD.at("§3 (rescaling and unbalanceness)", confirmed=False),
-    kind="conjecture",
-    expect="refuted",
-    statement=r"Negative control: node rescaling by factors $c < 0$ leaves the function unchanged "
-    r"(false: $\sigma(cz) = c\,\sigma(z)$ needs $c \ge 0$).",
-    latex=r"c_v < 0 \;\Rightarrow\; f_{\rho_c(w)} = f_w",
-    hypotheses=["as the positive claim, with every factor −2ᵉ < 0"],
-    refuted_by=FN_WHAT,
-    max_examples=40,
-)
+@claim("neyshabur-2015-pathsgd/negative-rescaling-preserves-function", kind="conjecture", expect="refuted",
+       refuted_by=FN_WHAT, max_examples=40, source=PATH_SGD.at("§3 (rescaling and unbalanceness)", confirmed=False),
+       statement=r"Negative control: node rescaling by factors $c < 0$ leaves the function unchanged "
+       r"(false: $\sigma(cz) = c\,\sigma(z)$ needs $c \ge 0$).",
+       latex=r"c_v < 0 \;\Rightarrow\; f_{\rho_c(w)} = f_w",
+       hypotheses=["as the positive claim, with every factor −2ᵉ < 0"])
 @given(inst=training_instances(negative=True))
 def negative_rescaling_preserves_function(inst):
     net, s, x, _, _ = inst
@@ -92,54 +66,35 @@ def negative_rescaling_preserves_function(inst):
 STEP_WHAT = "step(ρ(w)) = ρ(step(w)) in exact rational arithmetic"
 
 
-@claim(
-    "neyshabur-2015-pathsgd/path-sgd-rescaling-invariant",
-    source=PATH_SGD.at("§4, Path-SGD update (eq. as reconstructed)", confirmed=False),
-    kind="proposition",
-    expect="holds",
-    statement=r"The Path-SGD update $w_e \leftarrow w_e - \eta\,(\partial L/\partial w_e)/\gamma_e(w)$, with "
-    r"$\gamma_e = \gamma_{\mathrm{in}}(u)\,\gamma_{\mathrm{out}}(v)$ from the squared weights, commutes with every "
-    r"positive node rescaling $\rho$: $\mathrm{step}(\rho(w)) = \rho(\mathrm{step}(w))$; hence trajectories from "
-    r"$w$ and from $\rho(w)$ compute the same functions.",
-    latex=r"\mathrm{step}(\rho(w)) = \rho(\mathrm{step}(w)),\qquad "
-    r"\mathrm{step}(w)_e = w_e - \eta\,\frac{\partial L/\partial w_e}{\gamma_{\mathrm{in}}(u)\gamma_{\mathrm{out}}(v)}",
-    hypotheses=["bias-free ReLU net, depth 2–3, widths ≤ 3", "positive node rescaling, factors 2ᵉ, |e| ≤ 4",
-                "squared loss on 1–4 points, full-batch steps, η ∈ {0.5, 0.1, 0.01}"],
-    max_examples=40,
-)
+@claim("neyshabur-2015-pathsgd/path-sgd-rescaling-invariant", kind="proposition", expect="holds", max_examples=40,
+       source=PATH_SGD.at("§4, Path-SGD update (eq. as reconstructed)", confirmed=False),
+       statement=r"The Path-SGD update $w_e \leftarrow w_e - \eta\,(\partial L/\partial w_e)/\gamma_e(w)$, with "
+       r"$\gamma_e = \gamma_{\mathrm{in}}(u)\,\gamma_{\mathrm{out}}(v)$ from the squared weights, commutes with "
+       r"every positive node rescaling $\rho$: $\mathrm{step}(\rho(w)) = \rho(\mathrm{step}(w))$; hence "
+       r"trajectories from $w$ and from $\rho(w)$ compute the same functions.",
+       latex=r"\mathrm{step}(\rho(w)) = \rho(\mathrm{step}(w)),\qquad \mathrm{step}(w)_e = w_e - \eta\,"
+       r"\frac{\partial L/\partial w_e}{\gamma_{\mathrm{in}}(u)\gamma_{\mathrm{out}}(v)}",
+       hypotheses=TRAINING)
 @given(inst=training_instances())
 def path_sgd_rescaling_invariant(inst):
     net, s, x, y, lr = inst
     evidence.instances(net.batch)
-    one, _ = PS.step_commutes_exactly(net, s, x, y, lr)
-    certify.that(one, what=STEP_WHAT)
+    certify.that(PS.step_commutes_exactly(net, s, x, y, lr)[0], what=STEP_WHAT)
     certify.that(PS.step_commutes_exactly(net, s, x, y, lr, steps=2)[1],
                  what="2-step trajectories from w and ρ(w) compute the same function (exact)")
     # float64 with power-of-two factors (exact scalings commute with every IEEE operation): bit-identical
-    s2 = R.NodeScaling(tuple(torch.exp2(torch.round(torch.log2(c))) for c in s.factors))
-    certify.that(bool((PS.rescaled_training_gaps(net, s2, x, y, lr, 10) == 0).all()),
+    gaps = PS.rescaled_training_gaps(net, s.nearest_powers_of_two(), x, y, lr, 10)
+    certify.that(bool((gaps == 0).all()),
                  what="10-step float64 trajectories from w and ρ(w), ρ by powers of two: bit-identical functions")
-    for method in ("path-sgd", "sgd"):  # evidence: η = 0.01, the drawn (non-power-of-two) factors
-        gaps = PS.rescaled_training_gaps(net, s, x, y, 0.01, 25, method)
-        if gaps.shape[1]:
-            evidence.series("max_x |f_t(w) − f_t(ρ(w))| along training, η = 0.01 (floored at 1e-17, cut at 1e3)",
-                            x=torch.arange(1, gaps.shape[1] + 1), y=gaps.clamp_min(1e-17), group=method,
-                            xlabel="step t", ylabel="function gap", log_y=True)
+    X.training_gap_evidence(net, s, x, y, lr=0.01, steps=25)  # the drawn (non-power-of-two) factors
 
 
-@claim(
-    "neyshabur-2015-pathsgd/sgd-rescaling-invariant",
-    source=PATH_SGD.at("§3 (SGD is not rescaling invariant)", confirmed=False),
-    kind="conjecture",
-    expect="refuted",
-    statement=r"Negative control: plain gradient descent commutes with node rescaling, "
-    r"$\mathrm{step}(\rho(w)) = \rho(\mathrm{step}(w))$ (false: the gradient scales as $1/c$ where the weight "
-    r"scales as $c$).",
-    latex=r"w - \eta\nabla L(w)\ \text{commutes with}\ \rho",
-    hypotheses=["as the Path-SGD claim"],
-    refuted_by=STEP_WHAT,
-    max_examples=40,
-)
+@claim("neyshabur-2015-pathsgd/sgd-rescaling-invariant", kind="conjecture", expect="refuted", refuted_by=STEP_WHAT,
+       max_examples=40, source=PATH_SGD.at("§3 (SGD is not rescaling invariant)", confirmed=False),
+       statement=r"Negative control: plain gradient descent commutes with node rescaling, "
+       r"$\mathrm{step}(\rho(w)) = \rho(\mathrm{step}(w))$ (false: the gradient scales as $1/c$ where the weight "
+       r"scales as $c$).",
+       latex=r"w - \eta\nabla L(w)\ \text{commutes with}\ \rho", hypotheses=["as the Path-SGD claim"])
 @given(inst=training_instances())
 def sgd_rescaling_invariant(inst):
     net, s, x, y, lr = inst
@@ -150,20 +105,15 @@ def sgd_rescaling_invariant(inst):
 # ---------------------------------------------------------------------------------------------- claim 24
 
 
-@claim(
-    "neyshabur-2015-pathsgd/scaling-two-passes",
-    source=PATH_SGD.at("§4 (computing γ_e with two passes)", confirmed=False),
-    kind="identity",
-    expect="holds",
-    statement=r"The Path-SGD scaling $\gamma_e = \partial\phi_2^2/\partial(w_e^2)$, the sum over paths through $e$ "
-    r"of the product of the other squared weights, equals $\gamma_{\mathrm{in}}(u)\,\gamma_{\mathrm{out}}(v)$, "
-    r"computed by one forward pass of the all-ones input and one backward pass from the outputs through the "
-    r"squared weights.",
-    latex=r"\gamma_e=\frac{\partial\phi_2^2}{\partial w_e^2}=\sum_{p\ni e}\prod_{e'\in p,e'\neq e}w_{e'}^2"
-    r"=\gamma_{\mathrm{in}}(u)\,\gamma_{\mathrm{out}}(v)",
-    hypotheses=["bias-free layered ReLU net, depth 1–4, widths ≤ 4, 1–3 outputs"],
-    max_examples=40,
-)
+@claim("neyshabur-2015-pathsgd/scaling-two-passes", kind="identity", expect="holds", max_examples=40,
+       source=PATH_SGD.at("§4 (computing γ_e with two passes)", confirmed=False),
+       statement=r"The Path-SGD scaling $\gamma_e = \partial\phi_2^2/\partial(w_e^2)$, the sum over paths through "
+       r"$e$ of the product of the other squared weights, equals $\gamma_{\mathrm{in}}(u)\,\gamma_{\mathrm{out}}(v)$, "
+       r"computed by one forward pass of the all-ones input and one backward pass from the outputs through the "
+       r"squared weights.",
+       latex=r"\gamma_e=\frac{\partial\phi_2^2}{\partial w_e^2}=\sum_{p\ni e}\prod_{e'\in p,e'\neq e}w_{e'}^2"
+       r"=\gamma_{\mathrm{in}}(u)\,\gamma_{\mathrm{out}}(v)",
+       hypotheses=["bias-free layered ReLU net, depth 1–4, widths ≤ 4, 1–3 outputs"])
 @given(net=relu_nets(net_widths(depth=st.integers(1, 4), width=st.integers(1, 4), inputs=st.integers(1, 4),
                                 outputs=st.integers(1, 3)), batch=(1, 3)))
 def scaling_two_passes(net):
