@@ -672,13 +672,15 @@ class Bracket:
 
     @property
     def certified_lower(self) -> Certified:
-        """``lower`` as a Certified leaf with error ``rounding``: a value the quantity reaches, so ≤ it."""
-        return Certified.measured(self.lower, self.rounding, rigorous=True, label=f"lower side ({self.method})")
+        """``lower`` as a Certified leaf with error ``rounding``: a value the quantity reaches, so ≤ it.  Marked an
+        estimate: ``rounding`` is a generous hand allowance (≈ 1000× the standard γ_n bound), not a proof."""
+        return Certified.measured(self.lower, self.rounding, rigorous=False, label=f"lower side ({self.method})")
 
     @property
     def certified_upper(self) -> Certified:
-        """``upper`` as a Certified leaf with error ``rounding``: a bound the quantity never exceeds."""
-        return Certified.measured(self.upper, self.rounding, rigorous=True, label=f"upper side ({self.method})")
+        """``upper`` as a Certified leaf with error ``rounding``: a bound the quantity never exceeds (an estimate,
+        as :attr:`certified_lower`: float interval propagation without directed rounding)."""
+        return Certified.measured(self.upper, self.rounding, rigorous=False, label=f"upper side ({self.method})")
 
 
 def bracket_separation(a: Bracket, b: Bracket) -> Certified:

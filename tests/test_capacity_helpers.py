@@ -102,7 +102,7 @@ def test_bracket_separation_and_certified_sides():
     br = C.Bracket(torch.tensor([0.0, 1.0, 5.0], **F64), torch.tensor([2.0, 3.0, 6.0], **F64),
                    torch.full((3,), 1e-10, **F64), "constructed")
     assert br[1:].lower.tolist() == [1.0, 5.0] and br[0].upper.item() == 2.0
-    assert br.certified_lower.rigorous and br.certified_upper.error.tolist() == [1e-10] * 3
+    assert not br.certified_lower.rigorous and br.certified_upper.error.tolist() == [1e-10] * 3
     gap = C.bracket_separation(br[1:], br[0])
     assert gap.value.tolist() == [-1.0, 3.0]  # [1, 3] overlaps [0, 2]; [5, 6] is 3 above it
     certify(gap[1] > 0, "disjoint brackets")
