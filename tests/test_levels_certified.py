@@ -4,7 +4,7 @@
   (product form, 30–60 digits), and float64 det of the solver's own end-to-end matrix where that resolves it;
   a negative det must be certified negative (the comparison can fail);
 - the hybrid solver's carried sign past its switch: exactly the solver's sign, marked as an estimate, and
-  confirmed by ``reference_factor_dets`` (an independent mpmath solve);
+  confirmed by ``reference_dets_past_switch`` (an independent mpmath solve, product form);
 - ``erank_upper_bound`` on certified input against its float64 value and hand values;
 - the matrix layer imports no strategies (``stack_factors``, ``is_balanced`` are duck-typed).
 
@@ -24,7 +24,13 @@ from mpmath import mp
 
 from implreg import reference
 from implreg.matrix.inits import is_balanced, stack_factors
-from implreg.matrix.levels import certified_det, erank_upper_bound, flow_to_levels, reference_factor_dets
+from implreg.matrix.levels import (
+    certified_det,
+    erank_upper_bound,
+    flow_to_levels,
+    reference_dets_past_switch,
+    reference_factor_dets,
+)
 from implreg.numerics import Certified, certify
 from implreg.problems import razin_cohen_2x2
 from implreg.strategies.matrix import BalancedInit
@@ -117,10 +123,16 @@ def test_hybrid_det_past_the_switch_is_the_carried_sign_and_the_reference_agrees
     before = sol.certified.level_end_to_end.det()
     assert torch.equal(det.value[~past], before.value[~past])
     certify(det > 0)
-    for i, init in enumerate(inits):
-        lv = [x for k, x in enumerate(LEVELS2) if bool(past[i, k])]
-        for d, e in (g for g in reference_factor_dets(razin_cohen_2x2(), init.factors_mp(60), lv, dps=60)):
-            assert d > e  # det W > 0 beyond the reference's error estimate
+    ref, rows = reference_dets_past_switch(sol, inits)
+    assert ref.shape == (int(past.sum()),) and not ref.rigorous
+    assert [r["instance"] for r in rows] == [i for i in range(2) if bool(past[i].any())]
+    assert all(r["digits"] == 60 for r in rows)  # resolved at the first precision
+    certify(ref > 0)  # det W > 0 beyond the reference's error estimate
+    # the same numbers as reference_factor_dets itself, where the check could go wrong (the level selection)
+    i = rows[0]["instance"]
+    got = reference_factor_dets(razin_cohen_2x2(), inits[i].factors_mp(60), rows[0]["levels"], dps=60)
+    assert [float(d) for d, _ in got] == rows[0]["det W"]
+    assert rows[0]["levels"] == [x for k, x in enumerate(sorted(LEVELS2, reverse=True)) if bool(past[i, k])]
 
 
 def test_hybrid_det_refutes_the_wrong_sign():

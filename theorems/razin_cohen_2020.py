@@ -22,6 +22,7 @@ re-solved by the mpmath reference inside ``certify``.
 from __future__ import annotations
 
 import math
+from functools import reduce
 
 import numpy as np
 import torch
@@ -30,7 +31,6 @@ from hypothesis import strategies as st
 
 from implreg import _record, certify, evidence, measures, stats
 from implreg import factorization as fz
-from implreg import matrix_bounds as mb
 from implreg import symbolic as sym
 from implreg.claims import Source, batches, claim, require, sample
 from implreg.flow.spectral import solve_balanced
@@ -40,7 +40,7 @@ from implreg.matrix.levels import (
     flow_to_levels,
     perturbed_sigma_min_upper_bound,
     perturbed_w_lower_bound,
-    reference_factor_dets,
+    reference_dets_past_switch,
     sigma_min_upper_bound,
     w11_lower_bound,
 )
@@ -87,14 +87,13 @@ def _balanced_pos(N: int):
     return balanced_inits(depth=N, det_sign=+1, scale=INIT_SCALE)
 
 
-def _plot_x(loss: Certified) -> torch.Tensor:
-    """Loss values for plots, NaN where the state is unknown (an unreached level: error ∞)."""
-    return torch.where(torch.isfinite(loss.error), loss.value, torch.full_like(loss.value, math.nan))
+def _vs_loss(title: str, loss: Certified, y: torch.Tensor, group: str, ylabel: str, log_y: bool = True) -> None:
+    """Evidence: y against the states' loss (NaN where a state is unknown: an unreached level, error ∞)."""
+    x = torch.where(torch.isfinite(loss.error), loss.value, torch.full_like(loss.value, math.nan))
+    evidence.series(title, x=x, y=y, group=group, xlabel="loss ℓ", ylabel=ylabel, log_x=True, log_y=log_y)
 
 
 # ---------------------------------------------------------------------------------------------- claim 1
-
-
 @claim(
     "razin-cohen-2020/det-sign-preserved",
     source=RAZIN_COHEN_2020.at("Theorem 1", confirmed=False),
@@ -125,41 +124,19 @@ def det_sign_preserved(by_depth):
         saved = torch.isfinite(sol.save_end_to_end).flatten(-2).all(-1)  # later saves lie after the run ended
         certify(save_det[saved] > 0, what=f"det W > 0 at the save times (depth {N})")
         log_det = sol.level_log_abs_det if N == 2 else torch.log(det.value.abs())
-        evidence.series("log |det W(t)| vs loss (balanced init, det W(0) > 0)", x=torch.tensor(SHORT_LEVELS),
-                        y=log_det, group=f"depth {N}", xlabel="loss ℓ", ylabel="log |det W|", log_x=True)
-        if N == 2:
-            _reference_det_past_switch(batch[:REF_CHECKS], sol)
+        _vs_loss("log |det W(t)| vs loss (balanced init, det W(0) > 0)", sol.certified.level_loss, log_det,
+                 f"depth {N}", "log |det W|", log_y=False)
+        if N == 2:  # the independent check past the switch: the mpmath reference's det W₁·det W₂
+            ref, table = reference_dets_past_switch(sol, batch[:REF_CHECKS])
+            for row in table:
+                evidence.table("depth 2: det W past the switch, mpmath reference (det W₁·det W₂)", row)
+            certify(ref > 0, what="det W > 0 past the switch (mpmath reference, product form, depth 2)")
     evidence.note("Finite-time check: det W > 0 at every recorded loss level and save time; depth 2 through the "
                   "hybrid balanced solver (det ≈ e^-100 at ℓ = 3e-3), depths 3–5 by Dormand–Prince with the det "
                   "guard (det W = Π det W_j); undecided entries escalate to the mpmath reference.")
 
 
-def _reference_det_past_switch(inits, sol) -> None:
-    """The independent check of claim 1 at depth 2: past the hybrid solver's switch its det sign is carried by
-    construction, so the mpmath reference (balanced factors formed at its precision, det W = det W₁·det W₂,
-    60 digits, then 100 where undecided) decides det W > 0 at every level reached at or after the switch."""
-    for i, init in enumerate(inits):
-        lv = [lvl for k, lvl in enumerate(SHORT_LEVELS) if float(sol.level_t[i, k]) >= float(sol.phase_switch_t[i])]
-        if not lv:
-            continue
-        for dps in (60, 100):
-            got = reference_factor_dets(razin_cohen_2x2(), init.factors_mp(dps), lv, dps=dps)
-            require(all(g is not None for g in got), "the mpmath reference reached every level past the switch")
-            det = torch.tensor([float(d) for d, _ in got], dtype=torch.float64)
-            # the reference's error estimate (1e-9 for its conversion to float64), plus the rounding of det to float
-            err = torch.tensor([float(e) * (1 + 1e-9) for _, e in got], dtype=torch.float64) + det.abs() * 2.0**-52
-            if bool((det.abs() > err).all()) or dps == 100:
-                break
-        evidence.table("depth 2: det W past the switch, mpmath reference (det W₁·det W₂)",
-                       {"instance": i, "levels": lv, "det W": det.tolist(), "error estimate": err.tolist(),
-                        "digits": dps})
-        certify(Certified.measured(det, err, rigorous=False) > 0,
-                what="det W > 0 past the switch (mpmath reference, product form, depth 2)")
-
-
 # ---------------------------------------------------------------------------------------------- claim 2
-
-
 @claim(
     "razin-cohen-2020/norms-diverge",
     source=RAZIN_COHEN_2020.at("Theorem 1", confirmed=False),
@@ -178,19 +155,20 @@ def _reference_det_past_switch(inits, sol) -> None:
 @given(by_depth=depth_batches(DEPTHS, _balanced_pos, min_size=8, max_size=16))
 def norms_diverge(by_depth):
     for N, batch in by_depth.items():
-        v = flow_to_levels(razin_cohen_2x2(len(batch)), batch, NORM_LEVELS).certified
-        W, loss = v.level_end_to_end, v.level_loss
-        f = w11_lower_bound(loss)
+        sol = flow_to_levels(razin_cohen_2x2(len(batch)), batch, NORM_LEVELS)
+        W, loss = sol.certified.level_end_to_end, sol.certified.level_loss
+        # W at a level is the flow's state where ℓ = ℓ_k exactly (its error covers the located crossing's time
+        # shift, implreg.flow.certified), so f is taken at ℓ_k, exactly; f(ℓ(W)) would add W's error times
+        # f′ ≈ 1/δ³ (at ℓ = 1e-3, depth 2: 26 against a margin of 1.9, and every instance escalated)
+        f = w11_lower_bound(Certified.exact(sol.loss_levels))
         certify(W[..., 0, 0].abs() >= f, what=f"|W₁₁| ≥ (1 − √2ℓ)²/√2ℓ at each loss level (depth {N})")
-        evidence.series("|W₁₁| vs loss", x=_plot_x(loss), y=W.value[..., 0, 0].abs(), group=f"depth {N}",
-                        xlabel="loss ℓ", ylabel="|W₁₁|", log_x=True, log_y=True)
+        _vs_loss("|W₁₁| vs loss", loss, W.value[..., 0, 0].abs(), f"depth {N}", "|W₁₁|")
         for name, norm in measures.NORMS.items():
             n = norm(W)
             certify(n >= f, what=f"{name} ≥ (1 − √2ℓ)²/√2ℓ (depth {N})")
             certify(n[:, 1:] >= n[:, :-1], what=f"{name} increases as the loss falls (depth {N})")
             if name in ("frobenius", "nuclear"):
-                evidence.series(f"{name} norm vs loss", x=_plot_x(loss), y=n.value, group=f"depth {N}",
-                                xlabel="loss ℓ", ylabel=f"‖W‖ ({name})", log_x=True, log_y=True)
+                _vs_loss(f"{name} norm vs loss", loss, n.value, f"depth {N}", f"‖W‖ ({name})")
     lv_fine = torch.logspace(math.log10(0.45), -3, 60, dtype=torch.float64)
     evidence.series("|W₁₁| vs loss", x=lv_fine, y=w11_lower_bound(lv_fine), group="lower bound (1 − √2ℓ)²/√2ℓ")
     evidence.note(f"Finite-time corollary checked at ℓ ∈ {list(NORM_LEVELS)}: |W₁₁| and every norm in "
@@ -229,10 +207,8 @@ def rank_tends_to_one(by_depth):
         certify(measures.distance_to_rank(W, 1) <= g, what=f"dist(W, rank 1) ≤ g(ℓ) (depth {N})")
         certify(erank[:, ERANK_LEVELS] <= erank_upper_bound(loss[:, ERANK_LEVELS]),
                 what=f"erank(W) ≤ exp(H(g/(f+g))) (depth {N})")
-        evidence.series("σ_min(W) vs loss", x=_plot_x(loss), y=smin.value, group=f"depth {N}", xlabel="loss ℓ",
-                        ylabel="σ_min = distance to rank 1", log_x=True, log_y=True)
-        evidence.series("effective rank vs loss", x=_plot_x(loss), y=erank.value, group=f"depth {N}",
-                        xlabel="loss ℓ", ylabel="erank(W)", log_x=True)
+        _vs_loss("σ_min(W) vs loss", loss, smin.value, f"depth {N}", "σ_min = distance to rank 1")
+        _vs_loss("effective rank vs loss", loss, erank.value, f"depth {N}", "erank(W)", log_y=False)
     lv_fine = torch.logspace(math.log10(0.1), math.log10(3e-3), 40, dtype=torch.float64)
     evidence.series("σ_min(W) vs loss", x=lv_fine, y=sigma_min_upper_bound(lv_fine), group="upper bound g(ℓ)")
     evidence.series("effective rank vs loss", x=lv_fine, y=erank_upper_bound(lv_fine),
@@ -240,8 +216,6 @@ def rank_tends_to_one(by_depth):
 
 
 # ---------------------------------------------------------------------------------------------- claim 4
-
-
 @claim(
     "razin-cohen-2020/det-sign-symmetry",
     source=RAZIN_COHEN_2020.at("§3 (probability ½, exact part)", confirmed=False),
@@ -260,46 +234,24 @@ def rank_tends_to_one(by_depth):
 @given(init=st.integers(1, 3).flatmap(lambda d: st.lists(st.integers(d, 3), min_size=0, max_size=4).flatmap(
     lambda h: gaussian_inits(dims=(d, *h, d), scale=(1e-2, 10.0)))))
 def det_sign_symmetry(init):
-    from fractions import Fraction
-
-    factors = [W[0] for W in init.factors()]
-    flipped = list(factors)
-    flipped[-1] = fz.negate_row(factors[-1].unsqueeze(0))[0]
-
-    def exact_det(Ws):
-        """det of the end-to-end product W_N⋯W_1, exactly (rational product, then mb.exact_det)."""
-        M = [[Fraction(float(x)) for x in row] for row in Ws[0].tolist()]
-        for Wj in Ws[1:]:
-            A = [[Fraction(float(x)) for x in row] for row in Wj.tolist()]
-            M = [[sum(A[i][k] * M[k][j] for k in range(len(M))) for j in range(len(M[0]))] for i in range(len(A))]
-        return mb.exact_det(M)
-
-    d0, d1 = exact_det(factors), exact_det(flipped)
-    certify.that(d1 == -d0, what="det W(θ') = −det W(θ) exactly (rational arithmetic)")
-    certify.that(all(bool((a.abs() == b.abs()).all()) for a, b in zip(factors, flipped, strict=True)),
+    factors = [Certified.exact(W) for W in init.factors()]
+    flipped = [*factors[:-1], Certified.exact(fz.negate_row(factors[-1].value))]
+    det0, det1 = (reduce(lambda W, Wj: Wj @ W, fs).det() for fs in (factors, flipped))
+    certify(det1 == -det0, what="det W(θ') = −det W(θ) exactly")  # exact inputs: decided in rational arithmetic
+    certify.that(all(bool((a.value.abs() == b.value.abs()).all()) for a, b in zip(factors, flipped, strict=True)),
                  what="|entries| of θ' equal those of θ (same density under any symmetric i.i.d. law)")
 
 
-_FAMILIES = ("gaussian", "uniform", "laplace", "student-t(3)")
+#: Entries from each family (all continuous and symmetric about 0), from a seeded generator.
+_DRAW = {"gaussian": lambda rng, n: rng.standard_normal(n), "uniform": lambda rng, n: rng.uniform(-1.0, 1.0, n),
+         "laplace": lambda rng, n: rng.laplace(0.0, 1.0, n), "student-t(3)": lambda rng, n: rng.standard_t(3, n)}
 #: Equivalence margin and sample size: at n = 2000 the exact TOST shows P ∈ ½ ± 0.05 with power 0.97 when P = ½
 #: (``stats._binom_tost_power``); a two-sided test at n = 600 had power ≈ 0.5 against P = 0.45.
 P_HALF_MARGIN, P_HALF_N = 0.05, 2000
-
-
 #: Every (family, scale, depth, size, hidden width) a sample row may use; one Hypothesis draw picks a row's setting
 #: (one draw per row keeps the 600-row sample within Hypothesis' example-size limits).
-_SETTINGS = [(f, 10.0**e, N, d, h) for f in _FAMILIES for e in (-3, -2, -1, 0, 1) for N in range(1, 6)
+_SETTINGS = [(f, 10.0**e, N, d, h) for f in _DRAW for e in (-3, -2, -1, 0, 1) for N in range(1, 6)
              for d in (1, 2, 3) for h in (1, 2, 3) if h >= d or N == 1]
-
-
-def _draw_entries(rng: np.random.Generator, family: str, size: tuple[int, ...]) -> np.ndarray:
-    if family == "gaussian":
-        return rng.standard_normal(size)
-    if family == "uniform":
-        return rng.uniform(-1.0, 1.0, size)
-    if family == "laplace":
-        return rng.laplace(0.0, 1.0, size)
-    return rng.standard_t(3, size)
 
 
 @claim(
@@ -313,7 +265,7 @@ def _draw_entries(rng: np.random.Generator, family: str, size: tuple[int, ...]) 
               "at P = ½; family, scale, depth, size and hidden widths ≥ size drawn by Hypothesis, entries drawn "
               "from the stated law by a seeded generator): holds when the data show P within the margin.",
     latex=r"\Pr[\det W(0) > 0] = \tfrac12",
-    hypotheses=(f"families {', '.join(_FAMILIES)}", "scales 10^-3 … 10", "depth 1–5", "end-to-end size d = 1–3",
+    hypotheses=(f"families {', '.join(_DRAW)}", "scales 10^-3 … 10", "depth 1–5", "end-to-end size d = 1–3",
                 "hidden widths d … 3 (a narrower hidden layer makes det W ≡ 0, and the claim is then false: "
                 "P[det W(0) > 0] = 0)"),
     max_examples=1,
@@ -323,15 +275,13 @@ def _draw_entries(rng: np.random.Generator, family: str, size: tuple[int, ...]) 
 def det_positive_probability_half(setting, rng):
     family, scale, depth, d, width = _SETTINGS[setting]
     dims = (d, *([width] * (depth - 1)), d)
-    W = scale * _draw_entries(rng, family, (dims[1], dims[0]))
+    W = scale * _DRAW[family](rng, (dims[1], dims[0]))
     for j in range(1, depth):
-        W = (scale * _draw_entries(rng, family, (dims[j + 1], dims[j]))) @ W
+        W = (scale * _DRAW[family](rng, (dims[j + 1], dims[j]))) @ W
     return bool(np.linalg.det(W) > 0)
 
 
 # ---------------------------------------------------------------------------------------------- claim 5
-
-
 @claim(
     "razin-cohen-2020/solutions-det-minus-one",
     source=RAZIN_COHEN_2020.at("§3 (the problem P)", confirmed=False),
@@ -409,8 +359,6 @@ def unbalanced_det_sign_preserved(batch):
 
 
 # ---------------------------------------------------------------------------------------------- claim 8
-
-
 #: Claim 8: levels below which δ = √(2ℓ) < ¼ ≤ min(|z|, |z′|) for every drawn z, z′ (δ(3e-2) = 0.245), save times
 #: (states of flows that never reach those levels: trapped ones), and the horizon.
 ROBUST_LEVELS = (3e-2, 1e-2)
@@ -534,8 +482,6 @@ def perturbed_rank_one(by_depth):
 
 
 # ---------------------------------------------------------------------------------------------- claim 9
-
-
 #: The bound (2 − (1+δ)^d)/(δ(1+δ)^{d−2}) is positive only for δ < 2^{1/d} − 1, i.e. ℓ < 0.034 (d = 3) and
 #: ℓ < 0.018 (d = 4): these levels give it at 4 levels for d = 3 (0.23 … 9.0) and 3 for d = 4 (1.6, 4.4, 7.3).
 EMBED_LEVELS = (0.1, 3e-2, 1e-2, 5e-3, 3e-3)
@@ -564,24 +510,19 @@ EMBED_DIMS = (3, 4)
     max_size=6) for d in EMBED_DIMS}))
 def embedding_norms_diverge(cases):
     for d, by_depth in cases.items():
-        _embedding_case(d, by_depth)
-
-
-def _embedding_case(d: int, by_depth) -> None:
-    proof = sym.embedding_det(d)
-    evidence.note(proof.note())
-    certify.that(proof.holds, what=proof.statement)
-    for N, batch in by_depth.items():
-        v = flow_to_levels(razin_cohen_embedding(d, len(batch)), batch, EMBED_LEVELS).certified
-        W, loss = v.level_end_to_end, v.level_loss
-        delta = (2 * loss).sqrt()
-        bound = (2 - (1 + delta) ** d) / (delta * (1 + delta) ** (d - 2))
-        usable = bound.lo > 0  # unreached levels (error ∞) and levels where the bound is vacuous drop out
-        # a precondition (never a refutation): the bound is positive at ≥ 3 reached levels
-        require(usable.sum(-1) >= 3, what=f"the bound is positive at ≥ 3 reached levels (depth {N}, d = {d})")
-        evidence.note(f"d = {d}, depth {N}: the bound is positive at {int(usable[0].sum())} of "
-                      f"{len(EMBED_LEVELS)} levels")
-        certify(W[..., 0, 0].abs()[usable] >= bound[usable],
-                what=f"|W₁₁| ≥ (2 − (1+δ)^d)/(δ(1+δ)^(d−2)) (depth {N}, d = {d})")
-        evidence.series("d×d embedding: |W₁₁| vs loss", x=_plot_x(loss), y=W.value[..., 0, 0].abs(),
-                        group=f"d = {d}, depth {N}", xlabel="loss ℓ", ylabel="|W₁₁|", log_x=True, log_y=True)
+        proof = sym.embedding_det(d)
+        evidence.note(proof.note())
+        certify.that(proof.holds, what=proof.statement)
+        for N, batch in by_depth.items():
+            v = flow_to_levels(razin_cohen_embedding(d, len(batch)), batch, EMBED_LEVELS).certified
+            W, loss = v.level_end_to_end, v.level_loss
+            delta = (2 * loss).sqrt()
+            bound = (2 - (1 + delta) ** d) / (delta * (1 + delta) ** (d - 2))
+            usable = bound.lo > 0  # unreached levels (error ∞) and levels where the bound is vacuous drop out
+            # a precondition (never a refutation): the bound is positive at ≥ 3 reached levels
+            require(usable.sum(-1) >= 3, what=f"the bound is positive at ≥ 3 reached levels (depth {N}, d = {d})")
+            evidence.note(f"d = {d}, depth {N}: the bound is positive at {int(usable[0].sum())} of "
+                          f"{len(EMBED_LEVELS)} levels")
+            certify(W[..., 0, 0].abs()[usable] >= bound[usable],
+                    what=f"|W₁₁| ≥ (2 − (1+δ)^d)/(δ(1+δ)^(d−2)) (depth {N}, d = {d})")
+            _vs_loss("d×d embedding: |W₁₁| vs loss", loss, W.value[..., 0, 0].abs(), f"d = {d}, depth {N}", "|W₁₁|")
