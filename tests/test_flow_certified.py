@@ -229,3 +229,50 @@ def test_balanced_view_uses_two_tolerance_errors_and_covers_the_reference() -> N
         with ref.workdps():
             W = ref.end_to_end
             _within(view.end_to_end[b], [W[r, c] for r in range(2) for c in range(2)], f"balanced W(20), {b}")
+
+
+# ---------------------------------------------------------------------------------------------- own ∩ reference
+
+
+def test_a_refined_ball_is_the_reference_intersected_with_the_solvers_own() -> None:
+    """``_intersect_own``: a reference ball wider than the solver's own enclosure shrinks to the overlap (both
+    enclose the exact value), a narrower one stays as it is, an unknown own entry (error ∞, NaN) leaves it alone,
+    and disjoint balls keep the reference's ball and report the disagreement."""
+    import numpy as np
+    from flint import arb
+
+    from implreg.flow.certified import _intersect_own
+
+    ref = np.array([arb(1, 1), arb("2.0 +/- 1e-9"), arb(5, 1), arb(7, 1)], dtype=object)
+    own_v = torch.tensor([1.25, 2.0, 0.0, math.nan], dtype=F64)
+    own_e = torch.tensor([0.5, 1.0, math.inf, 1.0], dtype=F64)
+    out, ok = _intersect_own(ref, own_v, own_e)
+    assert ok
+    assert float(out[0].lower()) == pytest.approx(0.75) and float(out[0].upper()) == pytest.approx(1.75)
+    # (arb stores radii rounded up to 30 bits: compare loosely)
+    assert float(out[1].rad()) <= 1.01e-9 and all(float(out[k].rad()) == pytest.approx(1.0) for k in (2, 3))
+    assert float(out[2].mid()) == 5 and float(out[3].mid()) == 7
+    _, ok = _intersect_own(np.array([arb(1, 0.1)], dtype=object), torch.tensor([3.0], dtype=F64),
+                           torch.tensor([0.5], dtype=F64))
+    assert not ok
+
+
+def test_a_lopsided_quasi_norm_enclosure_is_decided_on_refined_leaves() -> None:
+    """End to end through the intersecting refiner: Schatten-¼ of a flow state with rtol 1e-6 is undecided in
+    float64 against a bound just below σ₁ (σ_min^¼ carries the state's error to the ¼ power); the ball tier,
+    re-evaluating the expression on the refined leaves (reference ∩ the solver's own balls), decides it."""
+    from implreg import measures
+
+    # depth 1: W₁₁ never moves and the observed entries relax as b + (w0 − b)e^{−t}; W₁₁ chosen so that W(1) is
+    # rank one up to rounding (σ_min ~ 1e-16 ≪ the state's error ~1e-7)
+    e1 = math.exp(-1.0)
+    w12, w21, w22 = 1 - 1.375 * e1, 1 - 0.5 * e1, 0.125 * e1
+    W0 = torch.tensor([[[w12 * w21 / w22, -0.375], [0.5, 0.125]]], dtype=F64)
+    run = flow.solve(razin_cohen_2x2(1), (W0,), t_max=1.0, rtol=1e-6, atol=1e-9)
+    W = run.certified.end_to_end
+    n = measures.schatten(W, 0.25)
+    s1 = measures.spectral(W)
+    bound = float(s1.value[0]) * (1 - 1e-6)
+    assert float(n.lo[0]) < bound  # float64 alone cannot decide it
+    certify(n >= bound, what="Schatten-¼ ≥ just below σ₁")
+    assert run.certified.runs.cache, "the decision must have come from the refined leaves"

@@ -1,12 +1,15 @@
 """Gradient flow of a batch of matrix-factorization inits to loss levels, and the closed-form bounds of Razin &
-Cohen's 2×2 problems that the claims compare with (moved here from ``theorems/_factorization.py``).
+Cohen's 2×2 problems that the claims compare with.
 
-New code: :func:`flow_to_levels` returns the solver's solution, whose ``.certified`` view gives the end-to-end
-matrices and losses at the levels and save times as certified values (errors carried, escalation to the mpmath
-reference automatic); the bounds (:func:`w11_lower_bound`, :func:`sigma_min_upper_bound`,
-:func:`erank_upper_bound`, :func:`perturbed_w_lower_bound`, :func:`perturbed_sigma_min_upper_bound`) accept
-floats, tensors and certified values alike.  The older :func:`solve_levels` (``LevelStates`` with a hand-made
-error per state) and its escalation helpers remain for the claims not yet moved onto the certified API.
+:func:`flow_to_levels` returns the solver's solution, whose ``.certified`` view gives the end-to-end matrices and
+losses at the levels and save times as certified values (errors carried, escalation to the mpmath reference
+automatic); :func:`certified_det` gives det W there in the form that keeps its sign resolvable (factor
+determinants, or the hybrid solver's carried sign past its switch).  The bounds (:func:`w11_lower_bound`,
+:func:`sigma_min_upper_bound`, :func:`erank_upper_bound`, :func:`perturbed_w_lower_bound`,
+:func:`perturbed_sigma_min_upper_bound`) accept floats, tensors and certified values alike.
+:func:`reference_factor_dets` is the independent mpmath check of det W past the hybrid solver's switch.
+The older :func:`solve_levels` (``LevelStates`` with a hand-made error per state) remains for
+``theorems/gunasekar_2017.py``.
 
 Which solver: depth ≥ 3 (and any unbalanced init) runs the plain factor-coordinate gradient flow
 (``implreg.flow.solve``, Dormand–Prince, det guard on) — it assumes nothing about balancedness, so its states are
@@ -14,44 +17,33 @@ independent evidence.  Depth 2 with a balanced init runs ``implreg.flow.spectral
 factor-coordinate flow until σ_min/σ_max < 1e-3 (where float64 stops resolving det W), then the balanced
 end-to-end flow in coordinates that carry log σ_min.  Its det sign past the switch is carried by construction
 (σ_min = e^λ > 0), which is the mechanism of Razin & Cohen's proof; the claims say so in their notes.
-
-Every state a claim compares comes with an entrywise error bound of the end-to-end matrix: the solver's own
-estimate for the hybrid solver, and ``matrix_bounds.product_error`` of the factors' estimate otherwise, each
-made two-tolerance (``flow.two_tolerance_error``: estimate + |tight − loose| with the loose run at 100× the
-tolerances), because the integrators' estimates alone miss the flow's amplification of earlier errors.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from mpmath import mp
 from torch import Tensor
 
-from implreg import certify, flow, reference
-from implreg.errors import ImplregError, InvalidInputError
+from implreg import flow, reference
+from implreg.errors import InvalidInputError
+from implreg.flow.certified import REF_TOTAL_BUDGET_S
 from implreg.flow.gradient_flow import TWO_TOL_FACTOR, two_tolerance_combine
-from implreg.flow.spectral import solve_balanced
-from implreg.matrix_bounds import U64, product_error
+from implreg.flow.spectral import BalancedFlowSolution, solve_balanced
+from implreg.matrix.inits import is_balanced, stack_factors
+from implreg.matrix_bounds import product_error
+from implreg.numerics import Certified, exp, log, minimum, where
 from implreg.problems import Problem
-from implreg.strategies.matrix import BalancedInit, stack_factors
 
 #: Loss levels (all below ½) at which the 2×2 claims check their finite-time corollaries.
 LEVELS = (0.4, 0.2, 0.1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3)
 #: Default tolerances of the torch solvers (the claims' error bounds are built from their estimates).
 RTOL, ATOL = 1e-9, 1e-12
-#: The reference integrator's schedule of decimal digits and wall budget per solve (escalations only).
-REF_DPS = (30, 60)
-REF_BUDGET_S = 20.0
-#: Wall budget of all escalations of one ReferenceLevels (one batch of one example): past it, undecided
-#: entries stay undecided (the claim becomes inconclusive rather than slow).
-REF_TOTAL_BUDGET_S = 60.0
 
 
 @dataclass
@@ -70,13 +62,6 @@ class LevelStates:
     log_abs_det: Tensor | None = None     # hybrid solver only
     final_W: Tensor | None = None
     final_err: Tensor | None = None
-    save_t: Tensor | None = None
-    save_W: Tensor | None = None
-    save_err: Tensor | None = None
-    save_det_sign: Tensor | None = None
-    save_log_abs_det: Tensor | None = None
-    sv_lo: Tensor | None = None           # (B, L, d): extra lower bounds on the singular values (hybrid solver)
-    sv_hi: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,14 +71,12 @@ class LevelStates:
 
 
 def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float] = LEVELS, *,
-                 save_at: Sequence[float] | None = None, guard: str = "det", hybrid: bool | None = None,
-                 t_max: float = math.inf, max_steps: int = 200_000, sigma_intervals: bool = False) -> LevelStates:
-    """Solve gradient flow for a batch of inits (one depth) until the smallest level, recording every level.
+                 guard: str = "det", hybrid: bool | None = None, t_max: float = math.inf,
+                 max_steps: int = 200_000) -> LevelStates:
+    """Solve gradient flow for a batch of inits (one depth) until the smallest level, recording every level, with
+    a two-tolerance entry error per state (legacy: new claims use :func:`flow_to_levels` and its certified view).
 
     ``hybrid`` (default: depth 2 and balanced inits) selects ``solve_balanced``; otherwise ``flow.solve``.
-    ``sigma_intervals`` (hybrid only): also bound σ_min at every level from log σ_min, whose error is estimated
-    by a second solve at 100× looser tolerances (|λ_tight − λ_loose| over-estimates the tight run's error);
-    the hybrid solver keeps σ_min to relative precision even where it is far below the entries' error.
     """
     depth = inits[0].depth
     B = len(inits)
@@ -102,43 +85,23 @@ def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float]
         problem = problem.expand(B)
     factors = stack_factors(inits)
     if hybrid is None:
-        hybrid = depth == 2 and all(isinstance(i, BalancedInit) for i in inits) and problem.shape[0] == problem.shape[1]
+        hybrid = depth == 2 and all(is_balanced(i) for i in inits) and problem.shape[0] == problem.shape[1]
     target = lv[-1]
     if hybrid:
-        sol = solve_balanced(problem, factors, depth, loss_target=target, t_max=t_max, loss_levels=lv,
-                             save_at=save_at, rtol=RTOL, atol=ATOL, max_steps=max_steps)
+        kw = {"loss_target": target, "t_max": t_max, "loss_levels": lv, "max_steps": max_steps}
+        sol = solve_balanced(problem, factors, depth, rtol=RTOL, atol=ATOL, **kw)
         # the two-tolerance error (see flow.two_tolerance_error: the estimate alone misses amplification)
-        loose = solve_balanced(problem, factors, depth, loss_target=target, t_max=t_max, loss_levels=lv,
-                               save_at=save_at, rtol=TWO_TOL_FACTOR * RTOL, atol=TWO_TOL_FACTOR * ATOL,
-                               max_steps=max_steps)
+        loose = solve_balanced(problem, factors, depth, rtol=TWO_TOL_FACTOR * RTOL, atol=TWO_TOL_FACTOR * ATOL, **kw)
         level_err = _two_tol(sol.level_error, sol.level_end_to_end, loose.level_end_to_end)
         reached = torch.isfinite(sol.level_t) & torch.isfinite(level_err)
         out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, level_err,
                           sol.level_t, reached, "hybrid balanced solver (factor → log σ)",
                           sol.messages(), det_sign=sol.level_det_sign, log_abs_det=sol.level_log_abs_det,
                           final_W=sol.end_to_end, final_err=_two_tol(sol.error, sol.end_to_end, loose.end_to_end))
-        if save_at is not None:
-            out.save_t, out.save_W = sol.save_t, sol.save_end_to_end
-            out.save_err = _two_tol(sol.save_error, sol.save_end_to_end, loose.save_end_to_end)
-            out.save_det_sign = sol.save_det_sign
-            out.save_log_abs_det = sol.save_log_sigma.sum(-1)
-        if sigma_intervals:
-            lam = sol.level_log_sigma[..., -1]
-            dlam = (lam - loose.level_log_sigma[..., -1]).abs() + 1e-12
-            drift = 2e-6  # the solver keeps ‖UᵀU − I‖, ‖VᵀV − I‖ ≤ 1e-6 (its drift guard)
-            d = sol.level_log_sigma.shape[-1]
-            lo = torch.zeros_like(sol.level_log_sigma)
-            hi = torch.full_like(sol.level_log_sigma, math.inf)
-            lo[..., d - 1] = torch.exp(lam - dlam) * (1 - drift)
-            hi[..., d - 1] = torch.exp(lam + dlam) * (1 + drift)
-            ok = torch.isfinite(dlam)
-            out.sv_lo = torch.where(ok[..., None], lo, torch.zeros_like(lo))
-            out.sv_hi = torch.where(ok[..., None], hi, torch.full_like(hi, math.inf))
         out.extra["solution"] = sol
         return out
-    sol = flow.solve(problem, factors, loss_target=target, t_max=t_max, loss_levels=lv, save_at=save_at,
-                     rtol=RTOL, atol=ATOL, guard=guard, max_steps=max_steps, error="two-tolerance")
-    L = len(lv)
+    sol = flow.solve(problem, factors, loss_target=target, t_max=t_max, loss_levels=lv, rtol=RTOL, atol=ATOL,
+                     guard=guard, max_steps=max_steps, error="two-tolerance")
     lf = sol.level_factors  # each (B, L, a, b); NaN at levels not reached
     # a level whose two-tolerance error is infinite (the loose run did not get there) counts as not reached
     reached = torch.isfinite(sol.level_t) & torch.isfinite(sol.level_error)
@@ -148,16 +111,7 @@ def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float]
     out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, err, sol.level_t,
                       reached, "Dormand–Prince 5(4) in factor coordinates", sol.messages(),
                       final_W=sol.end_to_end, final_err=product_error(sol.factors, sol.error))
-    if save_at is not None:
-        sy = sol.layout.unpack(sol.result.save_y)
-        out.save_t, out.save_W = sol.save_t, sol.save_end_to_end
-        se = sol.result.save_error
-        ok_se = torch.isfinite(se)
-        out.save_err = product_error(tuple(torch.nan_to_num(W) for W in sy),
-                                     torch.where(ok_se, se, torch.zeros_like(se)))
-        out.save_err = torch.where(ok_se, out.save_err, torch.full_like(out.save_err, math.nan))
     out.extra["solution"] = sol
-    assert out.W.shape[:2] == (B, L)
     return out
 
 
@@ -166,164 +120,14 @@ def _two_tol(e: Tensor, W: Tensor, W_loose: Tensor) -> Tensor:
     return two_tolerance_combine(e, W.flatten(-2), W_loose.flatten(-2))
 
 
-# ---------------------------------------------------------------------------------------------- placeholders
-
-
-def fill_missing(value: Tensor, bound: Tensor, error: Tensor, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Replace entries that were not computed (``~ok``) by an undecidable placeholder (0 vs 0 ± 1), so that
-    certify hands exactly those entries to the escalation (never to a verdict)."""
-    z = torch.zeros_like(value)
-    return (torch.where(ok, value, z), torch.where(ok, bound, z),
-            torch.where(ok, error, torch.ones_like(error)))
-
-
-# ---------------------------------------------------------------------------------------------- reference
-
-
-class ReferenceLevels:
-    """mpmath reference states of a batch at loss levels, solved on demand and cached per (i, level, dps).
-
-    Factors are formed at the reference's precision (``init.factors_mp``), so a balanced init is balanced to
-    that precision.  A state is ``(W, err)`` with ``W`` an mp.matrix and ``err`` its ‖δW‖_F estimate, or None
-    when the reference could not get there within its budget (the comparison then stays undecided).
-    """
-
-    def __init__(self, problem_of: Callable[[int], Problem], inits: Sequence[Any], levels: Sequence[float],
-                 budget_s: float = REF_BUDGET_S, total_budget_s: float = REF_TOTAL_BUDGET_S):
-        self.problem_of, self.inits, self.budget_s = problem_of, list(inits), budget_s
-        self.levels = [float(x) for x in levels]
-        self.cache: dict[tuple[int, int, int], tuple[Any, Any] | None] = {}
-        self.notes: list[str] = []
-        self.total_budget_s, self.spent_s = total_budget_s, 0.0
-
-    def state(self, i: int, k: int, dps: int) -> tuple[Any, Any] | None:
-        key = (i, k, dps)
-        if key not in self.cache and self.spent_s >= self.total_budget_s:
-            self.notes.append(f"reference budget of {self.total_budget_s:g} s spent; instance {i}, level {k} stays "
-                              "undecided")
-            return None
-        if key not in self.cache:
-            t0 = time.perf_counter()
-            try:
-                sol = reference.solve(self.problem_of(i), self.inits[i].factors_mp(dps), t_end=1e6, dps=dps,
-                                      loss_target=self.levels[k], budget_s=self.budget_s)
-                self.cache[key] = (sol.end_to_end, sol.error_estimate)
-            except ImplregError as exc:  # budget exceeded or numerical failure: leave undecided
-                self.notes.append(f"reference at {dps} digits for instance {i}, ℓ = {self.levels[k]:g}: {exc}")
-                self.cache[key] = None
-            self.spent_s += time.perf_counter() - t0
-        return self.cache[key]
-
-    def escalation(self, quantity: Callable[[Callable[[int, int], tuple[Any, Any] | None], tuple[int, ...]],
-                                            tuple[Any, Any, Any] | None],
-                   dps: Sequence[int] = REF_DPS) -> certify.Escalate:
-        """An ``escalate`` for certify.  For every undecided entry (index tuple ``idx`` of the comparison)
-        ``quantity(fetch, idx)`` is called under ``mp.workdps(dps)``; ``fetch(i, k)`` returns the reference state
-        ``(W, err)`` of instance i at level k (or None); it returns refined (value, bound, error) or None."""
-
-        def fn(mask: np.ndarray, dps: int) -> tuple[list, list, list]:
-            vals, bnds, errs = [], [], []
-            for flat in np.flatnonzero(mask):
-                idx = tuple(int(x) for x in np.unravel_index(flat, mask.shape))
-                with mp.workdps(dps):
-                    out = quantity(lambda i, k, dps=dps: self.state(i, k, dps), idx)
-                    if out is None:
-                        out = (mp.mpf(0), mp.mpf(0), mp.mpf(1))
-                vals.append(out[0])
-                bnds.append(out[1])
-                errs.append(out[2])
-            return vals, bnds, errs
-
-        return certify.rising_precision(fn, dps=tuple(dps))
-
-
-    def escalation_f64(self, states: Callable[[tuple[int, ...]], list[tuple[int, int]]],
-                       q: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]],
-                       dps: Sequence[int] = REF_DPS) -> certify.Escalate:
-        """An ``escalate`` that re-evaluates a float64 quantity on reference states: entry ``idx`` needs the
-        states ``states(idx)`` = [(i, k), …]; they are rounded to float64 (their error bound grows by the
-        rounding, ≤ u·max|W|) and ``q(W (m, d, d'), e (m,))`` returns (value, bound, error) for that entry.
-        Right where float64 itself resolves the comparison (norms, entries); det-type quantities use
-        :meth:`escalation` (mpmath) instead."""
-
-        def quantity(fetch, idx):
-            Ws, es = [], []
-            for i, k in states(idx):
-                st = fetch(i, k)
-                if st is None:
-                    return None
-                W, e = st
-                Wf = torch.tensor([[float(W[r, c]) for c in range(W.cols)] for r in range(W.rows)],
-                                  dtype=torch.float64)
-                Ws.append(Wf)
-                es.append(float(e) * (1 + 1e-12) + 2 * U64 * float(Wf.abs().max()))
-            v, b, err = (float(x) for x in q(torch.stack(Ws), torch.tensor(es, dtype=torch.float64)))
-            if not all(math.isfinite(x) for x in (v, b, err)):
-                return None  # the reference's own error is too large here: stays undecided
-            return mp.mpf(v), mp.mpf(b), mp.mpf(err)
-
-        return self.escalation(quantity, dps)
-
-
-def save_time_escalation(problem_of: Callable[[int], Problem], inits: Sequence[Any], save_t: Sequence[float],
-                         pairs: Sequence[tuple[int, int]],
-                         mp_quantity: Callable[[Any, Any], tuple[Any, Any, Any]],
-                         budget_s: float = REF_BUDGET_S, total_budget_s: float = REF_TOTAL_BUDGET_S,
-                         dps: Sequence[int] = REF_DPS) -> certify.Escalate:
-    """An ``escalate`` for a comparison whose j-th entry is instance ``pairs[j][0]`` at save time index
-    ``pairs[j][1]``: the mpmath reference solves each needed instance once per precision up to its latest
-    undecided save time (factors formed at that precision), and ``mp_quantity(W, err)`` gives (value, bound,
-    error) from the reference state.  Past the budgets, entries stay undecided."""
-    cache: dict[tuple[int, int], Any] = {}
-    spent = [0.0]
-    times = [float(x) for x in save_t]
-
-    def states(i: int, need: list[int], p: int):
-        if (i, p) not in cache:
-            if spent[0] >= total_budget_s:
-                return None
-            t0 = time.perf_counter()
-            upto = times[: max(need) + 1]
-            try:
-                cache[(i, p)] = reference.solve(problem_of(i), inits[i].factors_mp(p), t_end=upto[-1], dps=p,
-                                                save_at=upto, budget_s=budget_s)
-            except ImplregError:
-                cache[(i, p)] = None
-            spent[0] += time.perf_counter() - t0
-        return cache[(i, p)]
-
-    def fn(mask: np.ndarray, dps: int) -> tuple[list, list, list]:
-        p = dps
-        flat = [int(j) for j in np.flatnonzero(mask)]
-        need: dict[int, list[int]] = {}
-        for j in flat:
-            need.setdefault(pairs[j][0], []).append(pairs[j][1])
-        vals, bnds, errs = [], [], []
-        for j in flat:
-            i, k = pairs[j]
-            sol = states(i, need[i], p)
-            with mp.workdps(p):
-                W = sol.save_end_to_end[k] if sol is not None and k < len(sol.save_end_to_end) else None
-                if W is None:
-                    vals.append(mp.mpf(0))
-                    bnds.append(mp.mpf(0))
-                    errs.append(mp.mpf(1))
-                    continue
-                v, b, e = mp_quantity(W, sol.save_errors[k])
-                vals.append(v)
-                bnds.append(b)
-                errs.append(e)
-        return vals, bnds, errs
-
-    return certify.rising_precision(fn, dps=tuple(dps))
-
-
-def mp_det2(W: Any) -> Any:
+def _mp_det2(W: Any) -> Any:
+    """det of a 2×2 mp.matrix."""
     return W[0, 0] * W[1, 1] - W[0, 1] * W[1, 0]
 
 
-def mp_det2_error(W: Any, e: Any) -> Any:
-    """The mp analogue of ``matrix_bounds.det2_error`` (e bounds every entry's error)."""
+def _mp_det2_error(W: Any, e: Any) -> Any:
+    """|det(W + E) − det W| ≤ e·Σ|W_ij| + 2e² for |E_ij| ≤ e (expand the two products; mp analogue of
+    ``matrix_bounds.det2_error``)."""
     return e * sum(abs(W[i, j]) for i in range(2) for j in range(2)) + 2 * e * e
 
 
@@ -340,53 +144,6 @@ def w11_lower_bound(loss: Any, sqrt: Callable[[Any], Any] = _sqrt_any) -> Any:
     |W₁₁| ≥ W₁₂W₂₁/|W₂₂| ≥ (1 − δ)²/δ).  Works on floats, numpy arrays, torch tensors and mpf."""
     d = sqrt(2 * loss)
     return (1 - d) ** 2 / d
-
-
-def w11_bound_error(loss: Tensor, loss_err: Tensor) -> Tensor:
-    """Bound on |f(ℓ') − f(ℓ)| for |ℓ' − ℓ| ≤ loss_err: with δ = √(2ℓ), |f'(δ)| = |1 − 1/δ²| ≤ 1/δ_lo² and
-    |δ' − δ| ≤ √(2·loss_err) ∧ loss_err/δ_lo (δ_lo = √(2(ℓ − loss_err)))."""
-    lo = (loss - loss_err).clamp(min=1e-300)
-    d_lo = torch.sqrt(2 * lo)
-    dd = torch.minimum(torch.sqrt(2 * loss_err), 2 * loss_err / (d_lo + torch.sqrt(2 * loss)))
-    return dd / (d_lo * d_lo) * (1 + 1e-12) + 1e-15 * (1 / d_lo)
-
-
-def loss_2x2(W: Any) -> Any:
-    """ℓ on the Razin–Cohen problem: ½((W₁₂ − 1)² + (W₂₁ − 1)² + W₂₂²), for a tensor batch (..., 2, 2) or an
-    mp.matrix (which has no ``...`` indexing)."""
-    if isinstance(W, torch.Tensor):
-        return ((W[..., 0, 1] - 1) ** 2 + (W[..., 1, 0] - 1) ** 2 + W[..., 1, 1] ** 2) / 2
-    return ((W[0, 1] - 1) ** 2 + (W[1, 0] - 1) ** 2 + W[1, 1] ** 2) / 2
-
-
-# ---------------------------------------------------------------------------------------------- certify at levels
-
-
-def certify_levels(op: str, value: Tensor, bound: Tensor, error: Tensor, reached: Tensor, *, what: str,
-                   ref: ReferenceLevels | None = None,
-                   q: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
-                   mp_quantity: Callable[[Callable, tuple[int, int]], tuple[Any, Any, Any] | None] | None = None,
-                   consider: Tensor | None = None,
-                   states: Callable[[int, int], list[tuple[int, int]]] | None = None) -> None:
-    """Certify ``value op bound`` (op "≥" or "≤") over the (B, L) entries where ``consider`` (default: all).
-
-    Reached entries compare as given; unreached ones (the solver stopped before that level) are placeholders
-    that certify hands to the reference: ``q`` re-evaluates the float64 quantity on reference states
-    (``states(i, k)``, default [(i, k)]), or ``mp_quantity(fetch, (i, k))`` computes it in mpmath.
-    """
-    if consider is None:
-        consider = torch.ones_like(reached)
-    pairs = [tuple(int(x) for x in r) for r in consider.nonzero().tolist()]
-    ok = reached[consider]
-    v, b, e = fill_missing(value[consider], bound[consider], error[consider], ok)
-    esc = None
-    if ref is not None and q is not None:
-        st_of = states or (lambda i, k: [(i, k)])
-        esc = ref.escalation_f64(lambda j: st_of(*pairs[j[0]]), q)
-    elif ref is not None and mp_quantity is not None:
-        esc = ref.escalation(lambda fetch, j: mp_quantity(fetch, pairs[j[0]]))
-    fn = certify.at_least if op == "≥" else certify.at_most
-    fn(v, b, error=e, what=what, escalate=esc)
 
 
 # ---------------------------------------------------------------------------------------------- certified API
@@ -412,12 +169,53 @@ def flow_to_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[floa
         problem = problem.expand(len(inits))
     factors = stack_factors(inits)
     if hybrid is None:
-        hybrid = depth == 2 and all(isinstance(i, BalancedInit) for i in inits) and problem.shape[0] == problem.shape[1]
+        hybrid = depth == 2 and all(is_balanced(i) for i in inits) and problem.shape[0] == problem.shape[1]
     kw = {"loss_target": lv[-1], "t_max": t_max, "loss_levels": lv, "save_at": save_at, "rtol": RTOL, "atol": ATOL,
           "max_steps": max_steps}
     if hybrid:
         return solve_balanced(problem, factors, depth, **kw)
     return flow.solve(problem, factors, guard=guard, **kw)
+
+
+def certified_det(sol: Any) -> tuple[Certified, Certified]:
+    """det W at the loss levels (B, L) and the save times (B, T) of a :func:`flow_to_levels` solution, as certified
+    values whose SIGN is that of det W (what the det-sign claims compare with 0).
+
+    Factor solver (``flow.solve``), square factors: det W = Π_j det W_j of the certified factors, which keeps
+    relative precision u·cond(W)^{1/N} where det W of the end-to-end matrix would keep u·cond(W) (Razin–Cohen at
+    depth 3: det W ≈ 1e-30 with entry errors ≈ 1e-10); else det of the certified end-to-end matrix.
+    Hybrid solver (``solve_balanced``): det of the certified end-to-end matrix at states before its switch
+    (σ_min/σ_max ≥ 1e-3 there, so det W is resolvable), and at and after the switch its carried sign ±1 as a
+    measured leaf with error 0 (σ_min = e^λ > 0 and sign det U·det V·det T, certified at the switch by the det
+    guard): an integration fact, not an independent one — ``rigorous=False``, and claims that need an
+    independent check at those states use :func:`reference_factor_dets`.
+    Unreached levels and saves are 0 ± ∞ (undecided; certify refines them from the mpmath reference).
+    """
+    v = sol.certified
+    if not isinstance(sol, BalancedFlowSolution):
+        fs_l, fs_s = v.level_factors, v.save_factors
+        if all(W.shape[-1] == W.shape[-2] for W in fs_l):
+            return _prod(W.det() for W in fs_l), _prod(W.det() for W in fs_s)
+        return v.level_end_to_end.det(), v.save_end_to_end.det()
+    sw = sol.phase_switch_t.unsqueeze(-1)  # NaN (never switched): every comparison below is False
+
+    def carried(det: Certified, t: Tensor, sign: Tensor, what: str) -> Certified:
+        past = (t >= sw) & torch.isfinite(sign)
+        leaf = Certified.measured(torch.where(past, sign, torch.ones_like(sign)), torch.zeros_like(sign),
+                                  rigorous=False, label=f"hybrid solver's det sign at {what} (carried past its switch)")
+        return where(past, leaf, det)
+
+    save_t = sol.save_t.unsqueeze(0).expand_as(sol.save_det_sign)
+    return (carried(v.level_end_to_end.det(), sol.level_t, sol.level_det_sign, "loss levels"),
+            carried(v.save_end_to_end.det(), save_t, sol.save_det_sign, "save times"))
+
+
+def _prod(xs: Any) -> Certified:
+    it = iter(xs)
+    out = next(it)
+    for x in it:
+        out = out * x
+    return out
 
 
 def sigma_min_upper_bound(loss: Any) -> Any:
@@ -428,12 +226,15 @@ def sigma_min_upper_bound(loss: Any) -> Any:
     return d * (1 + (1 + d) ** 2 / (1 - d) ** 2)
 
 
-def erank_upper_bound(loss: Tensor) -> Tensor:
+def erank_upper_bound(loss: Any) -> Any:
     """exp(H(q)), q = g/(f + g) ∧ ½ (f = :func:`w11_lower_bound`, g = :func:`sigma_min_upper_bound`): the effective
-    rank of a 2×2 W with σ_min ≤ g and σ_max ≥ f (H the binary entropy; increasing in q on [0, ½])."""
-    f, g = w11_lower_bound(loss, torch.sqrt), sigma_min_upper_bound(loss)
-    q = (g / (f + g)).clamp(max=0.5)
-    return torch.exp(-(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q)))
+    rank of a 2×2 W with σ_min ≤ g and σ_max ≥ f (H the binary entropy, increasing in q on [0, ½]).  A certified
+    loss gives a certified bound; a float or tensor its float64 value."""
+    lc = loss if isinstance(loss, Certified) else Certified.exact(torch.as_tensor(loss, dtype=torch.float64))
+    f, g = w11_lower_bound(lc), sigma_min_upper_bound(lc)
+    q = minimum(g / (f + g), 0.5)
+    out = exp(-(q * log(q) + (1 - q) * log(1 - q)))
+    return out if isinstance(loss, Certified) else out.value
 
 
 def perturbed_w_lower_bound(z: Any, zp: Any, eps: Any, delta: Any) -> Any:
@@ -471,7 +272,41 @@ def reference_factor_dets(problem: Problem, factors_mp: Sequence[Any], levels: S
             e = 2 * sol.level_factor_errors[k]
             det, err = mp.mpf(1), mp.mpf(0)
             for Wj in sol.level_factors[k]:
-                dj, ej = mp_det2(Wj), mp_det2_error(Wj, e)
+                dj, ej = _mp_det2(Wj), _mp_det2_error(Wj, e)
                 det, err = det * dj, abs(det) * ej + abs(dj) * err + err * ej
             out.append((det, err))
     return out
+
+
+def reference_dets_past_switch(sol: BalancedFlowSolution, inits: Sequence[Any], *,
+                               dps: Sequence[int] = (60, 100)) -> tuple[Certified, list[dict[str, Any]]]:
+    """det W from the mpmath reference (:func:`reference_factor_dets`, product form) at every loss level that the
+    hybrid solver ``sol`` reached at or after its switch, for the first ``len(inits)`` rows of ``sol`` (``inits``
+    those rows' inits, with ``factors_mp``): the independent check of the solver's carried det sign.
+
+    Returns det W over the (row, level) pairs, flattened, as a measured value (mid ± the reference's error estimate
+    widened by 1e-9 for its conversion to float64, plus the float64 rounding of the mid: ``rigorous=False``), and
+    one evidence row per instance.  Each instance is solved at ``dps[0]`` digits, at the next precision where
+    a sign stays unresolved; a level the reference did not reach is 0 ± ∞ (undecided, never a verdict).
+    """
+    dets, errs, rows = [], [], []
+    for i, init in enumerate(inits):
+        lv = [float(x) for k, x in enumerate(sol.loss_levels.tolist())
+              if float(sol.level_t[i, k]) >= float(sol.phase_switch_t[i])]
+        if not lv:
+            continue
+        for p in dps:
+            got = reference_factor_dets(sol.problem.select([i]), init.factors_mp(p), lv, dps=p)
+            det = torch.tensor([float(g[0]) if g else 0.0 for g in got], dtype=torch.float64)
+            err = torch.tensor([float(g[1]) * (1 + 1e-9) if g else math.inf for g in got], dtype=torch.float64)
+            err = err + det.abs() * 2.0**-52
+            if bool((det.abs() > err).all()):
+                break
+        dets.append(det)
+        errs.append(err)
+        rows.append({"instance": i, "levels": lv, "det W": det.tolist(), "error estimate": err.tolist(),
+                     "digits": p})
+    if not dets:
+        return Certified.exact(torch.zeros(0, dtype=torch.float64)), rows
+    return (Certified.measured(torch.cat(dets), torch.cat(errs), rigorous=False,
+                               label="det W past the switch (mpmath reference, product form)"), rows)

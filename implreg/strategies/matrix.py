@@ -38,6 +38,7 @@ import torch
 from hypothesis import strategies as st
 
 from implreg.errors import InvalidInputError
+from implreg.matrix.inits import stack_factors
 from implreg.problems import Problem, completion, razin_cohen_perturbed
 
 __all__ = [
@@ -153,6 +154,8 @@ class BalancedInit:
     zr: tuple[Matrix, ...] = ()
     flip_u: bool = False
     width: int | None = None
+    #: balanced by construction (``implreg.matrix.inits.is_balanced``: the solvers pick the balanced flow)
+    balanced = True
 
     def __post_init__(self) -> None:
         d, e, k, h = self.d, self.e, self.k, self.h
@@ -337,6 +340,7 @@ class GaussianInit:
     scale: float
     z: tuple[Matrix, ...]
     flip: bool = False
+    balanced = False  # independent factors (``implreg.matrix.inits.is_balanced``)
 
     @property
     def depth(self) -> int:
@@ -432,17 +436,6 @@ def gaussian_inits(*, dims: Sequence[int] | st.SearchStrategy[Sequence[int]] = (
             seed += 1
 
     return draw()
-
-
-def stack_factors(inits: Sequence[Any], dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
-    """Concatenate the factors of instances of one depth and shape along the batch axis."""
-    if not inits:
-        raise InvalidInputError("stack_factors needs at least one instance")
-    per = [i.factors(dtype) for i in inits]
-    depth = {len(p) for p in per}
-    if len(depth) != 1:
-        raise InvalidInputError(f"instances of different depths cannot share a batch: {sorted(depth)}")
-    return tuple(torch.cat([p[j] for p in per], dim=0) for j in range(len(per[0])))
 
 
 def same_depth_batches(depth: st.SearchStrategy[int], instance: Callable[[int], st.SearchStrategy[Any]], *,
