@@ -1,5 +1,4 @@
-"""Tests of the legacy plumbing of the matrix-factorization claims (``implreg.matrix.levels``, re-exported by
-``theorems/_factorization.py``).
+"""Tests of the level-solving helpers of the matrix-factorization claims (``implreg.matrix.levels``).
 
 Every helper is checked against an independent computation, never against its own output:
 
@@ -30,7 +29,6 @@ from implreg import matrix_bounds as mb
 from implreg.matrix import levels
 from implreg.problems import razin_cohen_2x2
 from implreg.strategies.matrix import BalancedInit
-from theorems import _factorization as fz
 
 F64 = torch.float64
 U = mb.U64  # 2^-52, an over-estimate of the unit roundoff
@@ -97,14 +95,14 @@ def test_w11_lower_bound_matches_the_closed_form_on_floats_arrays_tensors_and_mp
     # amplified by f's condition number in δ, (1 + δ)/(1 − δ) ≤ 3 for δ ≤ ½: ≤ 9u ≈ 2e-15; 1e-14 leaves room.
     # (At ℓ = ½ every step is exact, so f = 0 exactly, which rel= demands.)
     rel = 1e-14
-    assert fz.w11_lower_bound(float(loss), math.sqrt) == pytest.approx(want, rel=rel, abs=0)
-    arr = fz.w11_lower_bound(np.array([float(loss)] * 3), np.sqrt)
+    assert levels.w11_lower_bound(float(loss), math.sqrt) == pytest.approx(want, rel=rel, abs=0)
+    arr = levels.w11_lower_bound(np.array([float(loss)] * 3), np.sqrt)
     assert arr.shape == (3,) and np.allclose(arr, want, rtol=rel, atol=0)
-    t = fz.w11_lower_bound(torch.full((2, 3), float(loss), dtype=F64), torch.sqrt)
+    t = levels.w11_lower_bound(torch.full((2, 3), float(loss), dtype=F64), torch.sqrt)
     assert t.shape == (2, 3) and t.dtype == F64
     assert torch.allclose(t, torch.full_like(t, want), rtol=rel, atol=0)
     with mp.workdps(50):
-        got = fz.w11_lower_bound(mp.mpf(loss), mp.sqrt)  # ℓ as the exact decimal, not its float
+        got = levels.w11_lower_bound(mp.mpf(loss), mp.sqrt)  # ℓ as the exact decimal, not its float
         # 50 digits: five roundings of ≤ 1e-50 relative each, condition number ≤ 3: 1e-45 is ample.
         assert abs(got - mp.mpf(expected)) <= mp.mpf("1e-45") * max(1, abs(mp.mpf(expected)))
 
@@ -126,7 +124,7 @@ def test_w11_lower_bound_is_a_lower_bound_where_det_is_positive_and_loss_below_h
         W = mp.matrix([[W11, W12], [W21, c]])
         ell = _loss2(W)
         assert _det2(W) > 0 and ell < mp.mpf(1) / 2  # the hypotheses (true by construction)
-        assert abs(W[0, 0]) >= fz.w11_lower_bound(ell, mp.sqrt)
+        assert abs(W[0, 0]) >= levels.w11_lower_bound(ell, mp.sqrt)
 
 
 @pytest.mark.parametrize("delta", ["1e-2", "1e-4", "1e-6"])
@@ -138,7 +136,7 @@ def test_w11_lower_bound_is_nearly_attained(delta):
         d = mp.mpf(delta)
         W = mp.matrix([[(1 + mp.mpf("1e-12")) / d, 1], [1, d]])
         ell = _loss2(W)
-        f = fz.w11_lower_bound(ell, mp.sqrt)
+        f = levels.w11_lower_bound(ell, mp.sqrt)
         assert _det2(W) > 0 and abs(ell - d * d / 2) <= mp.mpf("1e-45")
         assert f <= W[0, 0] <= f * (1 + 3 * d)
 
@@ -190,8 +188,8 @@ LEVELS2 = (0.1, 0.4, 1e-2)
 
 @pytest.fixture(scope="module")
 def runs():
-    return {3: fz.solve_levels(razin_cohen_2x2(), INITS3, LEVELS3),
-            2: fz.solve_levels(razin_cohen_2x2(len(INITS2)), INITS2, LEVELS2)}
+    return {3: levels.solve_levels(razin_cohen_2x2(), INITS3, LEVELS3),
+            2: levels.solve_levels(razin_cohen_2x2(len(INITS2)), INITS2, LEVELS2)}
 
 
 def test_inits_have_positive_det():
