@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from implreg.factorization import balanced_init, haar_orthogonal, with_det_sign
-from implreg.problems import Problem, razin_cohen_2x2
+from implreg.matrix.factorization import balanced_init, haar_orthogonal, with_det_sign
+from implreg.matrix.problems import Problem, razin_cohen_2x2
 
 F64 = torch.float64
 
@@ -111,8 +111,8 @@ def w1_instances(batch: int, w: W1 = W1(), device: torch.device | str = "cpu") -
 
 
 def engine(problem: Problem, factors: Sequence[torch.Tensor], w: W1, **kw):
-    """``(solution, seconds)`` of the batched engine (``implreg.flow.solve``)."""
-    from implreg.flow import solve
+    """``(solution, seconds)`` of the batched engine (``implreg.matrix.flow.solve``)."""
+    from implreg.matrix.flow import solve
 
     dev = factors[0].device
     _sync(dev)
@@ -221,9 +221,9 @@ def flops_per_attempt(w: W1 = W1()) -> int:
     step-size factor, commit), counted by running the eager kernel on one instance under a dispatch mode."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from implreg.factorization import FactorLayout
-    from implreg.flow.gradient_flow import _fused
-    from implreg.flow.kernels import root_table
+    from implreg.matrix.factorization import FactorLayout
+    from implreg.matrix.flow.gradient_flow import _fused
+    from implreg.matrix.flow.kernels import root_table
 
     aten = torch.ops.aten
     arith = {aten.add, aten.sub, aten.mul, aten.div, aten.neg, aten.abs, aten.maximum, aten.minimum,
@@ -263,12 +263,12 @@ def flops_per_attempt(w: W1 = W1()) -> int:
 def run_w2(timeout_s: float, report: str = "/tmp/bench-report.html") -> dict:
     """``implreg verify theorems --report REPORT`` in a subprocess; its wall time and results.json."""
     try:
-        import implreg.cli  # noqa: F401
+        import implreg.harness.cli  # noqa: F401
     except Exception as exc:  # the CLI is being written concurrently
         return {"skipped": f"the implreg CLI is not importable ({type(exc).__name__}: {exc})"}
     if not Path("theorems").is_dir():
         return {"skipped": "no theorems/ directory under the working directory"}
-    cmd = [sys.executable, "-m", "implreg.cli", "verify", "theorems", "--report", report]
+    cmd = [sys.executable, "-m", "implreg.harness.cli", "verify", "theorems", "--report", report]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -288,7 +288,7 @@ def run_w2(timeout_s: float, report: str = "/tmp/bench-report.html") -> dict:
 def run_w3(depths: Sequence[int], horizons: Sequence[float], dps_list: Sequence[int], n: int,
            w: W1 = W1()) -> list[dict]:
     """Per-instance wall time of ``reference.solve`` (median over ``n`` W1-style instances)."""
-    from implreg import reference
+    from implreg.matrix import reference
 
     rows = []
     for depth in depths:
@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 |
     out(f"\nW1  Razin–Cohen 2×2, depth {w.depth}, balanced init W(0) = {w.scale:g}·Z (det > 0), gradient flow "
         f"to ℓ ≤ {w.loss_target:g}, rtol {w.rtol:g}, atol {w.atol:g}, float64, device {device}")
     problem, factors = w1_instances(plan.batch, w, device)
-    from implreg.flow.kernels import compile_mode
+    from implreg.matrix.flow.kernels import compile_mode
 
     # compile (or not) outside the timed runs: a short solve at the full batch triggers it
     tc = time.perf_counter()
@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 |
                 out("  no results.json was written; stderr tail:\n" + r2.get("stderr_tail", ""))
 
     # ---------------------------------------------------------------- W3
-    out("\nW3  mpmath reference (implreg.reference.solve), per instance, W1-style instances")
+    out("\nW3  mpmath reference (implreg.matrix.reference.solve), per instance, W1-style instances")
     try:
         for r in run_w3(plan.w3["depths"], plan.w3["horizons"], plan.w3["dps"], plan.w3["n"], w):
             out(f"  depth {r['depth']}, t = {r['t_end']:4.0f}, {r['dps']:3d} digits: median {_fmt_s(r['median_s'])} "

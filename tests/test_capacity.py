@@ -1,4 +1,4 @@
-"""Tests of implreg.capacity against independent computations: brute-force path enumeration written here
+"""Tests of implreg.relu.capacity against independent computations: brute-force path enumeration written here
 (itertools, Python floats / Fractions / mpmath), numpy norms, closed forms (AM–GM, ℓ1/ℓ∞ duality, Gaussian
 expectations), scipy optimization over rescalings, and exhaustive vertex enumeration for convex maxima.
 
@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from implreg import capacity as C
-from implreg import relu as R
 from implreg.errors import InvalidInputError
+from implreg.relu import capacity as C
+from implreg.relu import network as R
 from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
 
 SETTINGS = settings(max_examples=30, deadline=None)

@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from implreg import capacity as C
-from implreg import relu as R
 from implreg.numerics import Certified, Undecided, certify
+from implreg.relu import capacity as C
+from implreg.relu import network as R
 from implreg.strategies.relu import inputs, net_widths, relu_nets
 
 nets = relu_nets(net_widths(depth=st.integers(1, 4), width=st.integers(1, 3), outputs=st.integers(1, 2)),

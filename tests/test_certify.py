@@ -4,8 +4,9 @@ import mpmath
 import numpy as np
 import pytest
 
-from implreg import _record, certify
+from implreg import certify
 from implreg.errors import InvalidInputError, NumericalError
+from implreg.harness import recorder as _record
 
 
 @pytest.fixture

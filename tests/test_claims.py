@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from implreg import certify
-from implreg.claims import REGISTRY, Batch, Source, batches, claim, get_spec
-from implreg.profiles import PROFILES, UnknownProfileError, claim_seed, get_profile
-from implreg.results import strip_timing
-from implreg.verdict import run_claim
+from implreg.harness.claims import REGISTRY, Batch, Source, batches, claim, get_spec
+from implreg.harness.profiles import PROFILES, UnknownProfileError, claim_seed, get_profile
+from implreg.harness.results import strip_timing
+from implreg.harness.verdict import run_claim
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from implreg_test_helpers import FIXTURES, SUITE, claims_of, load_module
@@ -212,7 +212,7 @@ def test_registry_replaces_redefinition_of_the_same_function():
         for _ in range(2):
             exec(textwrap.dedent('''
                 from hypothesis import given, strategies as st
-                from implreg.claims import claim
+                from implreg.harness.claims import claim
                 @claim("t/same", statement="s")
                 @given(x=st.integers())
                 def same(x):
@@ -244,8 +244,8 @@ def test_batches_helper():
 
 
 def test_bad_sample_arguments_are_claim_errors_not_import_errors():
-    from implreg import stats
-    from implreg.claims import sample
+    from implreg.harness import stats
+    from implreg.harness.claims import sample
 
     with REGISTRY.isolated():
         @claim("t/bad-sample", kind="empirical", statement="s")
@@ -286,7 +286,7 @@ def test_certify_outside_a_claim_records_nothing_and_still_checks():
 def test_documented_deviation_of_an_empirical_claim_is_reported_not_failed():
     """An empirical replication that disagrees with the paper keeps its verdict and expectation, is not a
     mismatch of the run, and carries the explanation; a non-empirical claim may not document a deviation."""
-    from implreg.results import build_results
+    from implreg.harness.results import build_results
 
     with REGISTRY.isolated():
         @claim("test/deviating-replication", kind="empirical", expect="holds", statement="x is always > 5.",
@@ -313,8 +313,8 @@ def test_documented_deviation_of_an_empirical_claim_is_reported_not_failed():
 def test_catalogue_finding_is_a_refutation_shown_as_such_and_fails_when_it_stops_reproducing():
     """A claim the catalogue states as holding but the harness refutes as stated: expect='refuted' plus the
     evidence; the run passes while it is refuted, fails once it holds, and a finding needs expect='refuted'."""
-    from implreg.report.render import render_html
-    from implreg.results import build_results
+    from implreg.harness.report.render import render_html
+    from implreg.harness.results import build_results
 
     header = {"pytest_exit": 0, "profile": "ci", "seed": 0, "paths": ["x"], "workers": 1, "command": "implreg verify x",
               "versions": {"implreg": "0.1.0"}, "platform": "Linux", "cpu_count": 2,
@@ -474,7 +474,7 @@ def test_named_comparison_refutes_and_is_recorded(reasons):
     ("reasons/finding-other-comparison", "WrongReason", "failed 'x ≥ 1'"),
 ])
 def test_wrong_reasons_are_errors_that_fail_the_run(reasons, cid, kind, text):
-    from implreg.results import build_results
+    from implreg.harness.results import build_results
 
     r = reasons[1][cid]
     assert r["verdict"] == "error" and not r["matches_expect"]
@@ -484,7 +484,7 @@ def test_wrong_reasons_are_errors_that_fail_the_run(reasons, cid, kind, text):
 
 
 def test_finding_refuted_by_another_comparison_is_not_a_finding(reasons):
-    from implreg.results import build_results
+    from implreg.harness.results import build_results
 
     r = reasons[1]["reasons/finding-other-comparison"]
     results = build_results([r], {"pytest_exit": 0})
@@ -505,8 +505,8 @@ def test_control_without_refuted_by_is_warned_about(reasons):
 
 
 def test_refuted_by_is_validated():
-    from implreg import stats
-    from implreg.claims import sample
+    from implreg.harness import stats
+    from implreg.harness.claims import sample
 
     with REGISTRY.isolated():
         @claim("t/refuted-by-on-holds", statement="s", refuted_by="x ≥ 5")
@@ -530,14 +530,14 @@ def test_refuted_by_is_validated():
 
 
 def test_require_rejects_non_boolean_conditions():
-    from implreg.claims import require
     from implreg.errors import InvalidInputError
+    from implreg.harness.claims import require
 
     with pytest.raises(InvalidInputError, match="boolean"):
         require(1.0, what="x")
     with pytest.raises(InvalidInputError, match="what="):
         require(True, what="")
-    from implreg.claims import PreconditionFailed
+    from implreg.harness.claims import PreconditionFailed
 
     with pytest.raises(PreconditionFailed, match="instance 1"):
         require([True, False], what="converged")
@@ -558,29 +558,31 @@ def _imports(path: Path) -> set[str]:
 def test_claims_does_not_import_verdict_anywhere():
     """claims (decorator, registry, validation) sits below verdict (running a claim): no import of verdict,
     not even inside a function; verdict imports claims."""
-    import implreg.claims
-    import implreg.verdict
+    import implreg.harness.claims
+    import implreg.harness.verdict
 
-    claims_imports = _imports(Path(implreg.claims.__file__))
-    above = ("implreg.verdict", "implreg.plugin", "implreg.results", "implreg.cli", "implreg.report")
+    claims_imports = _imports(Path(implreg.harness.claims.__file__))
+    above = ("implreg.harness.verdict", "implreg.harness.plugin", "implreg.harness.results", "implreg.harness.cli",
+             "implreg.harness.report")
     assert not any(m.startswith(above) for m in claims_imports)
-    assert "implreg.claims" in _imports(Path(implreg.verdict.__file__))
+    assert "implreg.harness.claims" in _imports(Path(implreg.harness.verdict.__file__))
 
 
 def test_direct_call_works_when_only_claims_is_imported(tmp_path):
-    """Calling a claim function directly binds the runner late, so a script importing only implreg.claims works."""
+    """Calling a claim function directly binds the runner late, so a script importing only implreg.harness.claims
+    works."""
     import subprocess
 
     script = tmp_path / "direct.py"
     script.write_text(textwrap.dedent('''
         import sys
         from hypothesis import given, strategies as st
-        from implreg.claims import claim
+        from implreg.harness.claims import claim
         @claim("t/direct", statement="x ≥ 0", expect="holds")
         @given(x=st.integers(0, 3))
         def direct(x):
             assert x >= 0
-        assert "implreg.verdict" not in sys.modules
+        assert "implreg.harness.verdict" not in sys.modules
         direct()
         print("ok")
     '''))

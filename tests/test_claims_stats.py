@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats as ss
 
-from implreg import stats
-from implreg.claims import REGISTRY
-from implreg.results import strip_timing
-from implreg.verdict import run_claim
+from implreg.harness import stats
+from implreg.harness.claims import REGISTRY
+from implreg.harness.results import strip_timing
+from implreg.harness.verdict import run_claim
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from implreg_test_helpers import SUITE, claims_of, load_module

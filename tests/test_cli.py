@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from implreg.claims import REGISTRY
-from implreg.cli import main
-from implreg.report.render import strip_timing_html
-from implreg.results import strip_timing
+from implreg.harness.claims import REGISTRY
+from implreg.harness.cli import main
+from implreg.harness.report.render import strip_timing_html
+from implreg.harness.results import strip_timing
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from implreg_test_helpers import FIXTURES, SUITE, load_module
@@ -27,7 +27,7 @@ def run(*args, cwd=ROOT, timeout=400):
 
 
 def cli(*args, **kw):
-    return run(sys.executable, "-m", "implreg.cli", *args, **kw)
+    return run(sys.executable, "-m", "implreg.harness.cli", *args, **kw)
 
 
 def _planted():
@@ -121,7 +121,7 @@ def test_default_paths_and_a_theorems_package_with_helpers(tmp_path):
     (pkg / "_common.py").write_text("def square(x):\n    return x * x\n")
     (pkg / "paper_2021.py").write_text(
         "from hypothesis import given, strategies as st\n"
-        "from implreg import certify\nfrom implreg.claims import claim\nfrom theorems._common import square\n\n"
+        "from implreg import certify\nfrom implreg.harness.claims import claim\nfrom theorems._common import square\n\n"
         "@claim('paper-2021/square', statement='x² ≥ 0')\n@given(x=st.floats(-10, 10))\n"
         "def square_nonneg(x):\n    certify.at_least(square(x), 0.0, what='x²')\n")
     p = cli("verify", "-n", "1", cwd=tmp_path)                      # default: theorems/ → reports/index.html

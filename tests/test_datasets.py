@@ -1,4 +1,4 @@
-"""Tests of implreg.datasets (scikit-learn's shipped digits) against independent computations on the raw data
+"""Tests of implreg.relu.datasets (scikit-learn's shipped digits) against independent computations on the raw data
 that scikit-learn returns: split sizes and class counts, disjointness, standardization, determinism, no network."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from implreg import datasets as D
 from implreg.errors import InvalidInputError
+from implreg.relu import datasets as D
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 

@@ -1,4 +1,4 @@
-"""Tests of implreg.flow.descend (fixed-step gradient descent) against hand-written numpy descent.
+"""Tests of implreg.matrix.flow.descend (fixed-step gradient descent) against hand-written numpy descent.
 
 Reference: W_j ← W_j − η·∂ℓ/∂W_j with the gradient written out in numpy (the closed form checked against
 autograd in test_factorization).  Tolerances: one step differs from the reference only by the rounding of the
@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from implreg.errors import InvalidInputError
-from implreg.factorization import balanced_init, gaussian_init
-from implreg.flow import Status, descend
-from implreg.problems import Problem, completion, razin_cohen_2x2, sensing
+from implreg.matrix.factorization import balanced_init, gaussian_init
+from implreg.matrix.flow import Status, descend
+from implreg.matrix.problems import Problem, completion, razin_cohen_2x2, sensing
 
 f64 = torch.float64
 U64 = float(np.finfo(np.float64).eps)

@@ -12,7 +12,7 @@ t ≈ 4–8 for depth 2, then ‖W‖ → ∞ slowly as ℓ → 0, amplifying pe
 * ``flow.spectral.solve_balanced`` level errors (the hybrid solver; the claims combine them with a second run at
   100× looser tolerances, ``flow.two_tolerance_combine``): estimate/actual 6e4–3e6 at ℓ = 0.4 … 1e-2.
 
-Oracle: ``implreg.reference`` at 30 digits from the same float64 factors, whose own error (≤ 1e-13 here, checked)
+Oracle: ``implreg.matrix.reference`` at 30 digits from the same float64 factors, whose own error (≤ 1e-13 here, checked)
 is added to the allowance.  For the hybrid solver the factors are balanced EXACTLY in float64 (W₂ = Y W₁ᵀ, Y a
 rotation by 90°): the hybrid follows the balanced flow, and factors balanced only to rounding follow, under the
 exact factor flow, a different trajectory past ℓ ≈ 5e-3 (measured: level 3e-3 reached at t = 261 instead of 386).
@@ -25,12 +25,12 @@ import pytest
 import torch
 from mpmath import mp
 
-from implreg import flow
-from implreg import reference as R
-from implreg.factorization import balanced_init, balancedness_defect, with_det_sign
-from implreg.flow.gradient_flow import TWO_TOL_FACTOR, two_tolerance_combine
-from implreg.flow.spectral import solve_balanced
-from implreg.problems import razin_cohen_2x2
+from implreg.matrix import flow
+from implreg.matrix import reference as R
+from implreg.matrix.factorization import balanced_init, balancedness_defect, with_det_sign
+from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR, two_tolerance_combine
+from implreg.matrix.flow.spectral import solve_balanced
+from implreg.matrix.problems import razin_cohen_2x2
 
 #: float64 rounding of the reference's output when converted (≤ 1 ulp of entries ≤ ~20): below 4e-15.
 OUTPUT_ROUNDING = 4e-15

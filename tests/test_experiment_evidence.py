@@ -1,4 +1,4 @@
-"""implreg.experiment_evidence: the width test decides as the paired Wilcoxon test it names (on constructed test
+"""implreg.harness.experiment_evidence: the width test decides as the paired Wilcoxon test it names (on constructed test
 errors whose answer is known), and the evidence helpers record what they say (plots, scalars, notes) into a
 claim's recorder and nothing outside one."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from implreg import _record
-from implreg import capacity as C
-from implreg import experiment_evidence as X
-from implreg import relu as R
-from implreg.synthetic import LabelExperiment, WidthExperiment
+from implreg.harness import experiment_evidence as X
+from implreg.harness import recorder as _record
+from implreg.relu import capacity as C
+from implreg.relu import network as R
+from implreg.relu.synthetic import LabelExperiment, WidthExperiment
 
 N = 12
 

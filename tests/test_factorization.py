@@ -1,4 +1,4 @@
-"""Tests of implreg.factorization against torch.autograd, numpy, exact rationals and distributional facts.
+"""Tests of implreg.matrix.factorization against torch.autograd, numpy, exact rationals and distributional facts.
 
 Tolerances come from the standard rounding bound for products and sums (Higham, *Accuracy and Stability of
 Numerical Algorithms*, 2002, §3): a computed product of matrices satisfies |fl(A_1⋯A_k) − A_1⋯A_k| ≤
@@ -22,7 +22,7 @@ from implreg_test_helpers import exact_det
 from scipy import stats
 
 from implreg.errors import InvalidInputError
-from implreg.factorization import (
+from implreg.matrix.factorization import (
     FactorLayout,
     balanced_init,
     balancedness_defect,
@@ -36,7 +36,7 @@ from implreg.factorization import (
     negate_row,
     with_det_sign,
 )
-from implreg.problems import Problem, completion, sensing
+from implreg.matrix.problems import Problem, completion, sensing
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 U64 = float(np.finfo(np.float64).eps)

@@ -5,7 +5,7 @@ Every helper is checked against an independent computation, never against its ow
 - the 2×2 algebra (``w11_lower_bound``, the det error ``_mp_det2_error`` behind ``reference_factor_dets``)
   against hand-worked closed forms, matrices built to satisfy the hypotheses, and adversarial perturbations
   evaluated in exact rational or 50-digit arithmetic;
-- ``solve_levels`` against ``implreg.reference.solve`` run to the same loss levels from the same inits.
+- ``solve_levels`` against ``implreg.matrix.reference.solve`` run to the same loss levels from the same inits.
 
 Reference solves are kept short (depth 2–3, init scale 0.1–0.3, loss levels ≥ 1e-2, 30 digits — 60 where the
 depth-2 det must be resolved: 0.02–0.6 s each, measured).
@@ -24,10 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpmath import mp
 
-from implreg import certify, reference
-from implreg import matrix_bounds as mb
-from implreg.matrix import levels
-from implreg.problems import razin_cohen_2x2
+from implreg import certify
+from implreg.matrix import bounds as mb
+from implreg.matrix import levels, reference
+from implreg.matrix.problems import razin_cohen_2x2
 from implreg.strategies.matrix import BalancedInit
 
 F64 = torch.float64
@@ -174,7 +174,7 @@ def test_mp_det2_error_bounds_every_perturbation_and_is_attained_up_to_e_squared
 
 #: Agreement with the reference: |W − W_ref| ≤ SAFETY·(err + err_ref + 4u·max|W_ref|).  ``err`` is an estimate,
 #: not a rigorous bound: the integrator's summed local error estimates (which miss the flow's amplification,
-#: implreg.flow's docstring), plus |W_tight − W_loose| against a run at 100× the tolerances (solve_levels'
+#: implreg.matrix.flow's docstring), plus |W_tight − W_loose| against a run at 100× the tolerances (solve_levels'
 #: two-tolerance model).  Comparing at a loss level adds the shift of the located crossing along the trajectory:
 #: a state off by err moves ℓ by ~‖∇ℓ‖·err, hence the crossing by ~err·‖∇ℓ‖‖Ẇ‖/|⟨∇ℓ, Ẇ⟩| = err/cos∠(∇ℓ, Ẇ) —
 #: about one more err for these well-conditioned balanced inits.  SAFETY = 4 covers both with room.  (Measured

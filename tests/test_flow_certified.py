@@ -18,11 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from implreg_test_helpers import draw_problem
 
-from implreg import certify, flow, reference
-from implreg.factorization import balanced_init, gaussian_init, with_det_sign
-from implreg.flow.integrate import IntegrationResult
+from implreg import certify
+from implreg.matrix import flow, reference
+from implreg.matrix.factorization import balanced_init, gaussian_init, with_det_sign
+from implreg.matrix.flow.integrate import IntegrationResult
+from implreg.matrix.problems import razin_cohen_2x2
 from implreg.numerics import Certified
-from implreg.problems import razin_cohen_2x2
 
 F64 = torch.float64
 PER_COMPONENT = "entry_error" in getattr(IntegrationResult, "__dataclass_fields__", {})
@@ -214,7 +215,7 @@ def test_balanced_view_uses_two_tolerance_errors_and_covers_the_reference() -> N
     """``solve_balanced(...).certified``: per-entry errors ``e + e_loose + |W − W_loose|`` (a loose solve made by
     the view), never below the solver's own first-order bound, and covering the 40-digit reference's actual error
     (the reference starts from the same float64 balanced factors)."""
-    from implreg.flow import solve_balanced
+    from implreg.matrix.flow import solve_balanced
 
     g = torch.Generator().manual_seed(7)
     W0 = with_det_sign(0.05 * torch.randn(2, 2, 2, generator=g, dtype=F64), +1)
@@ -241,7 +242,7 @@ def test_a_refined_ball_is_the_reference_intersected_with_the_solvers_own() -> N
     import numpy as np
     from flint import arb
 
-    from implreg.flow.certified import _intersect_own
+    from implreg.matrix.flow.certified import _intersect_own
 
     ref = np.array([arb(1, 1), arb("2.0 +/- 1e-9"), arb(5, 1), arb(7, 1)], dtype=object)
     own_v = torch.tensor([1.25, 2.0, 0.0, math.nan], dtype=F64)
@@ -261,7 +262,7 @@ def test_a_lopsided_quasi_norm_enclosure_is_decided_on_refined_leaves() -> None:
     """End to end through the intersecting refiner: Schatten-¼ of a flow state with rtol 1e-6 is undecided in
     float64 against a bound just below σ₁ (σ_min^¼ carries the state's error to the ¼ power); the ball tier,
     re-evaluating the expression on the refined leaves (reference ∩ the solver's own balls), decides it."""
-    from implreg import measures
+    from implreg.matrix import measures
 
     # depth 1: W₁₁ never moves and the observed entries relax as b + (w0 − b)e^{−t}; W₁₁ chosen so that W(1) is
     # rank one up to rounding (σ_min ~ 1e-16 ≪ the state's error ~1e-7)

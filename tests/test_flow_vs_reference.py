@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from implreg_test_helpers import draw_problem
 
-from implreg import flow, reference
-from implreg.factorization import balanced_init, gaussian_init, haar_orthogonal
-from implreg.problems import razin_cohen_2x2
+from implreg.matrix import flow, reference
+from implreg.matrix.factorization import balanced_init, gaussian_init, haar_orthogonal
+from implreg.matrix.problems import razin_cohen_2x2
 
 RATIOS: list[float] = []
 
@@ -73,7 +73,7 @@ def test_reference_agreement_ratio_is_reported():
 def test_error_estimate_honest_across_the_saddle_escape(depth):
     """Long horizon through the escape from a 1e-3 init, where the flow amplifies perturbations (~1e10 in
     some directions): measured ratios actual/estimate were ≤ 0.1 (depth 2, t = 60) and ≤ 1e-3 (depth 3)."""
-    from implreg.factorization import with_det_sign
+    from implreg.matrix.factorization import with_det_sign
 
     g = torch.Generator().manual_seed(7)
     W0 = with_det_sign(1e-3 * torch.randn(1, 2, 2, generator=g, dtype=torch.float64), +1)

@@ -1,4 +1,4 @@
-"""Tests of implreg.flow.solve (gradient flow on deep matrix factorizations) against closed forms and scipy.
+"""Tests of implreg.matrix.flow.solve (gradient flow on deep matrix factorizations) against closed forms and scipy.
 
 Independent references: the exact relaxation of depth-1 completion (observed entries W_ij(t) = b_ij +
 (w0_ij − b_ij)e^{−t}, so ℓ(t) = ℓ0·e^{−2t}), the logistic closed form of the balanced depth-2 scalar flow
@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 from implreg.errors import InvalidInputError, NumericalError
-from implreg.factorization import FactorLayout, balanced_init, end_to_end, gaussian_init, with_det_sign
-from implreg.flow import FlowSolution, Status, det_guard, solve
-from implreg.problems import Problem, completion, razin_cohen_2x2, sensing
+from implreg.matrix.factorization import FactorLayout, balanced_init, end_to_end, gaussian_init, with_det_sign
+from implreg.matrix.flow import FlowSolution, Status, det_guard, solve
+from implreg.matrix.problems import Problem, completion, razin_cohen_2x2, sensing
 
 f64 = torch.float64
 C_GLOBAL = 20.0
@@ -471,7 +471,7 @@ def _saddle_case(B: int = 3):
 
 
 def test_two_tolerance_error_is_estimate_plus_difference_with_the_same_states() -> None:
-    from implreg.flow import TWO_TOL_FACTOR
+    from implreg.matrix.flow import TWO_TOL_FACTOR
 
     P, fac = _saddle_case()
     kw = dict(loss_target=1e-2, loss_levels=(0.3, 0.1, 3e-2), save_at=(10.0, 50.0, 100.0))
@@ -515,7 +515,7 @@ def test_two_tolerance_error_bounds_the_actual_error_across_the_saddle_escape() 
 def test_two_tolerance_error_is_infinite_where_the_loose_run_has_no_state() -> None:
     import dataclasses
 
-    from implreg.flow import two_tolerance_error
+    from implreg.matrix.flow import two_tolerance_error
 
     P, fac = _saddle_case(2)
     tight = solve(P, fac, loss_levels=(0.3, 0.1), t_max=200.0)

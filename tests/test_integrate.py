@@ -1,4 +1,4 @@
-"""Tests of the generic batched integrator (implreg.flow.integrate) and the DOPRI5 tableau.
+"""Tests of the generic batched integrator (implreg.matrix.flow.integrate) and the DOPRI5 tableau.
 
 References are closed-form solutions (y' = −y, the harmonic oscillator, the logistic equation, y' = y²) and
 exact rational arithmetic (Butcher's order conditions over all rooted trees up to order 5, enumerated here).
@@ -22,7 +22,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from implreg.errors import InvalidInputError
-from implreg.flow import DOPRI5, ButcherTableau, Status, integrate
+from implreg.matrix.flow import DOPRI5, ButcherTableau, Status, integrate
 
 f64 = torch.float64
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None)
@@ -395,8 +395,8 @@ def test_an_exact_fixed_point_stays_exact_and_reaches_t_max(t_max: float) -> Non
 def test_zero_init_of_a_depth_2_factorization_is_an_exact_fixed_point() -> None:
     """W₂W₁ with W₁ = W₂ = 0: every gradient −W_{j'}ᵀ∇ℓ is exactly 0 (the fused kernel's path), so the flow
     stays at 0 exactly, with error exactly 0, and reaches t_max (the det guard is off: det = 0 is exact here)."""
-    from implreg.flow import solve
-    from implreg.problems import razin_cohen_2x2
+    from implreg.matrix.flow import solve
+    from implreg.matrix.problems import razin_cohen_2x2
 
     z = torch.zeros(2, 2, 2, dtype=f64)
     sol = solve(razin_cohen_2x2(2), [z, z], t_max=50.0, loss_levels=[1e-3], save_at=[1.0], guard="none")
@@ -543,9 +543,9 @@ def test_a_pooled_batch_of_hundreds_keeps_every_instance_bit_identical_to_solvin
 def test_a_pooled_gradient_flow_batch_keeps_every_instance_bit_identical() -> None:
     """The same for flow.solve's fused kernel: 200 distinct depth-3 instances (loss target, levels, saves, guard)
     in one batch (rtol 1e-6 keeps it short); a sample solved alone gives the same bits in every field."""
-    from implreg.factorization import balanced_init, with_det_sign
-    from implreg.flow import solve
-    from implreg.problems import razin_cohen_2x2
+    from implreg.matrix.factorization import balanced_init, with_det_sign
+    from implreg.matrix.flow import solve
+    from implreg.matrix.problems import razin_cohen_2x2
 
     g = torch.Generator().manual_seed(3)
     B = 200

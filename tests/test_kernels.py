@@ -1,4 +1,4 @@
-"""The fused kernels (implreg.flow.kernels): the arithmetic against independent computations, and the three
+"""The fused kernels (implreg.matrix.flow.kernels): the arithmetic against independent computations, and the three
 bit-identity properties the integrator relies on — batch position, tensor form vs column form, eager vs
 compiled."""
 
@@ -11,10 +11,10 @@ import mpmath
 import pytest
 import torch
 
-from implreg.factorization import FactorLayout, factor_grads, gaussian_init
-from implreg.flow import DOPRI5, solve
-from implreg.flow import kernels as K
-from implreg.problems import completion, razin_cohen_2x2, sensing
+from implreg.matrix.factorization import FactorLayout, factor_grads, gaussian_init
+from implreg.matrix.flow import DOPRI5, solve
+from implreg.matrix.flow import kernels as K
+from implreg.matrix.problems import completion, razin_cohen_2x2, sensing
 
 f64 = torch.float64
 CO = K.RKCoefficients.of(DOPRI5)
@@ -212,7 +212,7 @@ def test_compiled_equals_eager(monkeypatch) -> None:
 
 def test_solve_compiled_equals_eager(monkeypatch) -> None:
     """A whole solve (events, levels, saves, guard) gives the same bits with the compiled kernel and without."""
-    from implreg.factorization import balanced_init, with_det_sign
+    from implreg.matrix.factorization import balanced_init, with_det_sign
 
     g = torch.Generator().manual_seed(5)
     W0 = with_det_sign(0.3 * torch.randn(6, 2, 2, generator=g, dtype=f64), +1)
@@ -224,7 +224,7 @@ def test_solve_compiled_equals_eager(monkeypatch) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         b = solve(razin_cohen_2x2(6), fac, **kw).result
-    from implreg.flow.gradient_flow import _fused
+    from implreg.matrix.flow.gradient_flow import _fused
 
     kern = _fused(FactorLayout.of(fac), "completion", True).step
     if kern.failed is not None:

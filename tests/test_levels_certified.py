@@ -22,7 +22,7 @@ import pytest
 import torch
 from mpmath import mp
 
-from implreg import reference
+from implreg.matrix import reference
 from implreg.matrix.inits import is_balanced, stack_factors
 from implreg.matrix.levels import (
     certified_det,
@@ -31,8 +31,8 @@ from implreg.matrix.levels import (
     reference_dets_past_switch,
     reference_factor_dets,
 )
+from implreg.matrix.problems import razin_cohen_2x2
 from implreg.numerics import Certified, certify
-from implreg.problems import razin_cohen_2x2
 from implreg.strategies.matrix import BalancedInit
 
 F64 = torch.float64
@@ -80,7 +80,7 @@ def test_certified_det_of_the_factor_solver_encloses_the_reference_det(depth3):
         with ref.workdps():
             for k in range(len(LEVELS3)):
                 W = ref.level_end_to_end[k]
-                e = 2 * ref.level_errors[k]  # the located crossing's time shift: 2× (as implreg.flow.certified)
+                e = 2 * ref.level_errors[k]  # the located crossing's time shift: 2× (as implreg.matrix.flow.certified)
                 d_ref, d_err = _mp_det(W), e * sum(abs(W[r, c]) for r in range(2) for c in range(2)) + 2 * e * e
                 gap = abs(float(det.value[i, k]) - float(d_ref))
                 assert gap <= float(det.error[i, k]) + float(d_err), (i, k, gap, float(det.error[i, k]))

@@ -1,4 +1,4 @@
-"""Tests of implreg.matrix_bounds: every bound contains the exact change under random and adversarial
+"""Tests of implreg.matrix.bounds: every bound contains the exact change under random and adversarial
 perturbations within the stated entrywise error (exact change computed in float64 at ~1e-16, far below e)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from implreg import matrix_bounds as mb
-from implreg import measures
+from implreg.matrix import bounds as mb
+from implreg.matrix import measures
 
 E = 1e-6
 
@@ -104,7 +104,7 @@ def test_exact_det_by_hand_and_against_a_permutation_expansion():
     from fractions import Fraction
     from itertools import permutations
 
-    from implreg.matrix_bounds import exact_det
+    from implreg.matrix.bounds import exact_det
 
     assert exact_det([[0.5, 1], [1, 0]]) == -1
     assert exact_det([[1, 2], [2, 4]]) == 0  # singular: a zero pivot column

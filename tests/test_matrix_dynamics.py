@@ -15,10 +15,10 @@ import mpmath
 import pytest
 import torch
 
-from implreg import certify, flow
-from implreg.factorization import balanced_init, end_to_end_velocity, gaussian_init
-from implreg.matrix import dynamics
-from implreg.problems import completion
+from implreg import certify
+from implreg.matrix import dynamics, flow
+from implreg.matrix.factorization import balanced_init, end_to_end_velocity, gaussian_init
+from implreg.matrix.problems import completion
 from implreg.strategies.matrix import LinearProblem, stack_problems
 
 F64 = torch.float64

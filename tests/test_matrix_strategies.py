@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from implreg_test_helpers import exact_det
 from mpmath import mp
 
-from implreg import factorization as fz
 from implreg.errors import InvalidInputError
+from implreg.matrix import factorization as fz
 from implreg.strategies import matrix as M
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None)

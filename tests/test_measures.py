@@ -1,4 +1,4 @@
-"""Tests of implreg.measures against independent computations: mpmath at 50 digits, numpy, closed forms.
+"""Tests of implreg.matrix.measures against independent computations: mpmath at 50 digits, numpy, closed forms.
 
 Tolerances.  Only the module's float64 rounding is tested: the mpmath reference computes the singular values
 of the *same* float64 matrix to 50 digits.  LAPACK's SVD is backward stable: σ̂_r = σ_r(W + δW) with
@@ -22,13 +22,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from implreg import certify
-from implreg import measures as _measures
 from implreg.errors import InvalidInputError
+from implreg.matrix import measures as _measures
 from implreg.numerics import Certified
 
 
 class _Values:
-    """``implreg.measures`` with every measure's result read as its float64 value (``.value``): the tests below
+    """``implreg.matrix.measures`` with every measure's result read as its float64 value (``.value``): the tests below
     check the values against independent references; the certified bounds are tested in
     test_measures_certified.py.  Error-bound functions and registries pass through (registry entries wrapped)."""
 

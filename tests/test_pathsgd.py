@@ -1,4 +1,4 @@
-"""Tests of implreg.pathsgd (and implreg.synthetic) against independent computations: autograd of a
+"""Tests of implreg.relu.pathsgd (and implreg.relu.synthetic) against independent computations: autograd of a
 brute-force path norm for γ_e = ∂φ_2²/∂(w_e²), exact rational steps written here, closed forms.
 
 Tolerances.  γ_e from autograd of the enumerated φ_2² vs two passes: both are sums of ≤ P positive products,
@@ -17,10 +17,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from implreg import pathsgd as PS
-from implreg import relu as R
-from implreg import synthetic as S
 from implreg.errors import InvalidInputError
+from implreg.relu import network as R
+from implreg.relu import pathsgd as PS
+from implreg.relu import synthetic as S
 from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
 
 SETTINGS = settings(max_examples=25, deadline=None)

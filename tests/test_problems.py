@@ -1,4 +1,5 @@
-"""Tests of implreg.problems against explicit formulas (numpy loops), torch.autograd and exact rational arithmetic.
+"""Tests of implreg.matrix.problems against explicit formulas (numpy loops), torch.autograd and exact rational
+arithmetic.
 
 Tolerances.  A loss is a sum of n squared residuals; each residual is one subtraction (completion) or an
 inner product of length d·d' (sensing).  The classical bound for a sum/inner product of n terms is
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from implreg_test_helpers import exact_det
 
 from implreg.errors import InvalidInputError
-from implreg.problems import (
+from implreg.matrix.problems import (
     Problem,
     completion,
     razin_cohen_2x2,
@@ -313,7 +314,7 @@ def test_check_matrix_names_the_problem() -> None:
 
 def test_razin_cohen_observed_moves_the_unobserved_entry() -> None:
     """Hand-written targets: [[∗, z], [z′, ε]] with ∗ moved by row/column swaps."""
-    from implreg.problems import razin_cohen_observed
+    from implreg.matrix.problems import razin_cohen_observed
 
     P = razin_cohen_observed([-2.0] * 4, [0.5] * 4, [0.1] * 4,
                              torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]]))
@@ -324,7 +325,7 @@ def test_razin_cohen_observed_moves_the_unobserved_entry() -> None:
 
 @pytest.mark.parametrize("bad", [{"z": 0.0}, {"zp": float("nan")}, {"unobserved": (2, 0)}])
 def test_razin_cohen_observed_rejects_bad_input(bad) -> None:
-    from implreg.problems import razin_cohen_observed
+    from implreg.matrix.problems import razin_cohen_observed
 
     kw = {"z": 1.0, "zp": 1.0, "eps": 0.1, "unobserved": (0, 0)} | bad
     with pytest.raises(InvalidInputError):
@@ -359,7 +360,7 @@ def test_perturbed_observations_det_sign_is_opposite_to_the_zero_completion() ->
     """det_sign = −sign det(target with ∗ = 0), in every frame (swaps multiply both by (−1)^(r+c))."""
     from hypothesis import given, settings
 
-    from implreg.problems import razin_cohen_observed
+    from implreg.matrix.problems import razin_cohen_observed
     from implreg.strategies.matrix import perturbed_observations
 
     @settings(max_examples=50, deadline=None)

@@ -1,4 +1,5 @@
-"""Tests of the mpmath reference integrator (implreg.reference) against closed forms and independent computations.
+"""Tests of the mpmath reference integrator (implreg.matrix.reference) against closed forms and independent
+computations.
 
 Oracles: exact solutions of linear flows (depth 1 completion; depth 1 sensing via mpmath's matrix exponential of
 the augmented system), the logistic closed form of the scalar depth-2 flow, mpmath's own Taylor integrator
@@ -15,9 +16,9 @@ import pytest
 import torch
 from mpmath import mp, mpf
 
-from implreg import reference as R
 from implreg.errors import BudgetExceededError, InvalidInputError, NumericalError
-from implreg.problems import razin_cohen_2x2
+from implreg.matrix import reference as R
+from implreg.matrix.problems import razin_cohen_2x2
 
 RC = {"mask": [[0.0, 1.0], [1.0, 1.0]], "target": [[0.0, 1.0], [1.0, 0.0]]}  # Razin–Cohen 2×2
 

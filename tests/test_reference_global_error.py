@@ -1,7 +1,8 @@
 """The mpmath reference's GLOBAL error estimate against its actual error, across an amplifying stretch.
 
 Escalation trusts ``ReferenceSolution.factor_error`` / ``error_estimate`` / ``loss_error``: the ledger's
-``‖Φ(t,0)‖‖δθ_0‖ + Σ_m ‖Φ(t, t_{m+1})‖‖ε_m‖`` (``implreg.reference._ErrorLedger``).  The existing tests compare it
+``‖Φ(t,0)‖‖δθ_0‖ + Σ_m ‖Φ(t, t_{m+1})‖‖ε_m‖`` (``implreg.matrix.reference._ErrorLedger``).  The existing tests
+compare it
 with a higher-precision run only where the flow does not amplify errors much, so replacing ‖Φ‖ by 1 (summing
 the local errors alone) broke none of them (issue 13 §4).  Here the stretch is the saddle escape of the
 Razin–Cohen 2×2 problem from a 1e-3 init and the slow divergence that follows (‖W‖ → ∞ as ℓ → 0): the flow
@@ -11,14 +12,14 @@ Oracle: the same instance at twice the digits (60, default tol 1e-55), whose own
 is added to the allowance.  The 30-digit runs use a loose tolerance (1e-8) as well as the default one: at tol
 1e-8 the truncation errors are real and get amplified (``test_local_errors_alone_fall_short_here`` shows that
 the sum of local errors alone falls 26× short at t = 50).  Checked by patching ``_norm2`` to return 1 in a scratch
-copy of ``implreg/reference.py``: the three depth-2 cases below fail (the default-tol one too: at t = 50 the
+copy of ``implreg/matrix/reference.py``: the three depth-2 cases below fail (the default-tol one too: at t = 50 the
 amplified rounding errors exceed the unamplified sum), while every test in test_reference.py and
 test_flow_vs_reference.py still passes.  The depth-3 case passes either way (its escape from 1e-3 is fast and
 the later divergence polynomial: the plain sum stays ~1e3 above the actual error), so it checks honesty only.
 
 Measured on one core (seed 7; seed 3 alike): depth 2, t = 50: estimate/actual = 1.85e4 (tol 1e-8) and
 ~5e5 (default tol); depth 3, t = 60: 2.4e3 (tol 1e-8).  The estimate is pessimistic by that much because it
-takes the worst direction of Φ for every local error (see the module docstring of ``implreg.reference``); the
+takes the worst direction of Φ for every local error (see the module docstring of ``implreg.matrix.reference``); the
 bound asserted below, ratio ≤ 1e7, only guards against it becoming useless for escalation.
 """
 
@@ -28,9 +29,9 @@ import pytest
 import torch
 from mpmath import mp, mpf
 
-from implreg import reference as R
-from implreg.factorization import balanced_init, with_det_sign
-from implreg.problems import razin_cohen_2x2
+from implreg.matrix import reference as R
+from implreg.matrix.factorization import balanced_init, with_det_sign
+from implreg.matrix.problems import razin_cohen_2x2
 
 #: Pessimism allowed before the estimate counts as useless: escalation doubles the digits when undecided, and
 #: 1e7 costs it ~7 digits (a quarter of a 30-digit run); measured ratios are ≤ 5e5 (module docstring).

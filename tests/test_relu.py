@@ -1,4 +1,4 @@
-"""Tests of implreg.relu against independent computations: numpy forward passes, exact rational arithmetic
+"""Tests of implreg.relu.network against independent computations: numpy forward passes, exact rational arithmetic
 (every float64 is a dyadic rational), and torch autograd on a separately written loss.
 
 Tolerances.  Forward passes are compared with numpy at 1e-12 relative to Σ|W||h| magnitudes (both are
@@ -16,9 +16,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from implreg import capacity as C
-from implreg import relu as R
 from implreg.errors import InvalidInputError
+from implreg.relu import capacity as C
+from implreg.relu import network as R
 from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
 
 SETTINGS = settings(max_examples=30, deadline=None)

@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from implreg import relu as R
 from implreg.errors import InvalidInputError
+from implreg.relu import network as R
 from implreg.strategies.relu import inputs, net_widths, relu_nets
 from implreg.strategies.relu_data import labelled_nets, training_instances
 

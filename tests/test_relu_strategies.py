@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from implreg import relu as R
+from implreg.relu import network as R
 from implreg.strategies.relu import (
     TINY,
     inputs,

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from implreg.claims import REGISTRY
-from implreg.report.mathml import math_html, text_with_math
-from implreg.report.plots import svg_plot
-from implreg.report.render import render_html, strip_timing_html, write_report
-from implreg.results import build_results, dumps, save_results, strip_timing
-from implreg.verdict import run_claim
+from implreg.harness.claims import REGISTRY
+from implreg.harness.report.mathml import math_html, text_with_math
+from implreg.harness.report.plots import svg_plot
+from implreg.harness.report.render import render_html, strip_timing_html, write_report
+from implreg.harness.results import build_results, dumps, save_results, strip_timing
+from implreg.harness.verdict import run_claim
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from implreg_test_helpers import SUITE, claims_of, load_module
@@ -40,7 +40,7 @@ def _results(seed=0):
     run = {"profile": "ci", "seed": seed, "paths": ["tests/fixtures/suite"], "workers": 1,
            "command": "implreg verify tests/fixtures/suite", "versions": {"implreg": "0.1.0", "torch": "x"},
            "platform": "Linux", "cpu_count": 2, "timing": {"wall_s": 1.5, "started": "2024-01-01 00:00:00 UTC"}}
-    from implreg.results import _sorted
+    from implreg.harness.results import _sorted
 
     return build_results(_sorted(records), run, [{"device": "cpu", "torch_threads": 2}])
 
@@ -213,7 +213,7 @@ def test_atomic_write_leaves_a_normally_readable_file(tmp_path):
     """mkstemp makes 0600 files; the report must get the usual umask-derived mode (e.g. 0644)."""
     import os
 
-    from implreg.results import atomic_write_text
+    from implreg.harness.results import atomic_write_text
 
     out = atomic_write_text(tmp_path / "r.html", "<html></html>")
     umask = os.umask(0)

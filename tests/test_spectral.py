@@ -1,11 +1,11 @@
-"""Tests of implreg.flow.spectral: balanced gradient flow in deflated spectral coordinates (hybrid solver).
+"""Tests of implreg.matrix.flow.spectral: balanced gradient flow in deflated spectral coordinates (hybrid solver).
 
 Independent checks, never the module against itself:
 * the spectral field against the end-to-end formula of Arora et al. (``factorization.end_to_end_velocity``,
   eigh-based fractional powers) and against central differences of numpy's SVD along that flow;
 * RODAS4 (the stiff integrator) against closed-form solutions: order 4, embedded order 3, R(−∞) = 0;
 * the hybrid solver against factor-coordinate gradient flow (``flow.solve``) where that is resolved, and
-  against the mpmath reference (``implreg.reference``) past float64's determinant resolution;
+  against the mpmath reference (``implreg.matrix.reference``) past float64's determinant resolution;
 * the Razin–Cohen hard case (depth 2, det W(0) > 0) to ℓ = 1e-4 against the claims' closed-form bounds.
 
 Inits for comparisons with factor-coordinate flows are *exactly* balanced in float64: ``W_1 = A``,
@@ -25,17 +25,17 @@ import numpy as np
 import pytest
 import torch
 
-from implreg import flow, reference
 from implreg.errors import InvalidInputError, NumericalError
-from implreg.factorization import (
+from implreg.matrix import flow, reference
+from implreg.matrix.factorization import (
     balanced_init,
     end_to_end,
     end_to_end_velocity,
     haar_orthogonal,
     with_det_sign,
 )
-from implreg.flow import Status
-from implreg.flow.spectral import (
+from implreg.matrix.flow import Status
+from implreg.matrix.flow.spectral import (
     SpectralLayout,
     rodas_step,
     rosenbrock,
@@ -43,7 +43,7 @@ from implreg.flow.spectral import (
     spectral_vector_field,
     to_end_to_end,
 )
-from implreg.problems import razin_cohen_2x2, razin_cohen_embedding, sensing
+from implreg.matrix.problems import razin_cohen_2x2, razin_cohen_embedding, sensing
 
 F64 = torch.float64
 ROT90 = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=F64)  # det +1, signed permutation (exact)
@@ -386,7 +386,7 @@ def test_switch_reasons_and_honest_failures() -> None:
     assert u.unresolved_reason == ["uncertified", "uncertified"]
     assert all("could not be certified" in m for m in u.messages())
     # target W* = I: σ_min grows back to σ_max, so the gap closes and the spectral phase must stop
-    from implreg.problems import completion
+    from implreg.matrix.problems import completion
 
     prob = completion(torch.ones(2, 2, dtype=F64), torch.eye(2, dtype=F64))
     g = solve_balanced(prob, torch.diag(torch.tensor([1.0, 0.1], dtype=F64)).unsqueeze(0), 2, t_max=50.0,
@@ -438,7 +438,7 @@ def test_end_to_end_of_state_roundtrip() -> None:
     gen = torch.Generator().manual_seed(2)
     A = torch.randn(4, 2, 2, generator=gen, dtype=F64)
     fs = exactly_balanced(A, 3)
-    from implreg.flow.spectral import from_factors
+    from implreg.matrix.flow.spectral import from_factors
 
     lay, y, sign = from_factors(fs)
     W = end_to_end(fs)

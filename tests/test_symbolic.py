@@ -1,4 +1,4 @@
-"""Tests of implreg.symbolic: each proof holds, fails where it must (negative controls), and agrees with an
+"""Tests of implreg.matrix.symbolic: each proof holds, fails where it must (negative controls), and agrees with an
 independent numeric evaluation (numpy / torch closed-form gradients)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from implreg import factorization as fz
-from implreg import symbolic as sym
-from implreg.problems import razin_cohen_embedding, sensing
+from implreg.matrix import factorization as fz
+from implreg.matrix import symbolic as sym
+from implreg.matrix.problems import razin_cohen_embedding, sensing
 
 
 def test_completion_det_and_norms():

@@ -1,4 +1,4 @@
-"""Tests of the toy-replication experiments of implreg.synthetic on digits, on small configurations, against facts
+"""Tests of the toy-replication experiments of implreg.relu.synthetic on digits, on small configurations, against facts
 that hold independently of the training run: a net at zero training error has test error 0 on its own training
 set, margin-normalized measures are finite and positive exactly when the 5th-percentile margin is positive, and
 a wrong image/label pairing would give chance-level (~90 %) test error."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from implreg import datasets as D
-from implreg import synthetic as S
+from implreg.relu import datasets as D
+from implreg.relu import synthetic as S
 
 
 def test_fit_widths_has_zero_error_on_its_own_training_set():

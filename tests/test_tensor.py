@@ -1,4 +1,4 @@
-"""Tests of implreg.tensor against explicit loops, autograd, known ranks and the certified rank brackets."""
+"""Tests of implreg.matrix.tensor against explicit loops, autograd, known ranks and the certified rank brackets."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from implreg import tensor as T
 from implreg.errors import InvalidInputError
+from implreg.matrix import tensor as T
 
 
 def _factors(seed: int, dims: tuple[int, ...], R: int, n: int = 2, scale: float = 1.0) -> list[torch.Tensor]:

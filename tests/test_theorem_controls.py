@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 
 import theorems
-from implreg.claims import get_spec
+from implreg.harness.claims import get_spec
 
 
 def _theorem_specs() -> list:

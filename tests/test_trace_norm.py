@@ -1,4 +1,4 @@
-"""implreg.trace_norm.svd_split: its defects stay below the stated accuracy (whose σ₁ is checked against numpy),
+"""implreg.matrix.trace_norm.svd_split: its defects stay below the stated accuracy (whose σ₁ is checked against numpy),
 M = 0 splits exactly, and the comparison a claim makes on them certifies and refutes a planted defect."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 
 from implreg import certify
 from implreg.errors import InvalidInputError
+from implreg.matrix.trace_norm import svd_split
 from implreg.numerics import close
-from implreg.trace_norm import svd_split
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 2, 4), (4, 4, 2), (2, 3, 3)])

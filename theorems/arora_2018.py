@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from implreg import certify, evidence, flow
 from implreg import factorization as fz
-from implreg import symbolic as sym
 from implreg.claims import Source, batches, claim
 from implreg.matrix import dynamics
+from implreg.matrix import symbolic as sym
 from implreg.strategies.matrix import LinearProblem, balanced_inits, gaussian_inits, stack_factors, stack_problems
 
 ARORA_2018 = Source(key="arora-2018", title="On the Optimization of Deep Networks: Implicit Acceleration by "

@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from implreg import certify, evidence, flow, measures, stats
-from implreg import symbolic as sym
 from implreg.claims import Source, batches, claim, sample
 from implreg.matrix import dynamics
+from implreg.matrix import symbolic as sym
 from implreg.numerics import Certified
 from implreg.strategies import LinearProblem, LowRankCompletion, balanced_inits, low_rank_completions
 from implreg.strategies.matrix import stack_factors, stack_problems

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from implreg import capacity as C
 from implreg import certify, evidence
-from implreg import relu as R
 from implreg.claims import Source, claim
 from implreg.numerics import close
+from implreg.relu import network as R
 from implreg.strategies.relu import inputs, layer_rescalings, net_widths, node_rescalings, relu_nets, rescaled_nets
 
 NEYSHABUR_2015 = Source(key="neyshabur-2015", title="Norm-Based Capacity Control in Neural Networks", year=2015,

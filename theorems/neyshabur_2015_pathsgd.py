@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from implreg import certify, evidence
-from implreg import experiment_evidence as X
-from implreg import pathsgd as PS
-from implreg import relu as R
 from implreg.claims import Source, claim
+from implreg.harness import experiment_evidence as X
+from implreg.relu import network as R
+from implreg.relu import pathsgd as PS
 from implreg.strategies.relu import net_widths, relu_nets
 from implreg.strategies.relu_data import training_instances
 

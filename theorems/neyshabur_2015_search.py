@@ -6,7 +6,7 @@ lowering the test error).  Section numbers are as reconstructed, not confirmed a
 
 Claim 22: the inequality is decided on certified values (rigorous singular-value bounds, ball and exact
 re-evaluation, so balanced rank-one ties are decided exactly); that the SVD split attains it is checked at 60
-digits (``implreg.trace_norm``).
+digits (``implreg.matrix.trace_norm``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from implreg import certify, evidence, stats
-from implreg import experiment_evidence as X
-from implreg import synthetic as S
 from implreg.claims import Source, claim, require, sample
+from implreg.harness import experiment_evidence as X
+from implreg.matrix.trace_norm import svd_split
 from implreg.numerics import Certified, close, svdvals
+from implreg.relu import synthetic as S
 from implreg.strategies.relu import weights
-from implreg.trace_norm import svd_split
 
 IN_SEARCH = Source(key="neyshabur-2015-search", year=2015, arxiv="1412.6614", venue="ICLR 2015 workshop",
                    title="In Search of the Real Inductive Bias: On the Role of Implicit Regularization in Deep "

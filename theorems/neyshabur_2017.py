@@ -3,7 +3,7 @@
 rescaling-invariant), 27 (true vs random labels) and 28 (width lowers the test error; the norm measures do not
 explain it).  Section numbers are as reconstructed.
 
-The empirical claims are toy replications (``implreg.synthetic``), not the paper's CIFAR-10 experiments: depth-2
+The empirical claims are toy replications (``implreg.relu.synthetic``), not the paper's CIFAR-10 experiments: depth-2
 ReLU nets trained to zero training error and cross-entropy < 0.01 (the authors' stopping rule) on synthetic data and
 on scikit-learn's digits (ids ``digits-…``), measured by ``capacity.exploring_measures`` (margin-normalized, γ the
 5th-percentile training margin as in the authors' code).  The sample is fixed (problem seeds 0 … n−1, independent
@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from implreg import capacity as C
 from implreg import certify, evidence, stats
-from implreg import experiment_evidence as X
-from implreg import relu as R
-from implreg import synthetic as S
 from implreg.claims import Source, claim, require, sample
+from implreg.harness import experiment_evidence as X
+from implreg.relu import network as R
+from implreg.relu import synthetic as S
 from implreg.strategies.relu_data import labelled_nets
 
 EXPLORING = Source(key="neyshabur-2017", title="Exploring Generalization in Deep Learning", year=2017,

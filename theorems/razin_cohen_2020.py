@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-
-from implreg import _record, certify, evidence, measures, stats
-from implreg import factorization as fz
-from implreg import symbolic as sym
-from implreg.claims import Source, batches, claim, require, sample
 from implreg.flow.spectral import solve_balanced
+
+from implreg import certify, evidence, measures, stats
+from implreg import factorization as fz
+from implreg.claims import Source, batches, claim, require, sample
+from implreg.harness import recorder as _record
+from implreg.matrix import symbolic as sym
 from implreg.matrix.levels import (
     certified_det,
     erank_upper_bound,

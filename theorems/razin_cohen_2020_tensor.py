@@ -3,7 +3,7 @@ some entries of a rank-1 tensor, reaches lower tensor rank and lower reconstruct
 baseline (observed values, zeros elsewhere).  At the paper's scale: rank-1 8×8×8 and 8×8×8×8 tensors of Frobenius
 norm 1, 50–511 observed entries of the order-3 tensor (the same fractions, 400–4095, of the order-4 one).
 
-Tensor rank is bracketed, never guessed (``implreg.tensor``): an ALS witness bounds the CP descent solution's
+Tensor rank is bracketed, never guessed (``implreg.matrix.tensor``): an ALS witness bounds the CP descent solution's
 ε-rank from above, the certified unfoldings bound the baseline's from below; a problem counts for "lower rank"
 only when the brackets are disjoint, against it only when they are disjoint the other way, else it is a tie.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from implreg import evidence, stats
-from implreg import tensor as tens
 from implreg.claims import claim, sample
+from implreg.matrix import tensor as tens
 from theorems.razin_cohen_2020 import RAZIN_COHEN_2020
 
 #: Per order: observed-entry range, init standard deviations.  Order 3 is the paper's; at order 4 the paper's

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.factorization import balanced_init, end_to_end_velocity
-from implreg.flow.gradient_flow import TWO_TOL_FACTOR, FlowSolution, solve, two_tolerance_combine_entries
-from implreg.flow.integrate import integrate
-from implreg.measures import frobenius, singular_values
+from implreg.matrix.factorization import balanced_init, end_to_end_velocity
+from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR, FlowSolution, solve, two_tolerance_combine_entries
+from implreg.matrix.flow.integrate import integrate
+from implreg.matrix.measures import frobenius, singular_values
+from implreg.matrix.problems import Problem
 from implreg.numerics import Certified, lift
-from implreg.problems import Problem
 
 __all__ = [
     "balancedness",

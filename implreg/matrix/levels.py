@@ -12,8 +12,8 @@ The older :func:`solve_levels` (``LevelStates`` with a hand-made error per state
 ``theorems/gunasekar_2017.py``.
 
 Which solver: depth ≥ 3 (and any unbalanced init) runs the plain factor-coordinate gradient flow
-(``implreg.flow.solve``, Dormand–Prince, det guard on) — it assumes nothing about balancedness, so its states are
-independent evidence.  Depth 2 with a balanced init runs ``implreg.flow.spectral.solve_balanced``: the same
+(``implreg.matrix.flow.solve``, Dormand–Prince, det guard on) — it assumes nothing about balancedness, so its states are
+independent evidence.  Depth 2 with a balanced init runs ``implreg.matrix.flow.spectral.solve_balanced``: the same
 factor-coordinate flow until σ_min/σ_max < 1e-3 (where float64 stops resolving det W), then the balanced
 end-to-end flow in coordinates that carry log σ_min.  Its det sign past the switch is carried by construction
 (σ_min = e^λ > 0), which is the mechanism of Razin & Cohen's proof; the claims say so in their notes.
@@ -30,15 +30,15 @@ import torch
 from mpmath import mp
 from torch import Tensor
 
-from implreg import flow, reference
 from implreg.errors import InvalidInputError
-from implreg.flow.certified import REF_TOTAL_BUDGET_S
-from implreg.flow.gradient_flow import TWO_TOL_FACTOR, two_tolerance_combine
-from implreg.flow.spectral import BalancedFlowSolution, solve_balanced
+from implreg.matrix import flow, reference
+from implreg.matrix.bounds import product_error
+from implreg.matrix.flow.certified import REF_TOTAL_BUDGET_S
+from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR, two_tolerance_combine
+from implreg.matrix.flow.spectral import BalancedFlowSolution, solve_balanced
 from implreg.matrix.inits import is_balanced, stack_factors
-from implreg.matrix_bounds import product_error
+from implreg.matrix.problems import Problem
 from implreg.numerics import Certified, exp, log, minimum, where
-from implreg.problems import Problem
 
 #: Loss levels (all below ½) at which the 2×2 claims check their finite-time corollaries.
 LEVELS = (0.4, 0.2, 0.1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3)
@@ -258,7 +258,7 @@ def reference_factor_dets(problem: Problem, factors_mp: Sequence[Any], levels: S
     Why the product form: at depth 2 det W ≈ e^{−100} at ℓ = 3e-3 while each det W_j ≈ e^{−50} (balanced), so
     the factors' determinants need half the digits det W of the end-to-end matrix would.  The error is first
     order in the reference's error estimate per factor entry (2× ``level_factor_errors``, for the located
-    crossing's time shift, as in ``implreg.flow.certified``): an estimate, not a rigorous bound.  2×2 factors.
+    crossing's time shift, as in ``implreg.matrix.flow.certified``): an estimate, not a rigorous bound.  2×2 factors.
     None where the reference did not reach the level.
     """
     sol = reference.solve(problem, factors_mp, t_end=1e6, dps=dps, loss_target=min(levels),

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 from implreg.errors import InvalidInputError
 from implreg.matrix.inits import stack_factors
-from implreg.problems import Problem, completion, razin_cohen_perturbed
+from implreg.matrix.problems import Problem, completion, razin_cohen_perturbed
 
 __all__ = [
     "BalancedInit",
@@ -441,7 +441,7 @@ def gaussian_inits(*, dims: Sequence[int] | st.SearchStrategy[Sequence[int]] = (
 def same_depth_batches(depth: st.SearchStrategy[int], instance: Callable[[int], st.SearchStrategy[Any]], *,
                        max_size: int = 16, min_size: int = 1) -> st.SearchStrategy[Any]:
     """Draw a depth, then a ``claims.batches`` batch of ``instance(depth)`` (one batched solve per example)."""
-    from implreg.claims import batches
+    from implreg.harness.claims import batches
 
     return depth.flatmap(lambda N: batches(instance(N), max_size=max_size, min_size=min_size))
 
@@ -450,7 +450,7 @@ def depth_batches(depths: Sequence[int], instance: Callable[[int], st.SearchStra
                   max_size: int = 12, min_size: int = 1) -> st.SearchStrategy[dict[int, Any]]:
     """One ``claims.batches`` batch per depth in ``depths`` (a dict depth → Batch): one example covers every
     depth with one batched solve each; shrinking shortens every batch (down to ``min_size``)."""
-    from implreg.claims import batches
+    from implreg.harness.claims import batches
 
     return st.fixed_dictionaries({int(N): batches(instance(int(N)), max_size=max_size, min_size=min_size)
                                   for N in depths})
@@ -538,7 +538,7 @@ def low_rank_completions(*, d: int | tuple[int, int] | st.SearchStrategy[int] = 
 
 
 def perturbation_eps(lo: float = 0.05, hi: float = 0.5) -> st.SearchStrategy[float]:
-    """ε > 0 for :func:`implreg.problems.razin_cohen_perturbed`, log-uniform in [lo, hi]."""
+    """ε > 0 for :func:`implreg.matrix.problems.razin_cohen_perturbed`, log-uniform in [lo, hi]."""
     if not (0 < lo <= hi):
         raise InvalidInputError(f"need 0 < lo ≤ hi, got ({lo}, {hi})")
     return _log_uniform(lo, hi)
@@ -547,7 +547,7 @@ def perturbation_eps(lo: float = 0.05, hi: float = 0.5) -> st.SearchStrategy[flo
 @dataclass(frozen=True)
 class PerturbedObservations:
     """Razin & Cohen's robustness problem ``[[∗, z], [z′, ε]]`` with ∗ moved to ``unobserved`` = (r, c)
-    (``implreg.problems.razin_cohen_observed``); ``det_sign`` is the sign det W(0) must have for the theorem,
+    (``implreg.matrix.problems.razin_cohen_observed``); ``det_sign`` is the sign det W(0) must have for the theorem,
     (−1)^(r+c)·sign(z z′) (the row/column swaps multiply det by (−1)^(r+c))."""
 
     z: float
@@ -595,7 +595,7 @@ class LinearProblem:
     m: int = 0
 
     def problem(self, dtype: torch.dtype = torch.float64) -> Problem:
-        from implreg.problems import sensing
+        from implreg.matrix.problems import sensing
 
         rng = np.random.default_rng(self.seed)
         d, e = self.shape

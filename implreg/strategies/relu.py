@@ -25,7 +25,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from implreg.relu import NodeScaling, ReluNet
+from implreg.relu.network import NodeScaling, ReluNet
 
 __all__ = [
     "TINY",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from implreg.relu import NodeScaling, ReluNet, activate_unit
+from implreg.relu.network import NodeScaling, ReluNet, activate_unit
 from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
 
 __all__ = ["labelled_nets", "training_instances"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from implreg.flow.tableau import ButcherTableau
+from implreg.matrix.flow.tableau import ButcherTableau
 
 __all__ = [
     "CompiledKernel",

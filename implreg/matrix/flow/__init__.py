@@ -5,11 +5,18 @@
 - :func:`descend`: fixed-step gradient descent, as in the papers' experiments.
 """
 
-from implreg.flow.descent import DescentSolution, descend
-from implreg.flow.gradient_flow import TWO_TOL_FACTOR, FlowSolution, det_guard, solve, two_tolerance_error, vector_field
-from implreg.flow.integrate import IntegrationResult, Status, integrate
-from implreg.flow.spectral import BalancedFlowSolution, rosenbrock, solve_balanced
-from implreg.flow.tableau import DOPRI5, ButcherTableau
+from implreg.matrix.flow.descent import DescentSolution, descend
+from implreg.matrix.flow.gradient_flow import (
+    TWO_TOL_FACTOR,
+    FlowSolution,
+    det_guard,
+    solve,
+    two_tolerance_error,
+    vector_field,
+)
+from implreg.matrix.flow.integrate import IntegrationResult, Status, integrate
+from implreg.matrix.flow.spectral import BalancedFlowSolution, rosenbrock, solve_balanced
+from implreg.matrix.flow.tableau import DOPRI5, ButcherTableau
 
 __all__ = [
     "DOPRI5",

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.synthetic import Dataset
+from implreg.relu.synthetic import Dataset
 
 __all__ = ["DIGITS_SIZE", "digits", "digits_raw", "subsample"]
 

@@ -8,7 +8,7 @@ Verdicts (DESIGN.md):
   ``@reproduce_failure`` blob, the name of the failed comparison and an ``implreg verify`` command.  A claim
   that names ``refuted_by`` is refuted only when the counterexample failed that comparison; any other failing
   comparison is ``error`` (refuted for the wrong reason).  For a statistical claim: significant in the
-  opposite direction, or an equivalence test shows no effect of the claimed size (``implreg.stats``);
+  opposite direction, or an equivalence test shows no effect of the claimed size (``implreg.harness.stats``);
 - ``inconclusive``: some comparison stayed undecided after escalation, too few valid examples, the
   claim's wall budget ran out before any example completed, or a statistical test was significant in
   neither direction ("not significant" is never "refuted");
@@ -49,11 +49,11 @@ from hypothesis.errors import (
 )
 from hypothesis.statistics import collector
 
-from implreg import _record
 from implreg.certify import Undecided
-from implreg.claims import REGISTRY, ClaimSpec, set_runner
+from implreg.harness import recorder as _record
+from implreg.harness.claims import REGISTRY, ClaimSpec, set_runner
+from implreg.harness.profiles import Profile, claim_seed, get_profile
 from implreg.preconditions import PreconditionFailed, tally
-from implreg.profiles import Profile, claim_seed, get_profile
 
 __all__ = ["BudgetExhausted", "ReturnedValue", "failed_check", "run_claim"]
 
@@ -103,11 +103,11 @@ _HELPER_PARTS = (
     f"{os.sep}_pytest{os.sep}",
     f"{os.sep}hypothesis{os.sep}",
 )
-_PKG_DIR = str(Path(__file__).resolve().parent) + os.sep
-# where a conclusion's AssertionError is raised: the legacy certify functions, and the certified-values seam's
-# decision (implreg.numerics.compare; its escalation re-raises through compare's _raise_if_false)
-_CONCLUSION_MODULES = {str(Path(__file__).resolve().parent / name)
-                       for name in ("certify.py", "stats.py", "numerics/compare.py", "numerics/escalate.py")}
+_PKG_DIR = str(Path(__file__).resolve().parent.parent) + os.sep  # the implreg package (this file: harness/)
+# where a conclusion's AssertionError is raised: the legacy certify functions, the statistics, and the
+# certified-values seam's decision (implreg.numerics.compare; its escalation re-raises through compare)
+_CONCLUSION_MODULES = {str(Path(_PKG_DIR, name).resolve()) for name in (
+    "certify.py", "harness/stats.py", "numerics/compare.py", "numerics/escalate.py")}
 
 
 def _is_conclusion_failure(exc: BaseException) -> tuple[bool, str | None]:
@@ -459,7 +459,7 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
     return _finish(record, verdict, explanation, t0)
 
 
-set_runner(run_claim)  # calling a claim function directly runs it through here (implreg.claims.set_runner)
+set_runner(run_claim)  # calling a claim function directly runs it through here (implreg.harness.claims.set_runner)
 
 
 def _basis(rec: _record.Recorder) -> dict[str, int] | None:
@@ -620,7 +620,7 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
                                 f"valid before Hypothesis gave up ({str(exc).splitlines()[0]}{why_discarded}).{rep}")
 
     if spec.sample is not None:
-        from implreg.stats import evaluate
+        from implreg.harness.stats import evaluate
 
         try:
             result = evaluate(spec.sample.test, rec.observations)

@@ -1,7 +1,7 @@
 """Step-size control for the embedded Runge–Kutta integrator (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4).
 
 The accept/reject decision and ``h ← h·clip(0.9·err^{−1/q}, 0.2, 10)`` are fused into the step kernel
-(:func:`implreg.flow.kernels.rk_post`); this module holds what is evaluated eagerly: the factor ``err^{−1/q}``
+(:func:`implreg.matrix.flow.kernels.rk_post`); this module holds what is evaluated eagerly: the factor ``err^{−1/q}``
 and the starting step size.  Everything is row-wise, so an instance's steps do not depend on its batch.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from implreg.flow.kernels import ratio, rms
+from implreg.matrix.flow.kernels import ratio, rms
 
 __all__ = ["initial_step", "positive_pow", "step_factor"]
 

@@ -5,7 +5,7 @@ report needs — a few lines or points per plot with log axes — and its SVG ou
 and metadata that would make reports differ byte-for-byte between identical runs.  This module is
 ~250 lines, has no dependencies, and produces the same SVG for the same data.
 
-Input is an evidence plot dict (see ``implreg.evidence.series``); output is an ``<svg>`` string in which
+Input is an evidence plot dict (see ``implreg.harness.evidence.series``); output is an ``<svg>`` string in which
 every piece of user text is XML-escaped.
 """
 

@@ -62,9 +62,9 @@ def _workers(value: str) -> int:
 def _plugin_args() -> list[str]:
     """Load the plugin explicitly unless its entry point is installed (avoids double registration)."""
     eps = metadata.entry_points(group="pytest11")
-    if any(ep.value == "implreg.plugin" for ep in eps):
+    if any(ep.value == "implreg.harness.plugin" for ep in eps):
         return []
-    return ["-p", "implreg.plugin"]
+    return ["-p", "implreg.harness.plugin"]
 
 
 def _check_paths(paths: Sequence[str]) -> None:
@@ -113,8 +113,8 @@ def finish_run(run_dir: str | os.PathLike[str], report: str | os.PathLike[str], 
                paths: Sequence[str], workers: int, wall_s: float, command: str,
                started: str | None = None, pytest_exit: int | None = None) -> dict[str, Any]:
     """Merge a run directory, write results.json beside the report and the HTML report (both atomic)."""
-    from implreg.report.render import write_report
-    from implreg.results import build_results, environment, merge, save_results
+    from implreg.harness.report.render import write_report
+    from implreg.harness.results import build_results, environment, merge, save_results
 
     records, envs = merge(run_dir)
     run = {
@@ -142,7 +142,7 @@ def _now() -> str:
 # verify
 # ------------------------------------------------------------------------------------------------
 def cmd_verify(args: argparse.Namespace) -> int:
-    from implreg.profiles import UnknownProfileError, get_profile
+    from implreg.harness.profiles import UnknownProfileError, get_profile
 
     try:
         profile = get_profile(args.profile)
@@ -216,7 +216,7 @@ def _quote(a: str) -> str:
 # ------------------------------------------------------------------------------------------------
 def collect_claims(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Claims (metadata) under paths via pytest collection, and the files that failed to import."""
-    from implreg.results import merge
+    from implreg.harness.results import merge
 
     _check_paths(paths)
     with tempfile.TemporaryDirectory(prefix="implreg-list-") as tmp:
@@ -261,8 +261,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 # report
 # ------------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    from implreg.report.render import write_report
-    from implreg.results import load_results
+    from implreg.harness.report.render import write_report
+    from implreg.harness.results import load_results
 
     src = Path(args.results)
     if not src.exists():
@@ -285,8 +285,9 @@ _TEMPLATE_HEAD = '''"""My conjectures: verify with `implreg verify {path}`."""
 from hypothesis import given
 from hypothesis import strategies as st
 
-from implreg import certify, evidence
-from implreg.claims import claim
+from implreg import certify
+from implreg.harness import evidence
+from implreg.harness.claims import claim
 from implreg.numerics import Certified
 
 # Write the mathematics: measures, flows and losses come back as certified values that carry their own error,
@@ -309,7 +310,7 @@ def {fname}(x):
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from implreg.claims import ID_PATTERN
+    from implreg.harness.claims import ID_PATTERN
 
     cid = args.id
     if not ID_PATTERN.match(cid):
@@ -326,7 +327,7 @@ def cmd_new(args: argparse.Namespace) -> int:
         text = _TEMPLATE_HEAD.format(path=path)
     text += _TEMPLATE_CLAIM.format(cid=cid, fname=fname, statement=statement)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from implreg.results import atomic_write_text
+    from implreg.harness.results import atomic_write_text
 
     atomic_write_text(path, text)
     print(f"added claim {cid!r} to {path} (function {fname}); run: implreg verify {path}")

@@ -20,9 +20,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from implreg.report.mathml import math_html, text_with_math
-from implreg.report.plots import svg_plot
-from implreg.results import atomic_write_text, dumps
+from implreg.harness.report.mathml import math_html, text_with_math
+from implreg.harness.report.plots import svg_plot
+from implreg.harness.results import atomic_write_text, dumps
 
 __all__ = ["render_html", "strip_timing_html", "write_report"]
 
@@ -280,7 +280,7 @@ _PHASE_ORDER = ("explicit", "reuse", "generate", "target", "shrink")
 def render_html(results: dict[str, Any]) -> str:
     """The report as one HTML string (the same bytes whether results come from memory or results.json)."""
     results = json.loads(dumps(results))  # normalize: the page must not depend on dict insertion order
-    css = resources.files("implreg.report").joinpath("style.css").read_text(encoding="utf-8")
+    css = resources.files("implreg.harness.report").joinpath("style.css").read_text(encoding="utf-8")
     run = results["run"]
     versions = run.get("versions") or {}
     run["version_list"] = [(k, versions[k]) for k in _VERSION_ORDER if k in versions] + \

@@ -12,7 +12,7 @@ too::
 - A claim test runs its Hypothesis test, records its verdict and passes iff the verdict equals ``expect``.
 - Each record is written as its own JSON file into the run directory by the process that ran it
   (any xdist worker), and a module that fails to import becomes an ``error`` record; merging the files
-  after the run (``implreg.results.merge``) therefore loses nothing.
+  after the run (``implreg.harness.results.merge``) therefore loses nothing.
 - The controller prints one progress line per claim (n of m, verdict, verdicts so far).
 """
 
@@ -57,7 +57,7 @@ class _State:
     """Per-session plugin state (on the config object)."""
 
     def __init__(self, config: pytest.Config):
-        from implreg.profiles import UnknownProfileError, get_profile
+        from implreg.harness.profiles import UnknownProfileError, get_profile
 
         self.config = config
         workerinput = getattr(config, "workerinput", None)
@@ -148,7 +148,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> Any:
-    from implreg.claims import get_spec
+    from implreg.harness.claims import get_spec
 
     spec = get_spec(obj)
     if spec is None:
@@ -163,7 +163,7 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from implreg.claims import get_spec
+    from implreg.harness.claims import get_spec
 
     st = _state(config)
     if not (st.only or st.ids):
@@ -179,7 +179,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    from implreg.claims import get_spec
+    from implreg.harness.claims import get_spec
 
     st = _state(session.config)
     claims = [i for i in session.items if get_spec(getattr(i, "obj", None)) is not None]
@@ -187,8 +187,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         st.total = len(claims)
     out = session.config.getoption("implreg_list_out")
     if out:
-        from implreg.claims import REGISTRY
-        from implreg.results import atomic_write_text, dumps
+        from implreg.harness.claims import REGISTRY
+        from implreg.harness.results import atomic_write_text, dumps
 
         rows = []
         for item in claims:
@@ -217,7 +217,7 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
     st = _state(config)
     if not st.run_dir:
         return
-    from implreg.results import write_record
+    from implreg.harness.results import write_record
 
     path = report.fspath or report.nodeid
     message = str(report.longreprtext or report.longrepr).strip()
@@ -255,7 +255,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # ------------------------------------------------------------------------------------------------
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    from implreg.claims import get_spec
+    from implreg.harness.claims import get_spec
 
     spec = get_spec(pyfuncitem.obj)
     if spec is None:
@@ -273,12 +273,12 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 def _run(spec: Any, st: _State, nodeid: str) -> dict[str, Any]:
-    from implreg.verdict import run_claim
+    from implreg.harness.verdict import run_claim
 
     st.ran_claims = True
     if st.run_dir:
         # a marker first: if this process dies inside the claim, the merge turns it into an `error` record
-        from implreg.results import write_record
+        from implreg.harness.results import write_record
 
         write_record(st.run_dir, {**spec.metadata(), "nodeid": nodeid, "profile": st.profile.name,
                                   "run_seed": st.seed}, prefix="started")
@@ -298,7 +298,7 @@ def _run(spec: Any, st: _State, nodeid: str) -> dict[str, Any]:
     # which process ran it depends on scheduling: kept with the other run-dependent values
     record["timing"]["worker"] = os.environ.get("PYTEST_XDIST_WORKER", "main")
     if st.run_dir:
-        from implreg.results import write_record
+        from implreg.harness.results import write_record
 
         write_record(st.run_dir, record)
     return record
@@ -354,7 +354,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     st = _state(config)
     if st.is_worker or config.getoption("implreg_cli") or not st.summaries:
         return
-    from implreg.cli import format_table
+    from implreg.harness.cli import format_table
 
     terminalreporter.write_sep("=", "implreg verdicts")
     for line in format_table(st.summaries):
@@ -364,13 +364,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 def pytest_sessionfinish(session: pytest.Session) -> None:
     st = _state(session.config)
     if st.run_dir and (st.is_worker or st.ran_claims):
-        from implreg.results import atomic_write_text, dumps, process_environment
+        from implreg.harness.results import atomic_write_text, dumps, process_environment
 
         wid = getattr(session.config, "workerinput", {}).get("workerid", "main")
         atomic_write_text(Path(st.run_dir) / f"env-{wid}.json", dumps(process_environment()))
     report = session.config.getoption("implreg_report")
     if report and not st.is_worker and st.run_dir and not session.config.getoption("implreg_cli"):
-        from implreg.cli import finish_run
+        from implreg.harness.cli import finish_run
 
         exit_status = int(session.exitstatus)
         finish_run(st.run_dir, report, profile=st.profile.name, seed=st.seed,

@@ -1,4 +1,4 @@
-"""What the toy replications of Exploring §3 and In Search §2 (``implreg.synthetic``) show in the report, the
+"""What the toy replications of Exploring §3 and In Search §2 (``implreg.relu.synthetic``) show in the report, the
 test-error-fall test that the width controls take as their precondition; and two plots for the ReLU-net claims:
 a bracket against a parameter, and how far training from w and from ρ(w) drifts apart.
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from implreg import evidence, stats
-from implreg.capacity import Bracket
-from implreg.pathsgd import rescaled_training_gaps
-from implreg.relu import NodeScaling, ReluNet
-from implreg.synthetic import LabelExperiment, WidthExperiment
+from implreg.harness import evidence, stats
+from implreg.relu.capacity import Bracket
+from implreg.relu.network import NodeScaling, ReluNet
+from implreg.relu.pathsgd import rescaled_training_gaps
+from implreg.relu.synthetic import LabelExperiment, WidthExperiment
 
 __all__ = ["bracket_evidence", "error_falls_with_width", "label_evidence", "training_gap_evidence",
            "width_evidence"]

@@ -1,6 +1,6 @@
 """Synthetic supervised problems generated in code (nothing is downloaded): Gaussian mixtures, teacher nets;
 and the toy replications of Exploring §3 / In Search §2 run on them and on scikit-learn's shipped digits set
-(``implreg.datasets``).
+(``implreg.relu.datasets``).
 
 Every generator takes an explicit ``torch.Generator`` (the same seed gives the same data on every device:
 draws happen on the generator's device and are then moved), a dtype (float64 by default) and a device.
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.relu import ReluNet, forward, random_net
+from implreg.relu.network import ReluNet, forward, random_net
 
 __all__ = [
     "Dataset",
@@ -181,12 +181,12 @@ def random_label_experiment(
 def digits_label_experiment(
     n: int = 12, sizes: tuple[int, ...] = (64, 256), width: int = 256, seed: int = 0,
 ) -> LabelExperiment:
-    """The same protocol on real data: scikit-learn's digits (``implreg.datasets.digits``, fixed split by seed 0,
+    """The same protocol on real data: scikit-learn's digits (``implreg.relu.datasets.digits``, fixed split by seed 0,
     standardized); for problems i = 0 … n−1 and each size m, m training images drawn without replacement from
     the 1,200-image training split (generator seed + 7919 i + m), their true labels and uniformly random labels
     over the 10 classes; depth-2 ReLU nets 64 → width → 10 trained and measured as in
     ``random_label_experiment``.  Cached per process."""
-    from implreg.datasets import digits, subsample
+    from implreg.relu.datasets import digits, subsample
 
     data = digits()
     true, rand, conv, steps = {}, {}, {}, {}
@@ -210,8 +210,8 @@ def _fit_true_and_random(xs: list[Tensor], ys: list[Tensor], yr: list[Tensor], w
     """Train one depth-2 net (He init, seeded by ``init_seed``) per problem and labelling, true labels first, to
     zero training error and CE < 0.01; returns the measures of the true-label nets, of the random-label nets,
     and (2n,) converged flags and step counts."""
-    from implreg.capacity import exploring_measures
-    from implreg.pathsgd import fit_to_zero_error
+    from implreg.relu.capacity import exploring_measures
+    from implreg.relu.pathsgd import fit_to_zero_error
 
     n = len(xs)
     x, y = torch.stack(xs + xs), torch.stack(ys + yr)
@@ -262,11 +262,11 @@ def digits_width_experiment(
     n: int = 12, widths: tuple[int, ...] = (32, 128, 512), m: int = 256, seed: int = 0,
 ) -> WidthExperiment:
     """The same protocol on real data: for problems i = 0 … n−1, m training images drawn without replacement from
-    the 1,200-image training split of scikit-learn's digits (``implreg.datasets.digits``, split seed 0,
+    the 1,200-image training split of scikit-learn's digits (``implreg.relu.datasets.digits``, split seed 0,
     standardized; generator seed + 104729 i + 1), with their true labels; depth-2 nets 64 → H → 10 of each
     width H trained as in ``width_experiment``; test error on the fixed 597-image test split.  Cached per
     process."""
-    from implreg.datasets import digits, subsample
+    from implreg.relu.datasets import digits, subsample
 
     data = digits()
     xs, ys = zip(*[subsample(data, m, generator=torch.Generator().manual_seed(seed + 104729 * i + 1))
@@ -285,8 +285,8 @@ def _fit_widths(x: Tensor, y: Tensor, xt: Tensor, yt: Tensor, widths: tuple[int,
                 seed: int) -> tuple[dict[int, Tensor], dict[int, dict[str, Tensor]], dict[int, Tensor]]:
     """Per width H: train one depth-2 net per problem (He init seeded by seed + H) on (x, y) (B, m, D), (B, m) to
     zero training error and CE < 0.01; its test error on (xt, yt), its measures, and whether it converged."""
-    from implreg.capacity import exploring_measures
-    from implreg.pathsgd import fit_to_zero_error
+    from implreg.relu.capacity import exploring_measures
+    from implreg.relu.pathsgd import fit_to_zero_error
 
     err, meas, conv = {}, {}, {}
     for H in widths:

@@ -19,9 +19,10 @@ crossed, a save never reached) or has an infinite error is never certified: it b
 and its refinement asks the reference for it.
 
 Refinement (``Certified.measured(..., refine=...)``, called by ``certify`` on undecided rows only): every row is
-re-solved by :func:`implreg.reference.solve` (Taylor method in fixed point, ``dps`` digits from the requested bits:
+re-solved by :func:`implreg.matrix.reference.solve` (Taylor method in fixed point, ``dps`` digits from the
+requested bits:
 :func:`dps_for`) from the same init — exact float64 factors, or, where the init was balanced, balanced factors
-formed at the reference's precision (:func:`implreg.reference.balanced_factors`) — to the same final time or
+formed at the reference's precision (:func:`implreg.matrix.reference.balanced_factors`) — to the same final time or
 loss target, with the same loss levels and save times.  ONE run per (row, dps) serves every leaf of the solve
 (final state, levels, saves, times).  The balls it returns are ``mid ± the reference's own error estimate``
 (first-order propagation of its local errors: an estimate, hence ``rigorous=False``; at a loss level or loss
@@ -29,7 +30,7 @@ target twice that, for the crossing's shifted time).  A wall budget bounds all e
 must not hang): past it, ``refine`` returns None and the entries stay undecided.
 
 Cost per row: one reference solve per precision tried (measured, Razin–Cohen 2×2 at depth 2: 0.1–0.3 s at 30
-digits, 0.4–0.8 s at 60, for t ≤ 100; see ``implreg.reference``), whatever the number of leaves refined.
+digits, 0.4–0.8 s at 60, for t ≤ 100; see ``implreg.matrix.reference``), whatever the number of leaves refined.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ import torch
 from mpmath import mp, mpf
 from torch import Tensor
 
-from implreg import reference
 from implreg.errors import ImplregError, InvalidInputError
+from implreg.matrix import reference
+from implreg.matrix.problems import Problem
 from implreg.numerics import Certified, Refinement, where
-from implreg.problems import Problem
 
 __all__ = [
     "DPS_MAX",
@@ -232,7 +233,7 @@ def _record(sol: reference.ReferenceSolution, spec: _LeafSpec, runs: ReferenceRu
 def _time_error(sol: reference.ReferenceSolution, problem: Problem) -> Any:
     """Crossing-time error of a final state located at the loss target: δt ≈ ‖δθ‖₂/‖∇_θL‖ (the reference's own
     formula for its level times), with the gradient at that state (float64 suffices for a factor in an estimate)."""
-    from implreg.factorization import factor_grads
+    from implreg.matrix.factorization import factor_grads
 
     fs = tuple(torch.tensor(reference._mp_to_numpy(Wj), dtype=torch.float64).unsqueeze(0) for Wj in sol.factors)
     _, grads = factor_grads(problem.to(dtype=torch.float64, device="cpu"), fs)
@@ -403,7 +404,7 @@ def _balanced_init_of(factors: Sequence[Tensor], row: int, dps: int) -> list | N
     """Balanced factors of the exact product of the given float64 factors at ``dps`` digits, sign-aligned with the
     given ones, if the given ones are those factors up to rounding (a ``balanced_init`` with identity rotations);
     None otherwise (then the reference starts from the float64 factors themselves, exactly)."""
-    from implreg.factorization import balancedness_defect
+    from implreg.matrix.factorization import balancedness_defect
 
     N = len(factors)
     if N < 2:
@@ -448,7 +449,7 @@ def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | N
     """The certified view of a ``flow.FlowSolution`` (see the module docstring).  ``init_of(row, dps)`` overrides
     the reference's init (default: balanced factors at the reference's precision where the float64 init is a
     balanced init up to rounding, else the float64 factors exactly)."""
-    from implreg.flow.integrate import Status
+    from implreg.matrix.flow.integrate import Status
 
     r, layout, problem = sol.result, sol.layout, sol.problem
     if sol.init is None:
@@ -496,7 +497,7 @@ def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | N
 def _crossing_time_error(sol: Any, y: Tensor, err: Tensor) -> Tensor:
     """δt ≈ ‖δθ‖₂ / ‖∇_θ L(θ)‖ at states y (B, …, P) with per-entry errors err: the first-order shift of a located
     crossing ℓ(θ(t)) = c (|dℓ/dt| = ‖∇_θL‖², |δℓ| ≤ ‖∇_θL‖‖δθ‖₂); +∞ where the gradient vanishes."""
-    from implreg.factorization import factor_grads
+    from implreg.matrix.factorization import factor_grads
 
     lead = y.shape[:-1]
     if y.numel() == 0:
@@ -518,7 +519,7 @@ def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[
     """The certified view of a ``flow.BalancedFlowSolution``: leaves are the end-to-end matrices with the solver's
     (B,) entry bound broadcast; refinements start the reference from balanced factors of the exact product of the
     init's factors, formed at the reference's precision (the balanced flow of W depends on W(0) alone)."""
-    from implreg.flow.integrate import Status
+    from implreg.matrix.flow.integrate import Status
 
     if sol.init_factors is None:
         raise InvalidInputError("this BalancedFlowSolution does not carry its initial factors: its certified view "

@@ -1,18 +1,18 @@
 """Batched adaptive embedded Runge–Kutta integration of ``dy/dt = f(t, y)`` with per-instance control.
 
 Every instance has its own time, step size, error control, events and status; instances that finish drop
-out of the work (batch compaction).  All arithmetic is row-wise (see :mod:`implreg.flow.kernels`), so an
+out of the work (batch compaction).  All arithmetic is row-wise (see :mod:`implreg.matrix.flow.kernels`), so an
 instance's result is bit-identical whether it is integrated alone or inside any batch (tested): Hypothesis
 shrinking re-runs instances alone.
 
 The parts, each in its own module (the shape of diffrax's solvers):
 
-- the tableau and the stepper — :mod:`implreg.flow.tableau`, :func:`implreg.flow.kernels.rk_attempt` (one
-  attempted step with its error estimate) and :func:`~implreg.flow.kernels.rk_post` (accept/reject, events,
+- the tableau and the stepper — :mod:`implreg.matrix.flow.tableau`, :func:`implreg.matrix.flow.kernels.rk_attempt` (one
+  attempted step with its error estimate) and :func:`~implreg.matrix.flow.kernels.rk_post` (accept/reject, events,
   level and save bookkeeping, statuses);
-- the step-size controller — :mod:`implreg.flow.controller`;
-- the event/level/save locator and the result tensors — :mod:`implreg.flow.locator`;
-- batch compaction — :mod:`implreg.flow.compaction`;
+- the step-size controller — :mod:`implreg.matrix.flow.controller`;
+- the event/level/save locator and the result tensors — :mod:`implreg.matrix.flow.locator`;
+- batch compaction — :mod:`implreg.matrix.flow.compaction`;
 - this module: input checks and the loop that wires them together.
 """
 
@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.flow.compaction import ActiveBatch, all_rows
-from implreg.flow.controller import initial_step, step_factor
-from implreg.flow.kernels import RKCoefficients, rk_attempt, rk_post, root_table
-from implreg.flow.locator import DenseWork, Outputs
-from implreg.flow.result import IntegrationResult, Status, amax
-from implreg.flow.tableau import DOPRI5, ButcherTableau
+from implreg.matrix.flow.compaction import ActiveBatch, all_rows
+from implreg.matrix.flow.controller import initial_step, step_factor
+from implreg.matrix.flow.kernels import RKCoefficients, rk_attempt, rk_post, root_table
+from implreg.matrix.flow.locator import DenseWork, Outputs
+from implreg.matrix.flow.result import IntegrationResult, Status, amax
+from implreg.matrix.flow.tableau import DOPRI5, ButcherTableau
 
 __all__ = ["IntegrationResult", "Status", "integrate"]
 

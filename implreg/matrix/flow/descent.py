@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.factorization import FactorLayout, Factors, check_factors, end_to_end, factor_grads
-from implreg.flow.integrate import Status
-from implreg.problems import Problem
+from implreg.matrix.factorization import FactorLayout, Factors, check_factors, end_to_end, factor_grads
+from implreg.matrix.flow.integrate import Status
+from implreg.matrix.problems import Problem
 
 __all__ = ["DescentSolution", "descend"]
 
@@ -36,8 +36,9 @@ class DescentSolution:
     @property
     def certified(self):
         """The run as certified values: the computed iterates are exact (the experiment IS the float64 run), the
-        end-to-end product and loss carry rigorous rounding bounds (``implreg.flow.certified.certified_descent``)."""
-        from implreg.flow.certified import certified_descent
+        end-to-end product and loss carry rigorous rounding bounds
+        (``implreg.matrix.flow.certified.certified_descent``)."""
+        from implreg.matrix.flow.certified import certified_descent
 
         return certified_descent(self)
 

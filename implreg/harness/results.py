@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from implreg.claims import VERDICTS
+from implreg.harness.claims import VERDICTS
 
 __all__ = [
     "SCHEMA",

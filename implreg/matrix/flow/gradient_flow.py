@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.factorization import FactorLayout, Factors, check_factors, end_to_end, factor_grads
-from implreg.flow.integrate import IntegrationResult, Status, _integrate
-from implreg.flow.kernels import (
+from implreg.matrix.factorization import FactorLayout, Factors, check_factors, end_to_end, factor_grads
+from implreg.matrix.flow.integrate import IntegrationResult, Status, _integrate
+from implreg.matrix.flow.kernels import (
     CompiledKernel,
     RKCoefficients,
     dmf_field,
@@ -23,8 +23,8 @@ from implreg.flow.kernels import (
     dmf_step_kernel,
     rk_attempt,
 )
-from implreg.flow.tableau import DOPRI5
-from implreg.problems import Problem
+from implreg.matrix.flow.tableau import DOPRI5
+from implreg.matrix.problems import Problem
 
 __all__ = ["TWO_TOL_FACTOR", "FlowSolution", "det_guard", "solve", "two_tolerance_combine",
            "two_tolerance_combine_entries", "two_tolerance_error", "vector_field"]
@@ -186,7 +186,7 @@ class FlowSolution:
     @property
     def certified(self):
         """States, end-to-end matrices, losses and times as certified values whose leaves escalate to the mpmath
-        reference by themselves (``implreg.flow.certified.CertifiedFlow``; made once per solution).
+        reference by themselves (``implreg.matrix.flow.certified.CertifiedFlow``; made once per solution).
 
         The leaves' errors are always the TWO-TOLERANCE errors ``e + |y − y_loose|``, never the summed local
         estimate alone: across a saddle escape the flow amplifies earlier errors and the summed estimate falls
@@ -201,9 +201,9 @@ class FlowSolution:
         return self._view
 
     def certified_view(self, **kw):
-        """A fresh certified view (see ``certified``); ``kw`` as :func:`implreg.flow.certified.certified_flow`
+        """A fresh certified view (see ``certified``); ``kw`` as :func:`implreg.matrix.flow.certified.certified_flow`
         (``init_of``, budgets)."""
-        from implreg.flow.certified import certified_flow
+        from implreg.matrix.flow.certified import certified_flow
 
         return certified_flow(self.with_two_tolerance_error(), **kw)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from implreg.flow.kernels import RKCoefficients, dense_coefficients, dense_eval
-from implreg.flow.result import IntegrationResult, Status, amax
+from implreg.matrix.flow.kernels import RKCoefficients, dense_coefficients, dense_eval
+from implreg.matrix.flow.result import IntegrationResult, Status, amax
 
 __all__ = ["FLUSH_ROWS", "DenseWork", "Outputs", "bisect_crossing"]
 

@@ -193,7 +193,7 @@ def rank_lower_bound(T: np.ndarray | Tensor, eps: float) -> int:
     (first ⌊N/2⌋ modes as rows), of the smallest k with dist(T_(m), rank ≤ k) ≤ ε‖T‖_F, where a k counts as
     excluded only when the certified distance (Eckart–Young on ball-arithmetic singular values) exceeds the
     certified ε‖T‖_F.  A rank-k CP tensor has every unfolding of rank ≤ k, and unfolding preserves ‖·‖_F."""
-    from implreg import measures
+    from implreg.matrix import measures
     from implreg.numerics import Certified
 
     Tn = _as_np(T, eps)

@@ -22,7 +22,7 @@ propagate this through the net (running error analysis, first order in u, then i
 underflow: bounds are +inf for nets (or inputs) with a nonzero entry of magnitude < ``UNDERFLOW_GUARD``
 (2⁻⁶⁰; products of ≤ 16 such factors stay in float64's normal range), never silently wrong.
 
-Certified values (one rule for the ReLU wing: ``forward``, ``loss`` and every measure in ``implreg.capacity``
+Certified values (one rule for the ReLU wing: ``forward``, ``loss`` and every measure in ``implreg.relu.capacity``
 return an ``implreg.numerics.Certified``; ``.value`` is the float64 tensor they used to return).  A quantity
 that a claim compares must carry its error and re-evaluate in ball or exact arithmetic, so that
 ``certify(path_norm(net, 1) >= path_norm(net, 2))`` is decided at every net, ties included; returning tensors
@@ -30,7 +30,7 @@ from the measures and Certified from a parallel family would leave two ways, one
 (``certify(a == b)`` on floats).  The weights a net stands for are exact leaves (``certified_weights``): its
 float64 entries, or, for a net made by ``rescale``, the exact rescaling ρ_c(w) of the source net by the drawn
 float factors — so ``path_norm(rescale(net, s)) == path_norm(net)`` is the exact statement, not one about
-the rounded copy.  What training runs on (``loss_and_grads``, the steps in ``implreg.pathsgd``, autograd) stays
+the rounded copy.  What training runs on (``loss_and_grads``, the steps in ``implreg.relu.pathsgd``, autograd) stays
 float: the private kernels ``_forward``/``_loss`` and ``forward_pass``.
 """
 

@@ -3,13 +3,13 @@
 Each function takes a batch of matrices (any leading dimensions, batch first) and an entrywise bound ``e`` on
 their error (a tensor broadcasting against the leading dimensions, or a float) and returns a bound on the error
 of the derived quantity, *including* the float64 rounding of evaluating it here.  Bounds are rigorous given
-``e``; ``e`` itself is whatever the simulator estimates (see ``implreg.flow``), so a certified comparison is as
+``e``; ``e`` itself is whatever the simulator estimates (see ``implreg.matrix.flow``), so a certified comparison is as
 good as that estimate — which the tests of the simulators validate against the mpmath reference.
 
 - :func:`product_error`: end-to-end matrix ``W_N⋯W_1`` from errors of the factors' entries.
 - :func:`det2_error`: det of 2×2 matrices.
 - :func:`completion_loss_error`, :func:`residual_norm_error`: the completion loss and ‖residual‖₂.
-- :func:`measure_error`: every norm and quasi-norm of ``implreg.measures.NORMS`` (quasi-norms included).
+- :func:`measure_error`: every norm and quasi-norm of ``implreg.matrix.measures.NORMS`` (quasi-norms included).
 - :func:`measure_interval`: an interval for the same, tight for quasi-norms near a zero singular value.
 - :func:`effective_rank_2x2`: effective rank of 2×2 matrices with a rigorous upper value.
 """
@@ -24,8 +24,8 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from implreg import measures
 from implreg.errors import InvalidInputError
+from implreg.matrix import measures
 
 __all__ = [
     "U64",

@@ -10,7 +10,7 @@ and γ_out(v) = Σ_{paths v→output} Π w² (one backward pass from the outputs
 ∂L/∂w̃_e and γ̃_e scale as 1/c and 1/c² for an edge into the rescaled unit (c and c² out of it), so
 step(ρ(w)) = ρ(step(w)) exactly in real arithmetic; SGD's step is not equivariant.
 
-The loss of every step is ``implreg.relu.loss`` (mse by default) on the given batch (full batch unless a
+The loss of every step is ``implreg.relu.network.loss`` (mse by default) on the given batch (full batch unless a
 minibatch size is set).  γ_e = 0 (every path through e has a zero weight) forces ∂L/∂w_e = 0; the update is 0.
 """
 
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from implreg.errors import InvalidInputError
 from implreg.numerics import Certified
-from implreg.relu import (
+from implreg.relu.network import (
     SAFETY,
     ReluNet,
     _check_inputs,
@@ -239,7 +239,7 @@ def step_commutes_exactly(net: ReluNet, scaling, x: Tensor, y: Tensor, lr: float
     """Per net (B,): whether ``steps`` exact steps from ρ_c(w) equal ρ_c of the steps from w (weights), and
     whether the two trajectories compute the same function on x after them — in rational arithmetic (every
     float64 is a dyadic rational; the factors c are taken exactly), mse loss, full batch."""
-    from implreg.capacity import (
+    from implreg.relu.capacity import (
         forward_fractions,
         rescale_fractions,
         rows_to_fractions,
@@ -264,7 +264,7 @@ def rescaled_training_gaps(net: ReluNet, scaling, x: Tensor, y: Tensor, lr: floa
                            method: str = "path-sgd", cut: float = 1e3) -> Tensor:
     """max_x |f_t(w) − f_t(ρ(w))| along ``steps`` float64 steps from w and ρ(w), (B, T); the run stops early
     (T < steps) when a net diverges or the gap exceeds ``cut``."""
-    from implreg.relu import rescale
+    from implreg.relu.network import rescale
 
     step = {"path-sgd": path_sgd_step, "sgd": sgd_step}[method]
     a, b, gaps = net, rescale(net, scaling), []

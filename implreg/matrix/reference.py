@@ -4,7 +4,7 @@
 (Arora et al. 2018, eq. 4), integrated for ONE instance at a chosen number of decimal digits.
 
 Method — a Taylor series method of high order, written for this vector field alone (it shares no code with
-the torch simulator; only the problem definition, a mask/target or A/y, is taken from ``implreg.problems``):
+the torch simulator; only the problem definition, a mask/target or A/y, is taken from ``implreg.matrix.problems``):
 
 * The vector field is a polynomial in the factor entries, so the Taylor coefficients of the solution follow
   exactly from Cauchy products of power series (automatic differentiation of power series): with prefix
@@ -66,7 +66,7 @@ import numpy as np
 from mpmath import mp, mpf
 
 from implreg.errors import BudgetExceededError, InvalidInputError, NumericalError
-from implreg.problems import Problem
+from implreg.matrix.problems import Problem
 
 __all__ = ["ReferenceSolution", "Resolved", "Status", "balanced_factors", "solve", "solve_until_resolved"]
 
@@ -252,7 +252,7 @@ def _fixed_problem(problem: Any, F: int) -> tuple[_FixedProblem, str]:
         name, tensors = None, problem
     else:
         raise InvalidInputError(
-            f"problem must be an implreg.problems.Problem or a dict of tensors, got {type(problem).__name__}"
+            f"problem must be an implreg.matrix.problems.Problem or a dict of tensors, got {type(problem).__name__}"
         )
     keys = set(tensors)
     if keys == {"mask", "target"}:

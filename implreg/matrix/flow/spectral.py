@@ -22,7 +22,7 @@ textbook singular-vector derivatives ``A_12 = (σ_2 M_12 + σ_1 M_21)/(σ_2² �
 denominator is the gap ``τ_min^{2/N} − σ^{2/N}``, so the coordinates are used only while ``σ/τ_min`` is small.
 
 Orthogonality of U and V: neither integrator used here has a post-step hook (re-orthonormalizing after each
-accepted step would need one in :func:`implreg.flow.integrate`), and angles exist only for d = 2, so the field
+accepted step would need one in :func:`implreg.matrix.flow.integrate`), and angles exist only for d = 2, so the field
 carries a stabilization term ``U̇ = UA − ½γ U(UᵀU − I)``: it vanishes on the orthogonal group (the exact
 solution is unchanged) and makes ``E = UᵀU − I`` obey ``Ė = AᵀE + EA − γE + O(E²)`` — the first part preserves
 ‖E‖_F (A antisymmetric) — so rounding and truncation drift decay at rate γ instead of accumulating.  The drift
@@ -30,7 +30,8 @@ is measured at every accepted step (guard: above ``drift_limit`` the instance st
 reported state, and enters the error estimate as a lower bound on the state error (‖δU‖ ≥ ½‖UᵀU − I‖).
 
 :func:`solve_balanced` is a hybrid: phase 1 integrates factor coordinates (the field and det guard of
-:func:`implreg.flow.solve`, through the public :func:`implreg.flow.integrate`, so that the switch can be a guard)
+:func:`implreg.matrix.flow.solve`, through the public :func:`implreg.matrix.flow.integrate`, so that the switch can be
+a guard)
 until the instance is done or ``σ_min/σ_max < switch_ratio`` or ``|det W_j|`` comes within a factor
 ``switch_safety/10`` of the det guard's resolution threshold; such instances continue from that accepted state
 in spectral coordinates.  At the switch the det sign is certified (the
@@ -57,7 +58,7 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError, NumericalError
-from implreg.factorization import (
+from implreg.matrix.factorization import (
     FactorLayout,
     Factors,
     balanced_init,
@@ -66,9 +67,9 @@ from implreg.factorization import (
     end_to_end,
     factor_grads,
 )
-from implreg.flow.gradient_flow import TWO_TOL_FACTOR, det_guard, two_tolerance_combine_entries
-from implreg.flow.integrate import IntegrationResult, Status, integrate
-from implreg.problems import Problem
+from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR, det_guard, two_tolerance_combine_entries
+from implreg.matrix.flow.integrate import IntegrationResult, Status, integrate
+from implreg.matrix.problems import Problem
 
 __all__ = [
     "BalancedFlowSolution",
@@ -389,7 +390,7 @@ def rosenbrock(
 ) -> IntegrationResult:
     """Batched adaptive Rosenbrock integration (RODAS4, see above) of a stiff autonomous ``ẏ = f(y)``.
 
-    Same contract as :func:`implreg.flow.integrate` (per-instance step control, events located by bisection,
+    Same contract as :func:`implreg.matrix.flow.integrate` (per-instance step control, events located by bisection,
     first crossings of ``levels``, ``guard`` → UNRESOLVED, batch compaction, row-wise arithmetic so results are
     bit-identical alone or in any batch), without ``save_at`` (use a time component and a level).  The Jacobian
     is a central difference (:func:`_fd_jacobian`) at every accepted state.  Crossings are bracketed on the
@@ -765,7 +766,7 @@ class BalancedFlowSolution:
     @property
     def certified(self):
         """End-to-end matrices, losses and times as certified values whose leaves escalate to the mpmath
-        reference (balanced factors at its precision) by themselves; see ``implreg.flow.certified``.
+        reference (balanced factors at its precision) by themselves; see ``implreg.matrix.flow.certified``.
 
         The leaves' errors are the two-tolerance errors ``error + error_loose + |W − W_loose|`` per entry
         (:meth:`with_two_tolerance_error`), never the first-order unamplified ``error`` alone, which misses the
@@ -776,8 +777,8 @@ class BalancedFlowSolution:
         return self._view
 
     def certified_view(self, **kw):
-        """A fresh certified view; ``kw`` as :func:`implreg.flow.certified.certified_balanced_flow`."""
-        from implreg.flow.certified import certified_balanced_flow
+        """A fresh certified view; ``kw`` as :func:`implreg.matrix.flow.certified.certified_balanced_flow`."""
+        from implreg.matrix.flow.certified import certified_balanced_flow
 
         return certified_balanced_flow(self.with_two_tolerance_error(), **kw)
 
@@ -881,7 +882,7 @@ def _prepare(problem: Problem, W0_or_factors, depth: int, dtype, device, balance
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
         raise InvalidInputError(
             f"solve_balanced needs an integer depth ≥ 2, got {depth!r} (at depth 1 det W may cross 0 in finite "
-            f"time and log σ_min cannot follow it: use implreg.flow.solve)"
+            f"time and log σ_min cannot follow it: use implreg.matrix.flow.solve)"
         )
     if isinstance(W0_or_factors, Tensor):
         W0 = W0_or_factors
