@@ -252,10 +252,9 @@ def _integrate(
     return out.result(saves, meta)
 
 
-def _checked(y0: Tensor, t_max: float | Tensor, rtol: float, atol: float, max_steps: int, event: ScalarFn | None,
-             levels: Callable[..., Tensor] | None, n_levels: int, save_at: Sequence[float] | Tensor | None
-             ) -> tuple[Tensor, Tensor]:
-    """Validate the inputs; return t_max per instance (B,) and the save times (T,)."""
+def check_state_and_tolerances(y0: Tensor, rtol: float, atol: float, max_steps: int) -> None:
+    """The checks every integrator here makes: a finite floating (B, P) state, rtol > 0 reachable in its dtype
+    (≥ 100·eps), atol ≥ 0, max_steps ≥ 1; each failure names the problem."""
     if y0.ndim != 2:
         raise InvalidInputError(f"y0 must be (B, P), got shape {tuple(y0.shape)}")
     if not y0.is_floating_point():
@@ -269,6 +268,13 @@ def _checked(y0: Tensor, t_max: float | Tensor, rtol: float, atol: float, max_st
     if not torch.isfinite(y0).all():
         bad = (~torch.isfinite(y0)).any(-1).nonzero().flatten().tolist()
         raise InvalidInputError(f"initial state has NaN/Inf entries in instances {bad[:10]}")
+
+
+def _checked(y0: Tensor, t_max: float | Tensor, rtol: float, atol: float, max_steps: int, event: ScalarFn | None,
+             levels: Callable[..., Tensor] | None, n_levels: int, save_at: Sequence[float] | Tensor | None
+             ) -> tuple[Tensor, Tensor]:
+    """Validate the inputs; return t_max per instance (B,) and the save times (T,)."""
+    check_state_and_tolerances(y0, rtol, atol, max_steps)
     z = {"dtype": y0.dtype, "device": y0.device}
     tmax = torch.as_tensor(t_max, **z).expand(y0.shape[0]).clone()
     if torch.isnan(tmax).any() or (tmax < 0).any():

@@ -68,7 +68,7 @@ from implreg.matrix.factorization import (
     factor_grads,
 )
 from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR, det_guard, two_tolerance_combine_entries
-from implreg.matrix.flow.integrate import IntegrationResult, Status, integrate
+from implreg.matrix.flow.integrate import IntegrationResult, Status, check_state_and_tolerances, integrate
 from implreg.matrix.problems import Problem
 
 __all__ = [
@@ -398,16 +398,7 @@ def rosenbrock(
     Step control: RMS of ``err_i/(atol + rtol·max(|y_i|, |y⁺_i|))``, ``h ← h·clip(0.9·err^{−1/4}, 0.2, 5)``.
     Error estimate: ``Σ_steps (max_i |err_i| + u·max_i |y_i|)``, as in ``integrate``.
     """
-    if y0.ndim != 2 or not y0.is_floating_point():
-        raise InvalidInputError(f"y0 must be a floating (B, P) tensor, got {tuple(y0.shape)} {y0.dtype}")
-    if not (rtol > 0 and atol >= 0 and math.isfinite(rtol) and math.isfinite(atol)):
-        raise InvalidInputError(f"tolerances must satisfy rtol > 0, atol ≥ 0; got rtol={rtol}, atol={atol}")
-    if rtol < 100 * torch.finfo(y0.dtype).eps:
-        raise InvalidInputError(f"rtol={rtol} is below 100·eps of {y0.dtype}: the step control cannot reach it")
-    if max_steps < 1:
-        raise InvalidInputError(f"max_steps must be ≥ 1, got {max_steps}")
-    if not torch.isfinite(y0).all():
-        raise InvalidInputError("initial state has NaN/Inf entries")
+    check_state_and_tolerances(y0, rtol, atol, max_steps)
     B, P = y0.shape
     dtype, device = y0.dtype, y0.device
     z = {"dtype": dtype, "device": device}
