@@ -41,6 +41,7 @@ from implreg.matrix.levels import (
     flow_to_levels,
     perturbed_sigma_min_upper_bound,
     perturbed_w_lower_bound,
+    reference_agreement,
     reference_dets_past_switch,
     sigma_min_upper_bound,
     w11_lower_bound,
@@ -164,6 +165,13 @@ def norms_diverge(by_depth):
         # f′ ≈ 1/δ³ (at ℓ = 1e-3, depth 2: 26 against a margin of 1.9; at 3e-3: 0.4 against 1.8)
         f = w11_lower_bound(Certified.exact(sol.loss_levels))
         certify(W[..., 0, 0].abs() >= f, what=f"|W₁₁| ≥ (1 − √2ℓ)²/√2ℓ at each loss level (depth {N})")
+        if _recording():
+            for row in reference_agreement(sol, batch[0]):
+                evidence.table("simulator vs mpmath reference (first instance of each depth, 30 digits)",
+                               {"depth": N, **row})
+                evidence.series("simulator vs mpmath reference: |ΔW| / (sum of error estimates)",
+                                x=[row["loss level"]], y=[row["ratio |Δ| / (sum of estimates)"]], group=f"N={N}",
+                                xlabel="loss level ℓ", ylabel="ratio", log_x=True, log_y=True, kind="scatter")
         _vs_loss("|W₁₁| vs loss", loss, W.value[..., 0, 0].abs(), f"depth {N}", "|W₁₁|")
         for name, norm in measures.NORMS.items():
             n = norm(W)

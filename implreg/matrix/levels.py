@@ -310,3 +310,32 @@ def reference_dets_past_switch(sol: BalancedFlowSolution, inits: Sequence[Any], 
         return Certified.exact(torch.zeros(0, dtype=torch.float64)), rows
     return (Certified.measured(torch.cat(dets), torch.cat(errs), rigorous=False,
                                label="det W past the switch (mpmath reference, product form)"), rows)
+
+
+def reference_agreement(sol: Any, init: Any, *, dps: int = 30, budget_s: float = REF_TOTAL_BUDGET_S
+                        ) -> list[dict[str, Any]]:
+    """The simulator against the mpmath reference for the FIRST instance of ``sol`` (a :func:`flow_to_levels`
+    solution; ``init`` that instance's init, with ``factors_mp``): at every level both reached, max |W_sim − W_ref|
+    over the entries beside the two error estimates (the simulator's certified per-entry error, the reference's
+    ‖δW‖_F) and their ratio.  Evidence for the report, not a verdict: a ratio > 1 means an estimate fell short."""
+    levels = [float(x) for x in sol.loss_levels.tolist()]
+    ref = reference.solve(sol.problem.select([0]), init.factors_mp(dps), t_end=1e6, dps=dps, loss_target=min(levels),
+                          loss_levels=levels, budget_s=budget_s)
+    W, rows = sol.certified.level_end_to_end, []
+    with ref.workdps():
+        for k, lvl in enumerate(levels):
+            if k >= len(ref.level_end_to_end) or ref.level_end_to_end[k] is None:
+                continue
+            sim_err = float(W.error[0, k].max())
+            if not math.isfinite(sim_err):
+                continue
+            M = ref.level_end_to_end[k]
+            W_ref = torch.tensor([[float(M[i, j]) for j in range(M.cols)] for i in range(M.rows)],
+                                 dtype=torch.float64)
+            diff = float((W.value[0, k] - W_ref).abs().max())
+            ref_err = float(ref.level_errors[k])
+            # the float64 conversion of W_ref: ≤ u·max|W_ref| per entry
+            allowed = sim_err + ref_err + 2.0**-53 * float(W_ref.abs().max())
+            rows.append({"loss level": lvl, "max |W_sim − W_ref|": diff, "simulator error estimate": sim_err,
+                         "reference error estimate": ref_err, "ratio |Δ| / (sum of estimates)": diff / allowed})
+    return rows
