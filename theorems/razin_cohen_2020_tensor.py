@@ -60,18 +60,13 @@ def _runs(rng: np.random.Generator) -> list[dict]:
     return out
 
 
-@claim(
-    "razin-cohen-2020/tensor-lower-rank",
-    source=RAZIN_COHEN_2020.at("§6 (tensor factorization experiment)", confirmed=False),
-    kind="empirical",
-    expect="holds",
-    statement="Gradient descent on a CP factorization from small init, fit to some entries of a rank-1 tensor, "
-              "reaches lower tensor ε-rank than the zero-filled baseline.  Each problem's ranks are bracketed "
-              "(ALS witness above, certified unfoldings below); a problem counts only where the brackets are "
-              "disjoint.  One-sided paired sign test at level 0.01 over 16 drawn problems.",
-    hypotheses=_HYP,
-    max_examples=1,
-)
+@claim("razin-cohen-2020/tensor-lower-rank", kind="empirical", expect="holds", max_examples=1,
+       source=RAZIN_COHEN_2020.at("§6 (tensor factorization experiment)", confirmed=False),
+       statement="Gradient descent on a CP factorization from small init, fit to some entries of a rank-1 tensor, "
+                 "reaches lower tensor ε-rank than the zero-filled baseline.  Each problem's ranks are bracketed "
+                 "(ALS witness above, certified unfoldings below); a problem counts only where the brackets are "
+                 "disjoint.  One-sided paired sign test at level 0.01 over 16 drawn problems.",
+       hypotheses=_HYP)
 @sample(n=2 * PER_ORDER, test=stats.paired("sign", alternative="less", alpha=0.01), batched=True)
 def tensor_lower_rank(rng):
     a, b = [], []
@@ -93,17 +88,12 @@ def _bracket(lu: tuple[int, int | None]) -> str:
     return f"= {lo}" if up == lo else f"≥ {lo}" if up is None else f"{lo}–{up}"
 
 
-@claim(
-    "razin-cohen-2020/tensor-lower-error",
-    source=RAZIN_COHEN_2020.at("§6 (tensor factorization experiment)", confirmed=False),
-    kind="empirical",
-    expect="holds",
-    statement="Same setting as tensor-lower-rank: the CP gradient-descent solution has lower relative "
-              "reconstruction error ‖T − T*‖_F/‖T*‖_F than the zero-filled baseline.  One-sided paired Wilcoxon "
-              "signed-rank test at level 0.01 over 16 drawn problems.",
-    hypotheses=_HYP,
-    max_examples=1,
-)
+@claim("razin-cohen-2020/tensor-lower-error", kind="empirical", expect="holds", max_examples=1,
+       source=RAZIN_COHEN_2020.at("§6 (tensor factorization experiment)", confirmed=False),
+       statement="Same setting as tensor-lower-rank: the CP gradient-descent solution has lower relative "
+                 "reconstruction error ‖T − T*‖_F/‖T*‖_F than the zero-filled baseline.  One-sided paired Wilcoxon "
+                 "signed-rank test at level 0.01 over 16 drawn problems.",
+       hypotheses=_HYP)
 @sample(n=2 * PER_ORDER, test=stats.paired("wilcoxon", alternative="less", alpha=0.01), batched=True)
 def tensor_lower_error(rng):
     runs = _runs(rng)

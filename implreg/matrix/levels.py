@@ -8,8 +8,8 @@ determinants, or the hybrid solver's carried sign past its switch).  The bounds 
 :func:`sigma_min_upper_bound`, :func:`erank_upper_bound`, :func:`perturbed_w_lower_bound`,
 :func:`perturbed_sigma_min_upper_bound`) accept floats, tensors and certified values alike.
 :func:`reference_factor_dets` is the independent mpmath check of det W past the hybrid solver's switch.
-The older :func:`solve_levels` (``LevelStates`` with a hand-made error per state) remains for
-``theorems/gunasekar_2017.py``.
+Claim 8's bounds at a batch of states: :func:`robustness_bounds`; the d×d embedding's:
+:func:`embedding_w11_lower_bound`.
 
 Which solver: depth ≥ 3 (and any unbalanced init) runs the plain factor-coordinate gradient flow
 (``implreg.matrix.flow.solve``, Dormand–Prince, det guard on) — it assumes nothing about balancedness, so its states are
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,10 +31,8 @@ from mpmath import mp
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.matrix import flow, reference
-from implreg.matrix.bounds import product_error
+from implreg.matrix import flow, measures, reference
 from implreg.matrix.flow.certified import REF_TOTAL_BUDGET_S
-from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR, two_tolerance_combine
 from implreg.matrix.flow.spectral import BalancedFlowSolution, solve_balanced
 from implreg.matrix.inits import is_balanced, stack_factors
 from implreg.matrix.problems import Problem
@@ -44,80 +42,6 @@ from implreg.numerics import Certified, exp, log, minimum, where
 LEVELS = (0.4, 0.2, 0.1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3)
 #: Default tolerances of the torch solvers (the claims' error bounds are built from their estimates).
 RTOL, ATOL = 1e-9, 1e-12
-
-
-@dataclass
-class LevelStates:
-    """End-to-end states of a batch at each loss level (B, L, d, d'), with entrywise error bounds (B, L)."""
-
-    depth: int
-    levels: Tensor
-    W: Tensor
-    err: Tensor
-    t: Tensor
-    reached: Tensor
-    solver: str
-    status: list[str]
-    det_sign: Tensor | None = None        # hybrid solver only: sign det W at each level (certified by it)
-    log_abs_det: Tensor | None = None     # hybrid solver only
-    final_W: Tensor | None = None
-    final_err: Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def B(self) -> int:
-        return int(self.W.shape[0])
-
-
-
-def solve_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[float] = LEVELS, *,
-                 guard: str = "det", hybrid: bool | None = None, t_max: float = math.inf,
-                 max_steps: int = 200_000) -> LevelStates:
-    """Solve gradient flow for a batch of inits (one depth) until the smallest level, recording every level, with
-    a two-tolerance entry error per state (legacy: new claims use :func:`flow_to_levels` and its certified view).
-
-    ``hybrid`` (default: depth 2 and balanced inits) selects ``solve_balanced``; otherwise ``flow.solve``.
-    """
-    depth = inits[0].depth
-    B = len(inits)
-    lv = sorted((float(x) for x in levels), reverse=True)
-    if problem.batch == 1 and B > 1:
-        problem = problem.expand(B)
-    factors = stack_factors(inits)
-    if hybrid is None:
-        hybrid = depth == 2 and all(is_balanced(i) for i in inits) and problem.shape[0] == problem.shape[1]
-    target = lv[-1]
-    if hybrid:
-        kw = {"loss_target": target, "t_max": t_max, "loss_levels": lv, "max_steps": max_steps}
-        sol = solve_balanced(problem, factors, depth, rtol=RTOL, atol=ATOL, **kw)
-        # the two-tolerance error (see flow.two_tolerance_error: the estimate alone misses amplification)
-        loose = solve_balanced(problem, factors, depth, rtol=TWO_TOL_FACTOR * RTOL, atol=TWO_TOL_FACTOR * ATOL, **kw)
-        level_err = _two_tol(sol.level_error, sol.level_end_to_end, loose.level_end_to_end)
-        reached = torch.isfinite(sol.level_t) & torch.isfinite(level_err)
-        out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, level_err,
-                          sol.level_t, reached, "hybrid balanced solver (factor → log σ)",
-                          sol.messages(), det_sign=sol.level_det_sign, log_abs_det=sol.level_log_abs_det,
-                          final_W=sol.end_to_end, final_err=_two_tol(sol.error, sol.end_to_end, loose.end_to_end))
-        out.extra["solution"] = sol
-        return out
-    sol = flow.solve(problem, factors, loss_target=target, t_max=t_max, loss_levels=lv, rtol=RTOL, atol=ATOL,
-                     guard=guard, max_steps=max_steps, error="two-tolerance")
-    lf = sol.level_factors  # each (B, L, a, b); NaN at levels not reached
-    # a level whose two-tolerance error is infinite (the loose run did not get there) counts as not reached
-    reached = torch.isfinite(sol.level_t) & torch.isfinite(sol.level_error)
-    err = product_error(tuple(torch.nan_to_num(W) for W in lf),
-                        torch.where(reached, sol.level_error, torch.zeros_like(sol.level_error)))
-    err = torch.where(reached, err, torch.full_like(err, math.nan))
-    out = LevelStates(depth, torch.tensor(lv, dtype=torch.float64), sol.level_end_to_end, err, sol.level_t,
-                      reached, "Dormand–Prince 5(4) in factor coordinates", sol.messages(),
-                      final_W=sol.end_to_end, final_err=product_error(sol.factors, sol.error))
-    out.extra["solution"] = sol
-    return out
-
-
-def _two_tol(e: Tensor, W: Tensor, W_loose: Tensor) -> Tensor:
-    """``flow.two_tolerance_combine`` on end-to-end matrices (the hybrid solver's error is on W itself)."""
-    return two_tolerance_combine(e, W.flatten(-2), W_loose.flatten(-2))
 
 
 def _mp_det2(W: Any) -> Any:
@@ -249,6 +173,42 @@ def perturbed_sigma_min_upper_bound(z: Any, zp: Any, eps: Any, delta: Any) -> An
     """(|ε| + δ)(1 + (|z| + δ)(|z′| + δ)/((|z| − δ)(|z′| − δ))): σ_min(W) ≤ |det W|/|w| ≤ |W₂₂| + |W₁₂W₂₁|/|w| with
     the bound of :func:`perturbed_w_lower_bound` (σ_max ≥ |w|).  Derived (CLAIMS.md claim 8)."""
     return (abs(eps) + delta) * (1 + (abs(z) + delta) * (abs(zp) + delta) / ((abs(z) - delta) * (abs(zp) - delta)))
+
+
+def embedding_w11_lower_bound(loss: Any, d: int) -> Any:
+    """(2 − (1+δ)^d)/(δ(1+δ)^{d−2}), δ = √(2ℓ): a lower bound on |W₁₁| at any W with det W > 0 on the d×d embedding of
+    the Razin–Cohen problem (every completion has det −1; det W is affine in W₁₁ with slope the (1,1) minor,
+    |minor| ≤ δ(1+δ)^{d−2}, and the rest is ≤ −1 + (1+δ)^d − 1 by Ipsen–Rehman).  Positive only for δ < 2^{1/d} − 1."""
+    delta = _sqrt_any(2 * loss)
+    return (2 - (1 + delta) ** d) / (delta * (1 + delta) ** (d - 2))
+
+
+@dataclass(frozen=True)
+class RobustnessBounds:
+    """Claim 8's two bounds at states (B, K): ``usable`` where δ = √(2ℓ) is certainly below min(|z|, |z′|) (the
+    bounds' hypothesis), |w| at the unobserved entry and its lower bound, σ_min(W) and its upper bound."""
+
+    usable: Tensor
+    w: Certified
+    w_bound: Certified
+    sigma_min: Certified
+    sigma_bound: Certified
+
+
+def robustness_bounds(W: Certified, loss: Certified, z: Tensor, zp: Tensor, eps: Tensor,
+                      unobserved: Tensor) -> RobustnessBounds:
+    """:func:`perturbed_w_lower_bound` and :func:`perturbed_sigma_min_upper_bound` at every state of W (B, K, 2, 2)
+    with losses (B, K), for the problems [[∗, z], [z′, ε]] (each (B,)) with ∗ at ``unobserved`` (B, 2)."""
+    delta = (2 * loss).sqrt()
+    def col(x: Tensor) -> Tensor:
+        return x[:, None]
+
+    w = W[torch.arange(W.shape[0])[:, None], torch.arange(W.shape[1])[None, :], col(unobserved[:, 0]),
+          col(unobserved[:, 1])].abs()
+    return RobustnessBounds(
+        usable=delta.hi < col(torch.minimum(z.abs(), zp.abs())), w=w,
+        w_bound=perturbed_w_lower_bound(col(z), col(zp), col(eps), delta), sigma_min=measures.sigma_min(W),
+        sigma_bound=perturbed_sigma_min_upper_bound(col(z), col(zp), col(eps), delta))
 
 
 def reference_factor_dets(problem: Problem, factors_mp: Sequence[Any], levels: Sequence[float], *, dps: int,

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.numerics import Certified, maximum, svdvals, where
+from implreg.numerics import Certified, Comparison, maximum, svdvals, where
 
 __all__ = [
     "MEASURES",
@@ -36,6 +36,7 @@ __all__ = [
     "effective_rank",
     "entrywise",
     "frobenius",
+    "norm_at_least",
     "norm_error_bound",
     "nuclear",
     "schatten",
@@ -342,6 +343,19 @@ MEASURES: Mapping[str, Callable[[Tensor | Certified], Certified]] = MappingProxy
     {**NORMS, "sigma-min": sigma_min, "effective-rank": effective_rank}
 )
 """NORMS plus the other scalar measures that ``norm_error_bound`` knows: name → function of W."""
+
+
+def norm_at_least(name: str, W: Tensor | Certified, bound: Certified | Tensor | float) -> Comparison:
+    """‖W‖ ≥ bound for the norm ``NORMS[name]``; a Schatten-p quasi-norm (p < 1) as the equivalent Σ_r σ_r^p ≥ bound^p
+    (bound ≥ 0).  Why: where σ_min's enclosure is [0, e] (σ_min ≈ e^-100 on a flow near rank 1, known to e ≈ 1e-3),
+    e^p dominates the sum's width, and the 1/p-th power of the sum would lose its lower end σ₁^p in midpoint–radius
+    arithmetic (float64 and Arb alike); the sum itself keeps it."""
+    if name not in NORMS:
+        raise InvalidInputError(f"norm_at_least: unknown norm {name!r}; known: {', '.join(NORMS)}")
+    kind, _, p = name.partition("-")
+    if kind == "schatten" and float(p) < 1:
+        return (singular_values(W) ** float(p)).sum(-1) >= bound ** float(p)
+    return NORMS[name](W) >= bound
 
 
 # ---------------------------------------------------------------------------------------------- error bounds
