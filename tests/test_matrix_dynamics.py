@@ -195,3 +195,19 @@ def test_solve_across_depths_shapes_and_depth_one() -> None:
     assert torch.equal(W[:, 0], ref)
     for k in range(2):
         assert (P.loss(W[:, k]) <= 1e-6 * (1 + 1e-6)).all()
+
+
+def test_depth_sweep_is_reproducible_per_problem_and_recovers_an_observed_truth() -> None:
+    """One W(0) per problem, seeded by its repr: the same problem gives the same row in any set; a fully observed
+    rank-1 truth is recovered at every depth (ℓ ≤ 1e-6: relative error ≤ √(2ℓ)/‖M‖_F = 4.7e-4; effective rank ≈ 1;
+    a tighter target costs minutes at depth 2, where the unobserved-free directions decay only like 1/t)."""
+    from hypothesis import find
+
+    from implreg.strategies.matrix import low_rank_completions
+
+    p = find(low_rank_completions(d=3, rank=1, fraction=(0.99, 1.0), init_scale=1e-3), lambda p: True)
+    erank, error = dynamics.depth_sweep([p], (1, 2), loss_target=1e-6)
+    assert erank.shape == error.shape == (1, 2)
+    assert float(error.max()) <= 4.8e-4 and float(erank.max()) < 1.05
+    again, _ = dynamics.depth_sweep((p, p), (1, 2), loss_target=1e-6)
+    assert torch.equal(again[0], erank[0]) and torch.equal(again[1], erank[0])

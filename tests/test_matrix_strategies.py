@@ -183,3 +183,25 @@ def test_bad_arguments_give_clear_errors():
         M.perturbation_eps(0.0, 1.0)
     with pytest.raises(InvalidInputError, match="bottleneck"):
         given(M.gaussian_inits(dims=(2, 1, 2), det_sign=1))(lambda init: None)()
+
+
+def test_linear_flow_batches_share_depth_shape_kind_and_width_and_stack():
+    from hypothesis import given, settings
+
+    from implreg.strategies.matrix import balanced_inits, linear_flow_batches, stack_linear_batch
+
+    seen = []
+
+    @settings(max_examples=15, deadline=None)
+    @given(linear_flow_batches(lambda N, shape, h: balanced_inits(depth=N, shape=shape, width=h, scale=(0.3, 1.0)),
+                               depths=(2, 3), shapes=((2, 3), (3, 3))))
+    def check(batch):
+        kinds = {p.kind for p, _ in batch}
+        assert len(kinds) == 1 and len({p.shape for p, _ in batch}) == 1 and len({p.m for p, _ in batch}) == 1
+        P, factors = stack_linear_batch(batch)
+        assert P.batch == len(batch) and len(factors) == batch[0][1].depth
+        assert factors[0].shape[0] == len(batch) and min(P.shape) <= factors[0].shape[1] <= 3
+        seen.append(P.shape)
+
+    check()
+    assert seen

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from implreg import certify, evidence, flow
 from implreg import factorization as fz
-from implreg.claims import Source, batches, claim
+from implreg.claims import Source, claim
 from implreg.matrix import dynamics
 from implreg.matrix import symbolic as sym
-from implreg.strategies.matrix import LinearProblem, balanced_inits, gaussian_inits, stack_factors, stack_problems
+from implreg.strategies.matrix import balanced_inits, gaussian_inits, linear_flow_batches, stack_linear_batch
 
 ARORA_2018 = Source(key="arora-2018", title="On the Optimization of Deep Networks: Implicit Acceleration by "
                     "Overparameterization", authors="S. Arora, N. Cohen, E. Hazan", year=2018, arxiv="1802.06509",
@@ -25,24 +25,13 @@ SHAPES = [(2, 2), (2, 3), (3, 2), (3, 3)]
 SAVE_T = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)
 
 
-@st.composite
-def _cases(draw, balanced: bool, depths: tuple[int, int], kinds=("completion", "sensing")):
-    """One problem family (shape, kind, #measurements) and depth per example; a batch of (problem, init)."""
-    N = draw(st.integers(*depths))
-    d, e = draw(st.sampled_from(SHAPES))
-    kind = draw(st.sampled_from(list(kinds)))
-    m = draw(st.integers(1, d * e)) if kind == "sensing" else 0
-    h = draw(st.integers(min(d, e), 3))
-    if balanced:
-        init = balanced_inits(depth=N, shape=(d, e), width=h, scale=(0.3, 1.5))
-    else:
-        init = gaussian_inits(dims=(e, *([h] * (N - 1)), d), scale=(0.3, 1.0))
-    pair = st.tuples(st.integers(0, 2**32 - 1).map(lambda s: LinearProblem(kind, (d, e), s, m)), init)
-    return draw(batches(pair, max_size=8))
-
-
-def _stack(batch):
-    return stack_problems([p.problem() for p, _ in batch]), stack_factors([i for _, i in batch])
+def _cases(balanced: bool, depths: tuple[int, int], kinds=("completion", "sensing")):
+    """A batch of (problem, init) sharing depth, shape, kind and hidden width h ∈ [min(d, d′), 3]."""
+    def init(N, shape, h):
+        if balanced:
+            return balanced_inits(depth=N, shape=shape, width=h, scale=(0.3, 1.5))
+        return gaussian_inits(dims=(shape[1], *([h] * (N - 1)), shape[0]), scale=(0.3, 1.0))
+    return linear_flow_batches(init, depths=depths, shapes=SHAPES, kinds=kinds)
 
 
 @claim("arora-2018/balancedness-conserved", kind="identity", expect="holds",
@@ -80,7 +69,7 @@ DRIFT_T = tuple(0.25 * k for k in range(1, 41))
 def balancedness_drift(batch):
     """The allowance is an estimate (the summed local estimates stand for the local errors), the drift's rounding
     is carried rigorously.  Measured allowance/drift ≥ 25, median 4.6e3 (ci draws)."""
-    P, factors = _stack(batch)
+    P, factors = stack_linear_batch(batch)
     sol = flow.solve(P, factors, t_max=max(DRIFT_T), save_at=DRIFT_T)
     sol.raise_on_failure()
     for j, (drift, allowed) in enumerate(dynamics.balancedness_drift(sol), start=1):
@@ -122,7 +111,7 @@ RTOL, E2E_TOL = 1e-10, 1e-5
                    "random completion or sensing problems"), budget_s=90, max_examples=5)
 @given(batch=_cases(balanced=True, depths=(2, 4)))
 def end_to_end_simulation(batch):
-    P, factors = _stack(batch)
+    P, factors = stack_linear_batch(batch)
     sol = flow.solve(P, factors, t_max=SAVE_T[-1], save_at=SAVE_T, rtol=RTOL, atol=RTOL * 1e-3)
     sol.raise_on_failure()
     W_f = sol.certified.save_end_to_end
@@ -145,7 +134,7 @@ def end_to_end_simulation(batch):
        budget_s=90, max_examples=6)
 @given(batch=st.booleans().flatmap(lambda bal: _cases(balanced=bal, depths=(1, 4), kinds=("completion",))))
 def loss_non_increasing(batch):
-    P, factors = _stack(batch)
+    P, factors = stack_linear_batch(batch)
     sol = flow.solve(P, factors, t_max=max(SAVE_T), save_at=SAVE_T)
     sol.raise_on_failure()
     loss = sol.certified.save_loss  # (B, T), errors carried from the states; escalates to the reference itself

@@ -6,20 +6,19 @@ effective rank of the recovered matrix, empirical, with a negative control).  Nu
 from __future__ import annotations
 
 import functools
-import hashlib
-import math
 
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from implreg import certify, evidence, flow, measures, stats
-from implreg.claims import Source, batches, claim, sample
+from implreg.claims import Source, claim, sample
+from implreg.harness import flow_evidence
 from implreg.matrix import dynamics
 from implreg.matrix import symbolic as sym
 from implreg.numerics import Certified
-from implreg.strategies import LinearProblem, LowRankCompletion, balanced_inits, low_rank_completions
-from implreg.strategies.matrix import stack_factors, stack_problems
+from implreg.strategies import balanced_inits, low_rank_completions
+from implreg.strategies.matrix import linear_flow_batches, stack_linear_batch
 
 ARORA_2019 = Source(key="arora-2019", title="Implicit Regularization in Deep Matrix Factorization",
                     authors="S. Arora, N. Cohen, W. Hu, Y. Luo", year=2019, arxiv="1905.13655", venue="NeurIPS 2019")
@@ -46,13 +45,8 @@ SAVE_T = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 REL_TOL, REL_GAP = 1e-8, 1e-3
 
 
-@st.composite
-def _sv_cases(draw):
-    N, d, kind = draw(st.integers(2, 4)), draw(st.integers(2, 3)), draw(st.sampled_from(["completion", "sensing"]))
-    m = draw(st.integers(1, d * d)) if kind == "sensing" else 0
-    return draw(batches(st.tuples(st.integers(0, 2**32 - 1).map(lambda s: LinearProblem(kind, (d, d), s, m)),
-                                  balanced_inits(depth=N, shape=(d, d), scale=(0.3, 1.5), ratio=(0.05, 0.8))),
-                        max_size=8))
+def _balanced(N, shape, h):
+    return balanced_inits(depth=N, shape=shape, scale=(0.3, 1.5), ratio=(0.05, 0.8))
 
 
 @claim("arora-2019/singular-value-dynamics-simulation", kind="theorem", expect="holds",
@@ -67,9 +61,9 @@ def _sv_cases(draw):
              r"\big(N\sigma_r^{2-2/N}\|\nabla\ell\|_F + |u_r^\top \dot W v_r|\big)",
        hypotheses=("balanced init, σ₁ ∈ [0.3, 1.5], condition number ≤ 20", "depth 2–4", "d×d, d ∈ {2, 3}"),
        budget_s=60, max_examples=6)
-@given(batch=_sv_cases())
+@given(batch=linear_flow_batches(_balanced, depths=(2, 4), shapes=((2, 2), (3, 3))))
 def singular_value_dynamics_simulation(batch):
-    P, factors = stack_problems([p.problem() for p, _ in batch]), stack_factors([i for _, i in batch])
+    P, factors = stack_linear_batch(batch)
     N = len(factors)
     sol = flow.solve(P, factors, t_max=max(SAVE_T), save_at=SAVE_T)
     sol.raise_on_failure()
@@ -94,37 +88,14 @@ _HYP = ("d×d truths, d ∈ {5, 6}, of rank r ∈ {1, 2} (Gaussian factors, ‖M
         f"gradient flow (Dormand–Prince) until ℓ ≤ {LOSS_TARGET:g}", f"n = {N_PROBLEMS} problems")
 
 
-@functools.cache
-def _solve(problems: tuple[LowRankCompletion, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Effective rank and relative error ‖W − M‖_F/‖M‖_F of the solutions (n, len(DEPTHS)), every depth from one
-    W(0): a Gaussian direction seeded by the problem's repr, scaled to its init scale."""
-    erank, error = (torch.full((len(problems), len(DEPTHS)), math.nan, dtype=torch.float64) for _ in range(2))
-    for shape in sorted({p.shape for p in problems}):
-        idx = [i for i, p in enumerate(problems) if p.shape == shape]
-        group = [problems[i] for i in idx]
-        Z = torch.stack([torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(
-            int.from_bytes(hashlib.sha256(repr(p).encode()).digest()[:4], "big"))) for p in group])
-        W0 = torch.tensor([p.init_scale for p in group], dtype=torch.float64)[:, None, None] * Z / \
-            torch.linalg.matrix_norm(Z)[:, None, None]
-        W = dynamics.solve_across_depths(stack_problems([p.problem() for p in group]), W0, DEPTHS,
-                                         loss_target=LOSS_TARGET)
-        M = torch.stack([p.truth_tensor() for p in group]).unsqueeze(1)
-        erank[idx] = measures.effective_rank(W).value
-        error[idx] = torch.linalg.matrix_norm(W - M) / torch.linalg.matrix_norm(M)
-    return erank, error
+_sweep = functools.cache(lambda problems: dynamics.depth_sweep(problems, DEPTHS, loss_target=LOSS_TARGET))
 
 
-def _experiment(problems) -> tuple[torch.Tensor, torch.Tensor]:
-    """(erank, error) of the solutions, recorded as evidence (per depth, median effective rank, per problem)."""
-    erank, error = _solve(tuple(problems))
-    for y, name in ((erank, "effective rank"), (error, "‖W − M‖_F / ‖M‖_F")):
-        evidence.series(f"{name} vs depth", x=torch.tensor(DEPTHS, dtype=torch.float64).expand_as(y), y=y,
-                        group="problems", xlabel="depth N", ylabel=name, kind="scatter")
-    evidence.series("effective rank vs depth", x=torch.tensor(DEPTHS, dtype=torch.float64),
-                    y=erank.median(0).values, group="median")
-    evidence.table("depth experiment", [{"rank": p.rank, "observed": p.observed, **{
-        f"{name} N={N}": float(y[i, k]) for name, y in (("erank", erank), ("error", error))
-        for k, N in enumerate(DEPTHS)}} for i, p in enumerate(problems)])
+def _experiment(problems: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(erank, error) of the solutions at each depth, all from one W(0) per problem (the three claims share the
+    solves), recorded as evidence."""
+    erank, error = _sweep(problems)
+    flow_evidence.depth_sweep(problems, erank, error, DEPTHS)
     return erank, error
 
 
@@ -137,7 +108,7 @@ def _experiment(problems) -> tuple[torch.Tensor, torch.Tensor]:
        hypotheses=_HYP, max_examples=1)
 @sample(n=N_PROBLEMS, test=stats.paired("sign", alternative="less", alpha=0.01), batched=True, problem=PROBLEMS)
 def depth_lowers_effective_rank(problem):
-    erank, _ = _experiment(problem)
+    erank, _ = _experiment(tuple(problem))
     return (erank[:, 1:] - erank[:, :-1]).amax(-1), torch.zeros(len(problem), dtype=torch.float64)
 
 
@@ -148,7 +119,7 @@ def depth_lowers_effective_rank(problem):
        hypotheses=_HYP, max_examples=1)
 @sample(n=N_PROBLEMS, test=stats.paired("wilcoxon", alternative="less", alpha=0.01), batched=True, problem=PROBLEMS)
 def depth_improves_reconstruction(problem):
-    _, error = _experiment(problem)
+    _, error = _experiment(tuple(problem))
     return error[:, 2], error[:, 0]
 
 
@@ -162,5 +133,5 @@ def depth_improves_reconstruction(problem):
        hypotheses=_HYP, max_examples=1, refuted_by="opposite")
 @sample(n=N_PROBLEMS, test=stats.paired("sign", alternative="greater", alpha=0.01), batched=True, problem=PROBLEMS)
 def depth_raises_effective_rank(problem):
-    erank, _ = _experiment(problem)
+    erank, _ = _experiment(tuple(problem))
     return erank[:, 2], erank[:, 0]

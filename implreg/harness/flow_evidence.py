@@ -21,7 +21,7 @@ from implreg.matrix.flow.spectral import solve_balanced
 from implreg.matrix.problems import razin_cohen_2x2
 from implreg.numerics import Certified
 
-__all__ = ["bound_curve", "det_vs_balanced_flow", "recording", "reference_agreement", "vs_loss"]
+__all__ = ["bound_curve", "depth_sweep", "det_vs_balanced_flow", "recording", "reference_agreement", "vs_loss"]
 
 
 def recording() -> bool:
@@ -69,3 +69,16 @@ def det_vs_balanced_flow(inits: Any, t: Tensor, det: Tensor) -> None:
     bal = solve_balanced(razin_cohen_2x2(W0.shape[0]), W0, 2, t_max=float(t.max()), save_at=t.tolist())
     det_bal = bal.save_det_sign * torch.exp(bal.save_log_sigma.sum(-1))
     evidence.series(title, x=t, y=det_bal, group="balanced (same W(0))")
+
+
+def depth_sweep(problems: Any, erank: Tensor, error: Tensor, depths: Any) -> None:
+    """Plots (per problem, and the median effective rank) and the table of a depth sweep
+    (:func:`implreg.matrix.dynamics.depth_sweep`: ``erank`` and ``error`` (n, len(depths)))."""
+    x = torch.tensor(depths, dtype=torch.float64)
+    for y, name in ((erank, "effective rank"), (error, "‖W − M‖_F / ‖M‖_F")):
+        evidence.series(f"{name} vs depth", x=x.expand_as(y), y=y, group="problems", xlabel="depth N", ylabel=name,
+                        kind="scatter")
+    evidence.series("effective rank vs depth", x=x, y=erank.median(0).values, group="median")
+    evidence.table("depth experiment", [{"rank": p.rank, "observed": p.observed, **{
+        f"{name} N={N}": float(y[i, k]) for name, y in (("erank", erank), ("error", error))
+        for k, N in enumerate(depths)}} for i, p in enumerate(problems)])

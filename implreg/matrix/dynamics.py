@@ -9,7 +9,8 @@ errors carried by certified arithmetic, so claims hand them to ``certify`` direc
 * :func:`balancedness` and :func:`balancedness_drift` — D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ, conserved by the flow,
   and its drift along a solve against the drift the integrator's local errors allow;
 * :func:`end_to_end` and :func:`end_to_end_rate` — W and Ẇ formed from the factor velocities (any init);
-* :func:`solve_across_depths` — solutions from one end-to-end init at several depths (Arora et al. 2019, §5);
+* :func:`solve_across_depths` — solutions from one end-to-end init at several depths (Arora et al. 2019, §5), and
+  :func:`depth_sweep` — their effective ranks and reconstruction errors over a set of completion problems;
 * :func:`solve_end_to_end` — W(t) from the end-to-end ODE of balanced init (Arora et al. 2018, Theorem 1);
 * :func:`singular_value_rates` and :func:`singular_value_rule` — u_rᵀẆv_r and −N σ_r^{2−2/N} ⟨∇ℓ, u_r v_rᵀ⟩
   (Arora et al. 2019, Theorem 3), at the :func:`simple_singular_values`.
@@ -17,9 +18,11 @@ errors carried by certified arithmetic, so claims hand them to ``certify`` direc
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,13 +31,14 @@ from implreg.errors import InvalidInputError
 from implreg.matrix.factorization import balanced_init, end_to_end_velocity
 from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR, FlowSolution, solve, two_tolerance_combine_entries
 from implreg.matrix.flow.integrate import integrate
-from implreg.matrix.measures import frobenius, singular_values
-from implreg.matrix.problems import Problem
+from implreg.matrix.measures import effective_rank, frobenius, singular_values
+from implreg.matrix.problems import Problem, stack_problems
 from implreg.numerics import Certified, lift
 
 __all__ = [
     "balancedness",
     "balancedness_drift",
+    "depth_sweep",
     "end_to_end",
     "end_to_end_rate",
     "loss_gradient",
@@ -186,6 +190,26 @@ def solve_across_depths(problem: Problem, W0: Tensor, depths: Sequence[int], *, 
         sol.raise_on_failure()
         out.append(sol.end_to_end)
     return torch.stack(out, dim=1)
+
+
+def depth_sweep(problems: Sequence[Any], depths: Sequence[int], *, loss_target: float) -> tuple[Tensor, Tensor]:
+    """Effective rank and relative error ‖W − M‖_F/‖M‖_F (n, len(depths)) of the solutions of low-rank completion
+    problems (each with ``shape``, ``init_scale``, ``problem()``, ``truth_tensor()``) at every depth, all depths from
+    one W(0) per problem: a Gaussian direction seeded by the problem's repr (so a replay reproduces it), scaled to
+    ‖W(0)‖_F = init_scale (:func:`solve_across_depths`, the protocol of Arora et al. 2019, §5)."""
+    erank, error = (torch.full((len(problems), len(depths)), math.nan, dtype=torch.float64) for _ in range(2))
+    for shape in sorted({p.shape for p in problems}):
+        idx = [i for i, p in enumerate(problems) if p.shape == shape]
+        group = [problems[i] for i in idx]
+        Z = torch.stack([torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(
+            int.from_bytes(hashlib.sha256(repr(p).encode()).digest()[:4], "big"))) for p in group])
+        scale = torch.tensor([p.init_scale for p in group], dtype=torch.float64)[:, None, None]
+        W = solve_across_depths(stack_problems([p.problem() for p in group]), scale * Z / torch.linalg.matrix_norm(
+            Z)[:, None, None], depths, loss_target=loss_target)
+        M = torch.stack([p.truth_tensor() for p in group]).unsqueeze(1)
+        erank[idx] = effective_rank(W).value
+        error[idx] = torch.linalg.matrix_norm(W - M) / torch.linalg.matrix_norm(M)
+    return erank, error
 
 
 def solve_end_to_end(problem: Problem, W0: Tensor, depth: int, *, t_max: float, save_at: Sequence[float],

@@ -7,6 +7,7 @@ target matrix because that is both cheaper and exact (no multiply-by-zero of uno
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "razin_cohen_observed",
     "razin_cohen_perturbed",
     "sensing",
+    "stack_problems",
 ]
 
 
@@ -232,3 +234,13 @@ def razin_cohen_observed(z: float | Tensor, zp: float | Tensor, eps: float | Ten
     mask = torch.ones(B, 2, 2, dtype=dtype, device=device)
     mask[torch.arange(B, device=device), pos[:, 0], pos[:, 1]] = 0.0
     return completion(mask, target, name="razin-cohen-observed")
+
+
+def stack_problems(problems: Sequence[Problem], name: str | None = None) -> Problem:
+    """Concatenate problems of one kind and shape along the batch axis."""
+    if not problems:
+        raise InvalidInputError("stack_problems needs at least one problem")
+    keys = list(problems[0].tensors())
+    if any(list(p.tensors()) != keys or p.shape != problems[0].shape for p in problems):
+        raise InvalidInputError("only problems of one kind (completion/sensing) and shape can be stacked")
+    return Problem(name or problems[0].name, **{k: torch.cat([p.tensors()[k] for p in problems]) for k in keys})

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 from implreg.errors import InvalidInputError
 from implreg.matrix.inits import stack_factors
-from implreg.matrix.problems import Problem, completion, razin_cohen_perturbed
+from implreg.matrix.problems import Problem, completion, razin_cohen_perturbed, stack_problems
 
 __all__ = [
     "BalancedInit",
@@ -51,6 +51,7 @@ __all__ = [
     "depth_batches",
     "gaussian_inits",
     "haar_seeds",
+    "linear_flow_batches",
     "linear_problems",
     "low_rank_completions",
     "orthogonal_from_gaussian",
@@ -60,6 +61,7 @@ __all__ = [
     "same_depth_batches",
     "singular_values",
     "stack_factors",
+    "stack_linear_batch",
     "stack_problems",
 ]
 
@@ -459,16 +461,6 @@ def depth_batches(depths: Sequence[int], instance: Callable[[int], st.SearchStra
 # ---------------------------------------------------------------------------------------------- problems
 
 
-def stack_problems(problems: Sequence[Problem], name: str | None = None) -> Problem:
-    """Concatenate problems of one kind and shape along the batch axis."""
-    if not problems:
-        raise InvalidInputError("stack_problems needs at least one problem")
-    keys = list(problems[0].tensors())
-    if any(list(p.tensors()) != keys or p.shape != problems[0].shape for p in problems):
-        raise InvalidInputError("only problems of one kind (completion/sensing) and shape can be stacked")
-    return Problem(name or problems[0].name, **{k: torch.cat([p.tensors()[k] for p in problems]) for k in keys})
-
-
 @dataclass(frozen=True)
 class LowRankCompletion:
     """Completion of a rank-r truth ``M = A Bᵀ`` (d×d') from the entries where ``mask`` is 1."""
@@ -622,3 +614,30 @@ def linear_problems(shape: tuple[int, int] | st.SearchStrategy[tuple[int, int]] 
         return LinearProblem(kind, (d, e), draw_(st.integers(0, 2**32 - 1)), m)
 
     return draw()
+
+
+def linear_flow_batches(instance: Callable[[int, tuple[int, int], int], st.SearchStrategy[Any]], *,
+                        depths: tuple[int, int], shapes: Sequence[tuple[int, int]],
+                        kinds: Sequence[str] = ("completion", "sensing"), max_width: int = 3,
+                        max_size: int = 8) -> st.SearchStrategy[Any]:
+    """One problem family and factorization per example: a depth N, a shape (d, d′), a kind (with m measurements
+    for sensing) and a hidden width h ∈ [min(d, d′), max_width], then a ``claims.batches`` batch of
+    (:class:`LinearProblem`, ``instance(N, (d, d′), h)``) pairs, which :func:`stack_linear_batch` stacks for one
+    batched solve."""
+    from implreg.harness.claims import batches
+
+    @st.composite
+    def draw(draw_) -> Any:
+        N, shape = draw_(st.integers(*depths)), draw_(st.sampled_from(list(shapes)))
+        kind = draw_(st.sampled_from(list(kinds)))
+        m = draw_(st.integers(1, shape[0] * shape[1])) if kind == "sensing" else 0
+        h = draw_(st.integers(min(shape), max(max_width, min(shape))))
+        problem = st.integers(0, 2**32 - 1).map(lambda seed: LinearProblem(kind, shape, seed, m))
+        return draw_(batches(st.tuples(problem, instance(N, shape, h)), max_size=max_size))
+
+    return draw()
+
+
+def stack_linear_batch(batch: Sequence[tuple[LinearProblem, Any]]) -> tuple[Problem, list[torch.Tensor]]:
+    """The problems and the factors of a :func:`linear_flow_batches` batch, stacked along the batch axis."""
+    return stack_problems([p.problem() for p, _ in batch]), stack_factors([i for _, i in batch])
