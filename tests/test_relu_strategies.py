@@ -9,6 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from implreg.harness.claims import REGISTRY, claim, get_spec
+from implreg.harness.verdict import run_claim
 from implreg.relu import network as R
 from implreg.strategies.relu import (
     TINY,
@@ -126,3 +128,17 @@ def test_rescaled_nets_by_unit_and_by_layer(data):
     assert len(rows) <= 1 and all(bool((c == c[:, :1]).all()) for c in rows)  # one whole layer
     net, s = data.draw(rescaled_nets(widths))
     assert len(s.factors) == net.depth - 1 and bool(s.is_positive.all())
+
+
+def test_relu_nets_count_every_net_as_an_instance():
+    """relu_nets draws its batch as a claims.batches batch: a claim run counts each net, with no
+    evidence.instances call."""
+    with REGISTRY.isolated():
+        @claim("test/relu-instances", statement="every net of a batch is an instance.", max_examples=5)
+        @given(inst=rescaled_nets(net_widths(depth=2), batch=3))
+        def counted(inst):
+            assert inst[0].batch == 3
+
+        r = run_claim(get_spec(counted), profile="ci")
+    assert r["verdict"] == "holds", r["explanation"]
+    assert r["hypothesis"]["valid"] >= 1 and r["instances"] == 3 * r["hypothesis"]["valid"]

@@ -50,7 +50,6 @@ def _control(what: str, claim_id: str, section: str, **kw):
 @given(inst=rescaled_nets(NETS), p=ps_any)
 def path_norm_rescaling_invariant(inst, p):
     net, s = inst
-    evidence.instances(net.batch)
     w2 = R.rescale(net, s)
     certify(C.identity(C.path_norm_pow(w2, p), C.path_norm_pow(net, p), p), what=f"φ_p(ρ(w))^p = φ_p(w)^p, p = {p:g}")
     X.rescaling_scatter("μ₂,₂", C.group_norm(net, 2, 2), C.group_norm(w2, 2, 2))
@@ -108,7 +107,6 @@ def spectral_product_layer_rescaling_invariant(inst):
                    "p ∈ {1, 2, 3} (decided exactly) ∪ [1, 4] (within 1e-12 relative)"])
 @given(net=relu_nets(net_widths(depth=(1, 4), outputs=(1, 3)), batch=(1, 3)), p=ps_any)
 def path_norm_two_passes(net, p):
-    evidence.instances(net.batch)
     certify(C.identity(C.path_norm_pow(net, p), C.path_norm_brute_pow(net, p), p),
             what=f"two passes = path enumeration, p = {p:g}")
 
@@ -135,7 +133,6 @@ MIN_WHAT = "μ_{p,∞}(w̃)^d = φ_p(w) at the constructed minimizer, within its
        p_real=st.floats(1.0, 4.0))
 def path_norm_min_over_rescalings(inst, p, p_real):
     net, s = inst
-    evidence.instances(net.batch)
     for q in (p, p_real):  # w̃ = ρ_ĉ(w), ĉ the float factors: normalize units, then balance layers
         certify(C.path_norm_minimizer_attains(net, q), what=MIN_WHAT)
     v = R.rescale(net, s)  # every rescaling, in p-th powers: μ_{p,∞}(v)^{dp} ≥ γ_{p,∞}(v)^p ≥ φ_p(v)^p
@@ -153,7 +150,6 @@ def path_norm_min_over_rescalings(inst, p, p_real):
           hypotheses=["as the theorem, with 2–3 outputs"])
 @given(inst=rescaled_nets(net_widths(depth=(2, 4), outputs=(2, 3)), single=True), p=ps_any)
 def path_norm_min_several_outputs(inst, p):
-    evidence.instances(inst[0].batch)
     certify(C.path_norm_minimizer_attains(inst[0], p), what=MIN_WHAT)
 
 
@@ -174,7 +170,6 @@ def path_norm_min_several_outputs(inst, p):
 @given(net=relu_nets(net_widths(depth=(1, 4), outputs=(1, 3)), batch=(1, 3), nonzero=True), pq=group_norm_exponents())
 def layer_balancing(net, pq):
     p, q = pq
-    evidence.instances(net.batch)
     lhs, rhs = C.layer_amgm_pow(net, p, q)
     certify(C.dominates(lhs, rhs, 1.0 if math.isinf(q) else q / p),
             what=f"μ_{{p,q}} ≥ d^{{1/q}}γ^{{1/d}} (q-th and d-th powers), p = {p}, q = {q:g}")
@@ -199,7 +194,6 @@ def layer_balancing(net, pq):
 @given(inst=rescaled_nets(net_widths(depth=2, outputs=(1, 2)), nonzero=True))
 def weight_decay_depth2_convex_norm(inst):
     net, v = inst[0], R.rescale(*inst)
-    evidence.instances(net.batch)
     certify(C.weight_decay_minimizer_attains(net), what="Σ‖c u‖² + ‖v/c‖² at c* = 2Σ‖u‖‖v‖")
     certify(C.weight_decay(v) >= C.convex_net_norm(v), what="WD(ρ(w)) ≥ 2Σ‖u‖‖v‖")
     evidence.scalar("weight decay / 2Σ‖u_j‖‖v_j‖ at random rescalings (theorem: ≥ 1)",

@@ -28,6 +28,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from implreg.harness.claims import batches
 from implreg.relu.network import NodeScaling, ReluNet
 
 __all__ = [
@@ -104,8 +105,9 @@ def relu_nets(
 ) -> ReluNet:
     """A batch of bias-free ReLU nets with common widths; weights drawn entrywise (see module docstring).
 
-    ``batch`` is a fixed size or a range (min, max): the nets are drawn as a list, so a failing batch
-    shrinks by deleting nets down to the single net that fails.
+    ``batch`` is a fixed size or a range (min, max): the nets are drawn as a ``claims.batches`` batch, so a failing
+    batch shrinks by deleting nets down to the single net that fails, and in a claim run the harness counts every
+    net as an instance (no ``evidence.instances`` call needed) and redraws batches that repeat a net.
     """
     if widths is None:
         widths = net_widths()
@@ -113,7 +115,7 @@ def relu_nets(
     lo, hi = (int(batch), int(batch)) if isinstance(batch, int) else (int(batch[0]), int(batch[1]))
     elems = weights(nonzero=nonzero, bound=bound)
     one = st.tuples(*(hnp.arrays(np.float64, (ws[k], ws[k - 1]), elements=elems) for k in range(1, len(ws))))
-    nets = draw(st.lists(one, min_size=lo, max_size=hi))
+    nets = draw(batches(one, min_size=lo, max_size=hi))
     mats = [torch.from_numpy(np.stack([n[k] for n in nets])).to(dtype=dtype, device=device) for k in range(len(ws) - 1)]
     return ReluNet(tuple(mats))
 
