@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from implreg.errors import InvalidInputError
 from implreg.numerics import Certified, Undecided, certify
 from implreg.relu import capacity as C
 from implreg.relu import network as R
@@ -144,3 +145,59 @@ def test_identity_and_dominates_are_exact_at_integer_powers_and_relative_otherwi
 @given(x=inputs(2, m=st.integers(1, 5)))
 def test_rademacher_linear_lies_below_the_colt_bound(x):
     certify(C.rademacher_linear(x, 1.0) <= C.rademacher_bound(1, 1.0, x), "R̂ ≤ bound")
+
+
+# ---------------------------------------------------------------------------------------------- the claims' comparisons
+
+ONE_PATH = R.ReluNet((torch.tensor([[[1.0]]], **F64), torch.tensor([[[1.0]]], **F64)))  # 1 → 1 → 1, w = (1, 1)
+
+
+def test_rescaling_identity_decides_invariance_exactly_both_ways():
+    s = R.NodeScaling.single(ONE_PATH, 1, 0, 2.0)
+    certify(C.rescaling_identity(lambda w: C.path_norm_pow(w, 2), ONE_PATH, s, 2), "φ₂² is invariant")
+    certify(C.rescaling_identity(C.spectral_product, ONE_PATH, s, None), "‖2‖·‖1/2‖ = 1 (depth 2, 1×1)")
+    with pytest.raises(AssertionError):  # 2² + (1/2)² ≠ 1 + 1
+        certify(C.rescaling_identity(C.weight_decay, ONE_PATH, s, 2), "weight decay is not")
+
+
+@settings(max_examples=25, deadline=None)
+@given(net=relu_nets(net_widths(depth=(2, 4), width=(1, 3)), batch=(1, 2), nonzero=True),
+       p=st.sampled_from([1.0, 2.0, 3.0, 1.5]))
+def test_minimizer_comparisons_hold_at_the_constructed_minimizers(net, p):
+    certify(C.path_norm_minimizer_attains(net, p), "μ_{p,∞}(w̃)^d = φ_p(w)")
+    for q in (p, 2 * p, math.inf, 2.5):
+        certify(C.layer_balancing_attains(net, p, q), "μ_{p,q}(w̃) = d^{1/q}γ^{1/d}")
+    if net.depth == 2:
+        certify(C.weight_decay_minimizer_attains(net), "WD(w̃) = 2Σ‖u‖‖v‖")
+
+
+def test_minimizer_comparisons_refute_wrong_factors_and_several_outputs(monkeypatch):
+    """Not vacuous: the identity rescaling of an unbalanced net, and a net with two outputs (minimum max_o φ^{(o)} =
+    1 < φ₁ = 2), are refuted."""
+    net = R.ReluNet((torch.tensor([[[4.0]]], **F64), torch.tensor([[[1.0]]], **F64)))  # unbalanced: 4 vs 1
+    two = R.ReluNet((torch.tensor([[[1.0]]], **F64), torch.tensor([[[1.0], [1.0]]], **F64)))
+    with pytest.raises(AssertionError):
+        certify(C.path_norm_minimizer_attains(two, 1.0), "several outputs")
+    monkeypatch.setattr(C, "weight_decay_minimizer_scaling", R.NodeScaling.identity)
+    monkeypatch.setattr(C, "layer_balancing_scaling", lambda n, p, q: R.NodeScaling.identity(n))
+    monkeypatch.setattr(C, "path_norm_minimizer_scaling", lambda n, p: R.NodeScaling.identity(n))
+    for cmp in (C.weight_decay_minimizer_attains(net), C.layer_balancing_attains(net, 2.0, 2.0),
+                C.path_norm_minimizer_attains(net, 1.0)):
+        with pytest.raises(AssertionError):
+            certify(cmp, "unbalanced factors")
+
+
+def test_sharpness_sweep_brackets_match_separate_calls_and_pick_the_first_separation():
+    x = torch.tensor([[1.0, -0.5], [0.3, 2.0], [-1.0, 1.0]], **F64)
+    y = torch.tensor([0, 1, 1])
+    net = R.activate_unit(R.random_net((2, 3, 2), 1, generator=torch.Generator().manual_seed(5)), 0, x[0])
+    sw = C.sharpness_under_node_rescaling(net, x, y, 0.05, seed=3, max_log4=3)
+    assert sw.exponents == [1, -1, 2, -2, 3, -3] and sw.factors.tolist() == [4.0, 0.25, 16.0, 1 / 16, 64.0, 1 / 64]
+    alone = C.alpha_sharpness(net, x, y, 0.05, seed=3)  # seeded per net from its weights: batch-independent
+    assert sw.base.lower.item() == alone.lower[0].item() and sw.base.upper.item() == alone.upper[0].item()
+    assert torch.equal(sw.separation.value, C.bracket_separation(sw.rescaled, sw.base).value)
+    lo = sw.separation.lo
+    first = [j for j in range(len(sw.exponents)) if lo[j] > 0]
+    assert sw.witness == (first[0] if first else int(lo.argmax()))
+    with pytest.raises(InvalidInputError):
+        C.sharpness_under_node_rescaling(R.cat([net, net]), x, y, 0.05)

@@ -9,6 +9,8 @@ import torch
 
 from implreg.harness import experiment_evidence as X
 from implreg.harness import recorder as _record
+from implreg.numerics import Certified
+from implreg.preconditions import PreconditionFailed
 from implreg.relu import capacity as C
 from implreg.relu import network as R
 from implreg.relu.synthetic import LabelExperiment, WidthExperiment
@@ -85,3 +87,47 @@ def test_bracket_and_training_gap_evidence(rec):
 
 def test_nothing_is_recorded_outside_a_claim_run():
     X.width_evidence(_width({32: [0.3] * N}), "l2")  # no recorder: a no-op, not an error
+
+
+def test_converged_experiments_record_their_evidence_and_require_the_stopping_rule(rec):
+    exp = _width({32: [0.3] * N, 512: [0.1] * N})
+    assert X.converged_widths(exp, "l2") is exp and "l2 measure vs hidden units" in rec.series
+    with pytest.raises(PreconditionFailed, match=r"every net reached zero training error and cross-entropy < 0\.01"):
+        X.converged_widths(_width({32: [0.3] * N}, converged=False))
+    t = {m: {"l2": torch.full((N,), 1.0 * m)} for m in (8, 16)}
+    conv = {8: torch.ones(2 * N, dtype=torch.bool), 16: torch.zeros(2 * N, dtype=torch.bool)}
+    lab = LabelExperiment((8, 16), t, t, conv, {}, "labels")
+    assert X.converged_labels(lab, "l2", 8) is lab and "l2 measure vs training-set size" in rec.series
+    with pytest.raises(PreconditionFailed, match="every net at m = 8, 16 reached zero training error"):
+        X.converged_labels(lab, "l2", 8, 16)
+    with pytest.raises(PreconditionFailed, match="every net reached"):
+        X.converged_labels(lab, "l2")
+
+
+def test_note_error_fall_notes_the_test_and_requires_it_only_when_asked(rec):
+    base = [0.2 + 0.01 * i for i in range(N)]
+    rises = _width({32: base, 512: [e + 0.05 for e in base]})
+    X.note_error_fall(rises, 32, 512)  # noted, not required
+    assert any(n.startswith("Does the test error fall from H = 32 to H = 512") for n in rec.notes)
+    with pytest.raises(PreconditionFailed, match=r"falls significantly from H = 32 to H = 512 .*level 0\.01"):
+        X.note_error_fall(rises, 32, 512, required=True)
+    X.note_error_fall(_width({32: base, 512: [e - 0.05 for e in base]}), 32, 512, required=True)
+
+
+def test_sharpness_rescaling_and_rademacher_evidence(rec):
+    f64 = {"dtype": torch.float64}
+    br = C.Bracket(torch.tensor([0.0, 2.0, 1.0], **f64), torch.tensor([3.0, 5.0, 4.0], **f64), torch.zeros(3, **f64),
+                   "constructed")
+    sweep = C.SharpnessSweep([1, -1], br[0], br[1:], C.bracket_separation(br[1:], br[0]), 1)
+    X.sharpness_evidence(sweep)
+    (plot,) = (v for k, v in rec.series.items() if k.startswith("α-sharpness bracket"))
+    assert {ln["group"]: ln["x"] for ln in plot["lines"]}["upper side"] == [0.25, 4.0]
+    assert rec.scalars["smallest |log₄ c| with a certified change"]["values"] == [1.0]
+    assert rec.scalars["bracket width of ζ_α(w) (upper − lower side)"]["values"] == [3.0]
+    a, b = Certified.exact(torch.tensor([1.0, 2.0], **f64)), Certified.exact(torch.tensor([2.0, 8.0], **f64))
+    X.rescaling_scatter("μ₂,₂", a, b)
+    assert rec.series["μ₂,₂ (not invariant) under the drawn rescaling"]["lines"][0]["y"] == [2.0, 8.0]
+    X.rademacher_evidence(1, b, a)
+    X.rademacher_evidence(3, b, a)
+    assert [ln["group"] for ln in rec.series["depth 1: R̂ vs bound"]["lines"]] == ["exact"]
+    assert [ln["group"] for ln in rec.series["depth ≥ 2: certified lower bound on R̂ vs bound"]["lines"]] == ["depth 3"]

@@ -67,6 +67,7 @@ def test_nearest_powers_of_two_rescale_exactly():
 @given(inst=training_instances(), neg=training_instances(negative=True))
 def test_training_instances_shapes_and_signs(inst, neg):
     net, s, x, y, lr = inst
+    assert (inst.net, inst.scaling, inst.x, inst.y, inst.lr) == (net, s, x, y, lr)  # a NamedTuple
     assert 2 <= net.depth <= 3 and 1 <= net.batch <= 3 and lr in (0.5, 0.1, 0.01)
     assert x.shape == (x.shape[0], net.widths[0]) and 1 <= x.shape[0] <= 4 and y.shape == (x.shape[0], net.widths[-1])
     assert bool(s.is_positive.all())

@@ -9,14 +9,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from implreg.harness.claims import REGISTRY, claim, get_spec
+from implreg.harness.verdict import run_claim
 from implreg.relu import network as R
 from implreg.strategies.relu import (
     TINY,
+    factor_pairs,
+    group_norm_exponents,
     inputs,
     layer_rescalings,
     net_widths,
     node_rescalings,
     relu_nets,
+    rescaled_nets,
     single_node_rescalings,
 )
 
@@ -91,3 +96,49 @@ def test_single_node_and_layer_rescalings(data):
 def test_inputs_shape(data):
     x = data.draw(inputs(3, m=st.integers(2, 5)))
     assert x.ndim == 2 and x.shape[1] == 3 and 2 <= x.shape[0] <= 5 and x.dtype == torch.float64
+
+
+@SETTINGS
+@given(data=st.data())
+def test_sizes_as_ranges_and_strategies(data):
+    ws = data.draw(net_widths(depth=(1, 3), width=(2, 3), inputs=2, outputs=st.just(4)))
+    assert 2 <= len(ws) <= 4 and ws[0] == 2 and ws[-1] == 4 and all(2 <= w <= 3 for w in ws[1:-1])
+    x = data.draw(inputs((1, 3), m=(2, 4)))
+    assert 2 <= x.shape[0] <= 4 and 1 <= x.shape[1] <= 3
+
+
+@SETTINGS
+@given(pq=group_norm_exponents(), pair=factor_pairs(size=(1, 3)))
+def test_group_norm_exponents_and_factor_pairs(pq, pair):
+    p, q = pq
+    assert p in (1, 2, 3) and (q in (p, 2 * p, math.inf) or 1.0 <= q <= 4.0)
+    U, V = pair
+    assert U.dtype == V.dtype == torch.float64 and U.shape[1] == V.shape[1] and max(*U.shape, *V.shape) <= 3
+    assert bool(((U.abs() <= 2) & ((U == 0) | (U.abs() >= TINY))).all())
+
+
+@SETTINGS
+@given(data=st.data())
+def test_rescaled_nets_by_unit_and_by_layer(data):
+    widths = net_widths(depth=(2, 3))
+    net, s = data.draw(rescaled_nets(widths, single=True))
+    assert sum(int((c != 1).any(dim=0).sum()) for c in s.factors) == 1  # one hidden unit
+    net, s = data.draw(rescaled_nets(widths, layer=True))
+    rows = [c for c in s.factors if bool((c != 1).any())]
+    assert len(rows) <= 1 and all(bool((c == c[:, :1]).all()) for c in rows)  # one whole layer
+    net, s = data.draw(rescaled_nets(widths))
+    assert len(s.factors) == net.depth - 1 and bool(s.is_positive.all())
+
+
+def test_relu_nets_count_every_net_as_an_instance():
+    """relu_nets draws its batch as a claims.batches batch: a claim run counts each net, with no
+    evidence.instances call."""
+    with REGISTRY.isolated():
+        @claim("test/relu-instances", statement="every net of a batch is an instance.", max_examples=5)
+        @given(inst=rescaled_nets(net_widths(depth=2), batch=3))
+        def counted(inst):
+            assert inst[0].batch == 3
+
+        r = run_claim(get_spec(counted), profile="ci")
+    assert r["verdict"] == "holds", r["explanation"]
+    assert r["hypothesis"]["valid"] >= 1 and r["instances"] == 3 * r["hypothesis"]["valid"]

@@ -19,18 +19,15 @@ from hypothesis import strategies as st
 from implreg import capacity as C
 from implreg import certify, evidence
 from implreg.claims import Source, claim
-from implreg.numerics import close
+from implreg.harness import experiment_evidence as X
 from implreg.relu import network as R
-from implreg.strategies.relu import inputs, layer_rescalings, net_widths, node_rescalings, relu_nets, rescaled_nets
+from implreg.strategies.relu import group_norm_exponents, inputs, net_widths, relu_nets, rescaled_nets
 
 NEYSHABUR_2015 = Source(key="neyshabur-2015", title="Norm-Based Capacity Control in Neural Networks", year=2015,
                         authors="B. Neyshabur, R. Tomioka, N. Srebro", arxiv="1503.00036", venue="COLT 2015")
 ps_any = st.one_of(st.sampled_from([1.0, 2.0, 3.0]), st.floats(1.0, 4.0))
 SINGLE = ["nets as claim 17 with nonzero weights", "one hidden unit v, factor 2ᵉ, 1 ≤ |e| ≤ 4"]
-
-
-def nets(depth=(2, 4), outputs=(1, 3)):
-    return net_widths(depth=st.integers(*depth), width=st.integers(1, 4), outputs=st.integers(*outputs))
+NETS = net_widths(depth=(2, 4), width=(1, 4), outputs=(1, 3))  # claim 17's nets
 
 
 def _control(what: str, claim_id: str, section: str, **kw):
@@ -50,53 +47,39 @@ def _control(what: str, claim_id: str, section: str, **kw):
        hypotheses=["bias-free layered ReLU net, depth 2–4, widths ≤ 4, 1–3 outputs",
                    "a factor 2ᵉ > 0 per hidden unit, |e| ≤ 4",
                    "p ∈ {1, 2, 3} (φ_p^p decided exactly) ∪ [1, 4] (within 1e-12 relative)"])
-@given(inst=rescaled_nets(nets()), p=ps_any)
+@given(inst=rescaled_nets(NETS), p=ps_any)
 def path_norm_rescaling_invariant(inst, p):
     net, s = inst
-    evidence.instances(net.batch)
     w2 = R.rescale(net, s)
     certify(C.identity(C.path_norm_pow(w2, p), C.path_norm_pow(net, p), p), what=f"φ_p(ρ(w))^p = φ_p(w)^p, p = {p:g}")
-    evidence.series("μ₂,₂ (not invariant) under the drawn rescaling", x=C.group_norm(net, 2, 2).value,
-                    y=C.group_norm(w2, 2, 2).value, group="μ₂,₂(ρ(w)) vs μ₂,₂(w)", kind="scatter",
-                    xlabel="before rescaling", ylabel="after", log_x=True, log_y=True)
+    X.rescaling_scatter("μ₂,₂", C.group_norm(net, 2, 2), C.group_norm(w2, 2, 2))
 
 
-WD_WHAT = "μ_{2,2}(ρ(w)) = μ_{2,2}(w)"
+def _unit_control(slug: str, section: str, measure, exponent: float | None, what: str, measure_text: str, latex: str):
+    """A negative control: ``measure`` (described by ``measure_text``) is invariant under rescaling one hidden unit,
+    refuted by ``what``: measure(ρ(w)) = measure(w), decided as ``C.identity`` at ``exponent``."""
+    def control(inst):
+        certify(C.rescaling_identity(measure, *inst, exponent), what=what)
+
+    control.__name__ = control.__qualname__ = slug.replace("-", "_")  # the registry and reports key on it
+    return _control(what, f"neyshabur-2015/{slug}", section, latex=latex, hypotheses=SINGLE,
+                    statement=f"Negative control: {measure_text} is invariant under rescaling one hidden unit.",
+                    )(given(inst=rescaled_nets(NETS, single=True))(control))
 
 
-@_control(WD_WHAT, "neyshabur-2015/weight-decay-rescaling-invariant", "§3 (rescaling: weight decay is not invariant)",
-          statement=r"Negative control: weight decay $\mu_{2,2}(w) = (\sum_e w_e^2)^{1/2}$ is invariant under "
-          r"rescaling one hidden unit.", latex=r"\mu_{2,2}(\rho_{c,v}(w)) = \mu_{2,2}(w)", hypotheses=SINGLE)
-@given(inst=rescaled_nets(nets(), single=True))
-def weight_decay_rescaling_invariant(inst):
-    net, s = inst
-    certify(C.weight_decay(R.rescale(net, s)) == C.weight_decay(net), what=WD_WHAT)
-
-
-MAX_WHAT = "μ_{2,∞}(ρ(w)) = μ_{2,∞}(w) (squared)"
-
-
-@_control(MAX_WHAT, "neyshabur-2015/max-norm-rescaling-invariant", "§3 (rescaling: the max-norm is not invariant)",
-          statement=r"Negative control: the max-norm $\mu_{2,\infty}(w) = \max_v \|w_{\to v}\|_2$ is invariant under "
-          r"rescaling one hidden unit.", latex=r"\mu_{2,\infty}(\rho_{c,v}(w)) = \mu_{2,\infty}(w)",
-          hypotheses=SINGLE)
-@given(inst=rescaled_nets(nets(), single=True))
-def max_norm_rescaling_invariant(inst):
-    net, s = inst
-    certify(C.group_norm(R.rescale(net, s), 2, math.inf) ** 2 == C.group_norm(net, 2, math.inf) ** 2, what=MAX_WHAT)
-
-
+weight_decay_rescaling_invariant = _unit_control(
+    "weight-decay-rescaling-invariant", "§3 (rescaling: weight decay is not invariant)", C.weight_decay, 2,
+    "μ_{2,2}(ρ(w)) = μ_{2,2}(w)", r"weight decay $\mu_{2,2}(w) = (\sum_e w_e^2)^{1/2}$",
+    r"\mu_{2,2}(\rho_{c,v}(w)) = \mu_{2,2}(w)")
+max_norm_rescaling_invariant = _unit_control(
+    "max-norm-rescaling-invariant", "§3 (rescaling: the max-norm is not invariant)",
+    lambda w: C.group_norm(w, 2, math.inf) ** 2, 2, "μ_{2,∞}(ρ(w)) = μ_{2,∞}(w) (squared)",
+    r"the max-norm $\mu_{2,\infty}(w) = \max_v \|w_{\to v}\|_2$", r"\mu_{2,\infty}(\rho_{c,v}(w)) = \mu_{2,\infty}(w)")
 SPEC_WHAT = "Π‖W̃_k‖₂ = Π‖W_k‖₂ within 1e-12 relative"
-
-
-@_control(SPEC_WHAT, "neyshabur-2015/spectral-product-node-rescaling-invariant", "§3 (rescaling)",
-          statement=r"Negative control: the product of spectral norms $\prod_k \|W_k\|_2$ is invariant under "
-          r"rescaling one hidden unit.",
-          latex=r"\prod_k \|\widetilde W_k\|_2 = \prod_k \|W_k\|_2,\ \ \widetilde w = \rho_{c,v}(w)", hypotheses=SINGLE)
-@given(inst=rescaled_nets(nets(), single=True))
-def spectral_product_node_rescaling_invariant(inst):
-    net, s = inst
-    certify(C.identity(C.spectral_product(R.rescale(net, s)), C.spectral_product(net), None), what=SPEC_WHAT)
+spectral_product_node_rescaling_invariant = _unit_control(
+    "spectral-product-node-rescaling-invariant", "§3 (rescaling)", C.spectral_product, None, SPEC_WHAT,
+    r"the product of spectral norms $\prod_k \|W_k\|_2$",
+    r"\prod_k \|\widetilde W_k\|_2 = \prod_k \|W_k\|_2,\ \ \widetilde w = \rho_{c,v}(w)")
 
 
 @claim("neyshabur-2015/spectral-product-layer-rescaling-invariant", kind="proposition", expect="holds",
@@ -106,11 +89,9 @@ def spectral_product_node_rescaling_invariant(inst):
        latex=r"\|cW_i\|_2\,\|W_{i+1}/c\|_2 = \|W_i\|_2\,\|W_{i+1}\|_2",
        hypotheses=["nets as claim 17", "one hidden layer i, factor c = 2ᵉ, |e| ≤ 4",
                    "within 1e-12 relative (singular values are not rational in the weights)"])
-@given(data=st.data())
-def spectral_product_layer_rescaling_invariant(data):
-    net = data.draw(relu_nets(nets(), batch=(1, 3)))
-    v = R.rescale(net, data.draw(layer_rescalings(net, log2_range=4.0)))
-    certify(C.identity(C.spectral_product(v), C.spectral_product(net), None), what=SPEC_WHAT)
+@given(inst=rescaled_nets(NETS, layer=True))
+def spectral_product_layer_rescaling_invariant(inst):
+    certify(C.rescaling_identity(C.spectral_product, *inst, None), what=SPEC_WHAT)
 
 
 # ---------------------------------------------------------------------------------------------- claim 18
@@ -124,9 +105,8 @@ def spectral_product_layer_rescaling_invariant(data):
        latex=r"\phi_p^p(w)=\mathbf 1^\top|W_d|^{p}\cdots|W_1|^{p}\mathbf 1=\sum_{\text{paths}}\prod_{e}|w_e|^p",
        hypotheses=["bias-free layered ReLU net, depth 1–4, widths ≤ 4, 1–3 outputs",
                    "p ∈ {1, 2, 3} (decided exactly) ∪ [1, 4] (within 1e-12 relative)"])
-@given(net=relu_nets(nets(depth=(1, 4)), batch=(1, 3)), p=ps_any)
+@given(net=relu_nets(net_widths(depth=(1, 4), outputs=(1, 3)), batch=(1, 3)), p=ps_any)
 def path_norm_two_passes(net, p):
-    evidence.instances(net.batch)
     certify(C.identity(C.path_norm_pow(net, p), C.path_norm_brute_pow(net, p), p),
             what=f"two passes = path enumeration, p = {p:g}")
 
@@ -134,14 +114,6 @@ def path_norm_two_passes(net, p):
 # ---------------------------------------------------------------------------------------------- claim 19
 
 MIN_WHAT = "μ_{p,∞}(w̃)^d = φ_p(w) at the constructed minimizer, within its construction bound"
-
-
-def _minimizer_attains(net: R.ReluNet, p: float) -> None:
-    """μ_{p,∞}(w̃)^d = φ_p(w) at w̃ = ρ_ĉ(w), ĉ the float factors (normalize units, then balance layers): exact
-    up to how far ĉ is from the exact minimizer, C.path_norm_minimizer_error (derived, relative)."""
-    mud = C.group_norm(R.rescale(net, C.path_norm_minimizer_scaling(net, p)), p, math.inf) ** net.depth
-    phi = C.path_norm(net, p)
-    certify(close(mud, phi, C.path_norm_minimizer_error(net, p) * phi.value), what=MIN_WHAT)
 
 
 @claim("neyshabur-2015/path-norm-min-over-rescalings", kind="theorem", expect="holds", max_examples=50,
@@ -157,13 +129,12 @@ def _minimizer_attains(net: R.ReluNet, p: float) -> None:
                    "equality part: p ∈ {1, 2, 3} ∪ [1, 4]; inequality part: p ∈ {1, 2, 3}, compared as p-th powers "
                    "(rational, so ties are decided exactly)",
                    "random rescalings: a factor 2ᵉ per hidden unit, |e| ≤ 4"])
-@given(inst=rescaled_nets(nets(outputs=(1, 1)), nonzero=True), p=st.sampled_from([1.0, 2.0, 3.0]),
+@given(inst=rescaled_nets(net_widths(depth=(2, 4), outputs=1), nonzero=True), p=st.sampled_from([1.0, 2.0, 3.0]),
        p_real=st.floats(1.0, 4.0))
 def path_norm_min_over_rescalings(inst, p, p_real):
     net, s = inst
-    evidence.instances(net.batch)
-    for q in (p, p_real):
-        _minimizer_attains(net, q)
+    for q in (p, p_real):  # w̃ = ρ_ĉ(w), ĉ the float factors: normalize units, then balance layers
+        certify(C.path_norm_minimizer_attains(net, q), what=MIN_WHAT)
     v = R.rescale(net, s)  # every rescaling, in p-th powers: μ_{p,∞}(v)^{dp} ≥ γ_{p,∞}(v)^p ≥ φ_p(v)^p
     mu, gam = C.rescaling_chain_pow(v, p)
     certify(mu >= gam, what="μ_{p,∞}(ρ(w))^{dp} ≥ γ_{p,∞}(ρ(w))^p")
@@ -177,10 +148,9 @@ def path_norm_min_over_rescalings(inst, p, p_real):
           r"also holds for networks with several outputs (false: the minimum is $\max_o \phi_p^{(o)}$, the largest "
           r"per-output path norm).", latex=r"\phi_p(w)=\min_{\tilde w\sim w}\mu_{p,\infty}(\tilde w)^d\quad(n_d\ge 2)",
           hypotheses=["as the theorem, with 2–3 outputs"])
-@given(inst=rescaled_nets(nets(outputs=(2, 3)), single=True), p=ps_any)
+@given(inst=rescaled_nets(net_widths(depth=(2, 4), outputs=(2, 3)), single=True), p=ps_any)
 def path_norm_min_several_outputs(inst, p):
-    evidence.instances(inst[0].batch)
-    _minimizer_attains(inst[0], p)
+    certify(C.path_norm_minimizer_attains(inst[0], p), what=MIN_WHAT)
 
 
 # ---------------------------------------------------------------------------------------------- claim 20
@@ -197,19 +167,15 @@ def path_norm_min_several_outputs(inst, p):
                    "(max_k M_k)^d ≥ Π_k M_k with M_k = ‖W_k‖_{p,∞}^p), rational for q ∈ {p, 2p, ∞}: ties decided "
                    "exactly; at real q up to 1e-12 relative",
                    "the equality within the balancing's construction bound (C.layer_balancing_error, derived)"])
-@given(net=relu_nets(nets(depth=(1, 4)), batch=(1, 3), nonzero=True), p=st.sampled_from([1, 2, 3]),
-       qsel=st.one_of(st.sampled_from(["p", "2p", "inf"]), st.floats(1.0, 4.0)))
-def layer_balancing(net, p, qsel):
-    evidence.instances(net.batch)
-    q = {"p": float(p), "2p": 2.0 * p, "inf": math.inf}[qsel] if isinstance(qsel, str) else qsel
+@given(net=relu_nets(net_widths(depth=(1, 4), outputs=(1, 3)), batch=(1, 3), nonzero=True), pq=group_norm_exponents())
+def layer_balancing(net, pq):
+    p, q = pq
     lhs, rhs = C.layer_amgm_pow(net, p, q)
     certify(C.dominates(lhs, rhs, 1.0 if math.isinf(q) else q / p),
             what=f"μ_{{p,q}} ≥ d^{{1/q}}γ^{{1/d}} (q-th and d-th powers), p = {p}, q = {q:g}")
-    bal = C.layer_amgm_bound(net, p, q)
-    mu2 = C.group_norm(R.rescale(net, C.layer_balancing_scaling(net, p, q)), p, q)
-    certify(close(mu2, bal, C.layer_balancing_error(net, p, q) * bal.value),
-            what=f"μ_{{p,q}}(w̃) = d^{{1/q}}γ^{{1/d}} after balancing, q = {q:g}")
-    evidence.scalar("μ_{p,q}(w) / (d^{1/q} γ^{1/d}) (claim: ≥ 1)", C.group_norm(net, p, q).value / bal.value)
+    certify(C.layer_balancing_attains(net, p, q), what=f"μ_{{p,q}}(w̃) = d^{{1/q}}γ^{{1/d}} after balancing, q = {q:g}")
+    evidence.scalar("μ_{p,q}(w) / (d^{1/q} γ^{1/d}) (claim: ≥ 1)",
+                    C.group_norm(net, p, q).value / C.layer_amgm_bound(net, p, q).value)
 
 
 # ---------------------------------------------------------------------------------------------- claim 21
@@ -225,17 +191,13 @@ def layer_balancing(net, p, qsel):
                    "random rescalings: a factor 2ᵉ per hidden unit, |e| ≤ 4",
                    "attained: the float factors ĉ_j = c*_j(1 + η), |η| ≤ 8u, so the excess is ≤ 4η²·value (second "
                    "order at a stationary point; C.weight_decay_minimizer_error), the tolerance of the equality"])
-@given(data=st.data())
-def weight_decay_depth2_convex_norm(data):
-    net = data.draw(relu_nets(nets(depth=(2, 2), outputs=(1, 2)), batch=(1, 3), nonzero=True))
-    v = R.rescale(net, data.draw(node_rescalings(net, log2_range=4.0)))
-    evidence.instances(net.batch)
-    conv = C.convex_net_norm(net)
-    wd = C.weight_decay(R.rescale(net, C.weight_decay_minimizer_scaling(net)))
-    certify(close(wd, conv, C.weight_decay_minimizer_error(net) * conv.value), what="Σ‖c u‖² + ‖v/c‖² at c* = 2Σ‖u‖‖v‖")
+@given(inst=rescaled_nets(net_widths(depth=2, outputs=(1, 2)), nonzero=True))
+def weight_decay_depth2_convex_norm(inst):
+    net, v = inst[0], R.rescale(*inst)
+    certify(C.weight_decay_minimizer_attains(net), what="Σ‖c u‖² + ‖v/c‖² at c* = 2Σ‖u‖‖v‖")
     certify(C.weight_decay(v) >= C.convex_net_norm(v), what="WD(ρ(w)) ≥ 2Σ‖u‖‖v‖")
     evidence.scalar("weight decay / 2Σ‖u_j‖‖v_j‖ at random rescalings (theorem: ≥ 1)",
-                    C.weight_decay(v).value / conv.value)
+                    C.weight_decay(v).value / C.convex_net_norm(net).value)
 
 
 # ---------------------------------------------------------------------------------------------- claim 25
@@ -252,15 +214,12 @@ def weight_decay_depth2_convex_norm(data):
                    "m ≤ 14: exact average over all 2^m sign vectors; m > 14: 20000 Monte-Carlo sign vectors with a "
                    "Hoeffding interval at level 0.999 (its half-width is R̂'s error, an estimate)",
                    "constant 4 log(2D): the weaker of COLT'15's main-text and appendix versions"])
-@given(data=st.data())
-def rademacher_depth1(data):
-    m, D = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 8))
-    x = data.draw(inputs(D, m=m))
-    r_hat = C.rademacher_linear(x, 1.0, level=0.999, seed=data.draw(st.integers(0, 2**16)))
+@given(x=inputs((1, 8), m=(1, 40)), seed=st.integers(0, 2**16))
+def rademacher_depth1(x, seed):
+    r_hat = C.rademacher_linear(x, 1.0, level=0.999, seed=seed)
     bound = C.rademacher_bound(1, 1.0, x)
     certify(r_hat <= bound, what="R̂ ≤ COLT'15 bound (d = 1)")
-    evidence.series("depth 1: R̂ vs bound", x=bound.value, y=r_hat.value, kind="scatter", xlabel="COLT'15 bound",
-                    group="exact" if r_hat.rigorous else "Monte Carlo", ylabel="R̂ (exact or MC)")
+    X.rademacher_evidence(1, bound, r_hat)
 
 
 @claim("neyshabur-2015/rademacher-deep-search", kind="theorem", expect="holds", max_examples=12,
@@ -279,12 +238,9 @@ def rademacher_depth1(data):
                    "m = 1, where L = R̂ = φ‖x‖_∞ exactly, the bound is 2^d√(log 2D) ≥ 3.3 times R̂ — the 4^{d−1} and "
                    "4 log(2D) constants are worst-case. Planted bounds R̂/1.5 are refuted where R̂ is known "
                    "(tests/test_capacity.py)"])
-@given(data=st.data())
-def rademacher_deep_search(data):
-    m, D, depth = data.draw(st.integers(1, 24)), data.draw(st.integers(1, 4)), data.draw(st.sampled_from([2, 3]))
-    x = data.draw(inputs(D, m=m))
-    low = C.rademacher_relu_lower(x, depth, seed=data.draw(st.integers(0, 2**16)))
+@given(x=inputs((1, 4), m=(1, 24)), depth=st.sampled_from([2, 3]), seed=st.integers(0, 2**16))
+def rademacher_deep_search(x, depth, seed):
+    low = C.rademacher_relu_lower(x, depth, seed=seed)
     bound = C.rademacher_bound(depth, 1.0, x)
     certify(low.certified <= bound, what=f"certified lower bound on R̂ (depth {depth}; {low.how}) ≤ COLT'15 bound")
-    evidence.series("depth ≥ 2: certified lower bound on R̂ vs bound", x=bound.value, y=low.certified.value,
-                    group=f"depth {depth}", kind="scatter", xlabel="COLT'15 bound", ylabel="L ≤ R̂")
+    X.rademacher_evidence(depth, bound, low.certified)

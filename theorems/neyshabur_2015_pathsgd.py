@@ -10,9 +10,8 @@ exact), and a step uses + − × ÷ and ReLU masks only, so step(ρ(w)) = ρ(ste
 from __future__ import annotations
 
 from hypothesis import given
-from hypothesis import strategies as st
 
-from implreg import certify, evidence
+from implreg import certify
 from implreg.claims import Source, claim
 from implreg.harness import experiment_evidence as X
 from implreg.relu import network as R
@@ -42,9 +41,7 @@ FN_WHAT = "f_{ρ(w)}(x) = f_w(x)"
                    "one factor c_v = 2ᵉ > 0 per hidden unit, e ∈ [−4, 4]", "1–4 inputs in [−2, 2]ⁿ⁰"])
 @given(inst=training_instances())
 def rescaling_preserves_function(inst):
-    net, s, x, _, _ = inst
-    evidence.instances(net.batch)
-    certify(R.forward(R.rescale(net, s), x) == R.forward(net, x), what=FN_WHAT)
+    certify(R.forward(R.rescale(inst.net, inst.scaling), inst.x) == R.forward(inst.net, inst.x), what=FN_WHAT)
 
 
 @claim("neyshabur-2015-pathsgd/negative-rescaling-preserves-function", kind="conjecture", expect="refuted",
@@ -55,9 +52,7 @@ def rescaling_preserves_function(inst):
        hypotheses=["as the positive claim, with every factor −2ᵉ < 0"])
 @given(inst=training_instances(negative=True))
 def negative_rescaling_preserves_function(inst):
-    net, s, x, _, _ = inst
-    evidence.instances(net.batch)
-    certify(R.forward(R.rescale(net, s), x) == R.forward(net, x), what=FN_WHAT)
+    certify(R.forward(R.rescale(inst.net, inst.scaling), inst.x) == R.forward(inst.net, inst.x), what=FN_WHAT)
 
 
 # ---------------------------------------------------------------------------------------------- claim 23
@@ -78,9 +73,8 @@ STEP_WHAT = "step(ρ(w)) = ρ(step(w)) in exact rational arithmetic"
 @given(inst=training_instances())
 def path_sgd_rescaling_invariant(inst):
     net, s, x, y, lr = inst
-    evidence.instances(net.batch)
-    certify.that(PS.step_commutes_exactly(net, s, x, y, lr)[0], what=STEP_WHAT)
-    certify.that(PS.step_commutes_exactly(net, s, x, y, lr, steps=2)[1],
+    certify.that(PS.step_commutes_exactly(*inst)[0], what=STEP_WHAT)
+    certify.that(PS.step_commutes_exactly(*inst, steps=2)[1],
                  what="2-step trajectories from w and ρ(w) compute the same function (exact)")
     # float64 with power-of-two factors (exact scalings commute with every IEEE operation): bit-identical
     gaps = PS.rescaled_training_gaps(net, s.nearest_powers_of_two(), x, y, lr, 10)
@@ -97,9 +91,7 @@ def path_sgd_rescaling_invariant(inst):
        latex=r"w - \eta\nabla L(w)\ \text{commutes with}\ \rho", hypotheses=["as the Path-SGD claim"])
 @given(inst=training_instances())
 def sgd_rescaling_invariant(inst):
-    net, s, x, y, lr = inst
-    evidence.instances(net.batch)
-    certify.that(PS.step_commutes_exactly(net, s, x, y, lr, "sgd")[0], what=STEP_WHAT)
+    certify.that(PS.step_commutes_exactly(*inst, "sgd")[0], what=STEP_WHAT)
 
 
 # ---------------------------------------------------------------------------------------------- claim 24
@@ -114,10 +106,8 @@ def sgd_rescaling_invariant(inst):
        latex=r"\gamma_e=\frac{\partial\phi_2^2}{\partial w_e^2}=\sum_{p\ni e}\prod_{e'\in p,e'\neq e}w_{e'}^2"
        r"=\gamma_{\mathrm{in}}(u)\,\gamma_{\mathrm{out}}(v)",
        hypotheses=["bias-free layered ReLU net, depth 1–4, widths ≤ 4, 1–3 outputs"])
-@given(net=relu_nets(net_widths(depth=st.integers(1, 4), width=st.integers(1, 4), inputs=st.integers(1, 4),
-                                outputs=st.integers(1, 3)), batch=(1, 3)))
+@given(net=relu_nets(net_widths(depth=(1, 4), width=(1, 4), inputs=(1, 4), outputs=(1, 3)), batch=(1, 3)))
 def scaling_two_passes(net):
-    evidence.instances(net.batch)
     for k, (two, brute) in enumerate(zip(PS.path_sgd_scaling(net), PS.path_sgd_scaling_brute(net, 2.0),
                                          strict=True), start=1):
         certify(two == brute, what=f"layer {k}: γ_in·γ_out = Σ_paths Π_(e'≠e) w²")

@@ -11,19 +11,16 @@ digits (``implreg.matrix.trace_norm``).
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from implreg import certify, evidence, stats
-from implreg.claims import Source, claim, require, sample
+from implreg.claims import Source, claim, sample
 from implreg.harness import experiment_evidence as X
 from implreg.matrix.trace_norm import svd_split
 from implreg.numerics import Certified, close, svdvals
 from implreg.relu import synthetic as S
-from implreg.strategies.relu import weights
+from implreg.strategies.relu import factor_pairs
 
 IN_SEARCH = Source(key="neyshabur-2015-search", year=2015, arxiv="1412.6614", venue="ICLR 2015 workshop",
                    title="In Search of the Real Inductive Bias: On the Role of Implicit Regularization in Deep "
@@ -31,14 +28,6 @@ IN_SEARCH = Source(key="neyshabur-2015-search", year=2015, arxiv="1412.6614", ve
 
 
 # ---------------------------------------------------------------------------------------------- claim 22
-
-
-@st.composite
-def factor_pairs(draw):
-    """U (n×k), V (m×k) with entries in [−2, 2] (0 or magnitude ≥ 2⁻²⁰), n, m, k ∈ 1 … 4."""
-    n, m, k = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    U, V = (draw(hnp.arrays(np.float64, (r, k), elements=weights())) for r in (n, m))
-    return torch.from_numpy(U), torch.from_numpy(V)
 
 
 @claim("neyshabur-2015-search/trace-norm-by-factorization", kind="theorem", expect="holds", max_examples=50,
@@ -49,7 +38,7 @@ def factor_pairs(draw):
        latex=r"\min_{UV^\top = M}\tfrac12\big(\|U\|_F^2+\|V\|_F^2\big)=\|M\|_*",
        hypotheses=["U ∈ R^{n×k}, V ∈ R^{m×k}, n, m, k ∈ 1 … 4, entries in [−2, 2]", "M = UVᵀ",
                    "the SVD split checked at 60 digits (mpmath), within 2·10⁻⁵⁰·(1 + σ₁)·max(n, m)"])
-@given(pair=factor_pairs())
+@given(pair=factor_pairs(size=(1, 4)))
 def trace_norm_by_factorization(pair):
     U, V = (Certified.exact(t) for t in pair)
     lhs, nuc = 0.5 * ((U * U).sum() + (V * V).sum()), svdvals(U @ V.mT).sum()
@@ -68,9 +57,7 @@ N = 12  # the same sample as theorems/neyshabur_2017.py, so the cached experimen
 
 
 def width_lowers_test_error(problem):
-    exp = S.width_experiment(n=N)
-    X.width_evidence(exp)
-    require(exp.all_converged(), "every net reached zero training error and cross-entropy < 0.01")
+    exp = X.converged_widths(S.width_experiment(n=N))
     return exp.test_error[max(exp.widths)], exp.test_error[min(exp.widths)]
 
 

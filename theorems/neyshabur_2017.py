@@ -14,15 +14,13 @@ width controls are refuted only when significant in the opposite direction (``re
 
 from __future__ import annotations
 
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from implreg import capacity as C
-from implreg import certify, evidence, stats
-from implreg.claims import Source, claim, require, sample
+from implreg import certify, stats
+from implreg.claims import Source, claim, sample
 from implreg.harness import experiment_evidence as X
-from implreg.relu import network as R
 from implreg.relu import synthetic as S
 from implreg.strategies.relu_data import labelled_nets
 
@@ -32,7 +30,6 @@ EXPLORING = Source(key="neyshabur-2017", title="Exploring Generalization in Deep
 ALPHA = 0.01  # every statistical claim in this module: one-sided test at level 0.01
 N = 12  # problems per experiment
 TEX = {"l2": r"\mu_{\ell_2}", "l1-path": r"\mu_{\ell_1\text{-path}}", "l2-path": r"\mu_{\ell_2\text{-path}}"}
-CONVERGED = "every net reached zero training error and cross-entropy < 0.01"
 TRAINING = ["full-batch Adam (lr 0.01) until zero training error and cross-entropy < 0.01",
             f"n = {N} problems (fixed seeds), paired by problem"]
 
@@ -63,16 +60,11 @@ def _empirical(fn, name: str, claim_id: str, **meta):
                    "certified when the brackets are disjoint"])
 @given(inst=labelled_nets(), alpha=st.sampled_from([1e-3, 1e-2, 5e-2]), seed=st.integers(0, 2**16))
 def sharpness_not_rescaling_invariant(inst, alpha, seed):
-    net, x, y = inst
-    ks = [k for j in range(1, 17) for k in (j, -j)]  # c = 4^k, by increasing |k|
-    br = C.alpha_sharpness(R.cat([net] + [R.rescale_node(net, 1, 0, 4.0**k) for k in ks]), x, y, alpha, seed=seed)
-    gap = C.bracket_separation(br[1:], br[0])
-    i = next((j for j in range(len(ks)) if gap.lo[j] > 0), int(gap.lo.argmax()))  # the smallest |k| that shows it
-    certify(gap[i] > 0, what=f"separation of the brackets of ζ_α(ρ_c(w)) and ζ_α(w) at c = 4^{ks[i]}")
-    X.bracket_evidence("α-sharpness bracket of ρ_{c,v}(w) vs c (the function is the same for every c)",
-                       torch.tensor([4.0**k for k in ks]), br[1:], xlabel="c", ylabel="ζ_α")
-    evidence.scalar("smallest |log₄ c| with a certified change", abs(ks[i]))
-    evidence.scalar("bracket width of ζ_α(w) (upper − lower side)", br.width[0].item())
+    sweep = C.sharpness_under_node_rescaling(*inst, alpha, seed=seed)  # v = unit 0 of layer 1, c = 4^k, |k| ≤ 16
+    i = sweep.witness  # the smallest |k| that shows a change
+    certify(sweep.separation[i] > 0,
+            what=f"separation of the brackets of ζ_α(ρ_c(w)) and ζ_α(w) at c = 4^{sweep.exponents[i]}")
+    X.sharpness_evidence(sweep)
 
 
 # ---------------------------------------------------------------------------------------------- claim 27
@@ -95,15 +87,11 @@ def _label_claims(name: str, data: str = "synthetic"):
     slug = (prefix + name).replace("-", "_")
 
     def larger(problem):
-        exp = experiment()
-        X.label_evidence(exp, name)
-        require(exp.all_converged(m1), f"every net at m = {m1} reached zero training error and cross-entropy < 0.01")
+        exp = X.converged_labels(experiment(), name, m1)
         return exp.true[m1][name], exp.random[m1][name]
 
     def grows(problem):
-        exp = experiment()
-        X.label_evidence(exp, name)
-        require(exp.all_converged(m0, m1), CONVERGED)
+        exp = X.converged_labels(experiment(), name, m0, m1)
         return exp.true[m1][name] / exp.true[m0][name], exp.random[m1][name] / exp.random[m0][name]
 
     ratio = rf"\frac{{{tex}(m{{=}}{m1})}}{{{tex}(m{{=}}{m0})}}"
@@ -147,9 +135,7 @@ WIDTHS = {  # data set: (experiment, id prefix, id suffix, (lo, hi) widths compa
 
 
 def digits_width_lowers_test_error(problem):
-    exp = S.digits_width_experiment(n=N)
-    X.width_evidence(exp, alpha=ALPHA)
-    require(exp.all_converged(), CONVERGED)
+    exp = X.converged_widths(S.digits_width_experiment(n=N), alpha=ALPHA)
     return exp.test_error[512], exp.test_error[32]
 
 
@@ -173,14 +159,9 @@ def _width_claim(name: str, data: str = "synthetic"):
     digits = data == "digits"
 
     def explains(problem):
-        exp = experiment()
-        X.width_evidence(exp, name, ALPHA)
-        require(exp.all_converged(), CONVERGED)
-        falls, sentence = X.error_falls_with_width(exp, lo, hi, ALPHA)
-        evidence.note(f"Does the test error fall from H = {lo} to H = {hi} on these problems? {sentence}")
-        if digits:  # the control means something only if there is a fall to explain (see the statement)
-            require(falls, f"the test error falls significantly from H = {lo} to H = {hi} (one-sided paired "
-                           f"Wilcoxon, level {ALPHA}): there is a width benefit to explain")
+        exp = X.converged_widths(experiment(), name, ALPHA)
+        # the digits control means something only if there is a fall to explain (see the statement): required there
+        X.note_error_fall(exp, lo, hi, ALPHA, required=digits)
         return exp.measures[hi][name], exp.measures[lo][name]
 
     paper = ("Exploring reports that the norm measures fail to explain the benefit of width beyond ~128 units "

@@ -1,11 +1,12 @@
 """What the toy replications of Exploring §3 and In Search §2 (``implreg.relu.synthetic``) show in the report, the
-test-error-fall test that the width controls take as their precondition; and two plots for the ReLU-net claims:
-a bracket against a parameter, and how far training from w and from ρ(w) drifts apart.
+test-error-fall test that the width controls take as their precondition; and plots for the ReLU-net claims: a
+bracket against a parameter (the α-sharpness sweep), and how far training from w and from ρ(w) drifts apart.
 
 The claims compare one measure (or the test error) between two sizes or widths; these helpers record the rest
 of the experiment beside that comparison — every problem's value per size/width, the share of nets that met the
-stopping rule, medians — so that a reader sees what the statistic was computed from.  Outside a claim run the
-``evidence`` calls record nothing.
+stopping rule, medians — so that a reader sees what the statistic was computed from.  ``converged_labels`` and
+``converged_widths`` also ``require`` the stopping rule (a claim's hypothesis: otherwise the verdict is error, never
+a refutation).  Outside a claim run the ``evidence`` calls record nothing.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from __future__ import annotations
 import torch
 
 from implreg.harness import evidence, stats
-from implreg.relu.capacity import Bracket
+from implreg.numerics import Certified
+from implreg.preconditions import require
+from implreg.relu.capacity import Bracket, SharpnessSweep
 from implreg.relu.network import NodeScaling, ReluNet
 from implreg.relu.pathsgd import rescaled_training_gaps
 from implreg.relu.synthetic import LabelExperiment, WidthExperiment
 
-__all__ = ["bracket_evidence", "error_falls_with_width", "label_evidence", "training_gap_evidence",
-           "width_evidence"]
+__all__ = ["bracket_evidence", "converged_labels", "converged_widths", "error_falls_with_width", "label_evidence",
+           "note_error_fall", "rademacher_evidence", "rescaling_scatter", "sharpness_evidence",
+           "training_gap_evidence", "width_evidence"]
 
 CONVERGED = "nets that reached zero training error and CE < 0.01"
+STOPPING_RULE = "reached zero training error and cross-entropy < 0.01"
 
 
 def _scatter(plot: str, at: float, y: torch.Tensor, group: str, xlabel: str, ylabel: str, **kw) -> None:
@@ -69,6 +74,33 @@ def width_evidence(exp: WidthExperiment, name: str | None = None, alpha: float =
     evidence.note(exp.description)
 
 
+def converged_labels(exp: LabelExperiment, name: str, *sizes: int) -> LabelExperiment:
+    """``exp`` after recording ``label_evidence(exp, name)`` and requiring that every net at these training-set
+    sizes (default: all) met the stopping rule."""
+    label_evidence(exp, name)
+    at = f" at m = {', '.join(map(str, sizes))}" if sizes else ""
+    require(exp.all_converged(*sizes), f"every net{at} {STOPPING_RULE}")
+    return exp
+
+
+def converged_widths(exp: WidthExperiment, name: str | None = None, alpha: float = 0.01) -> WidthExperiment:
+    """``exp`` after recording ``width_evidence(exp, name, alpha)`` and requiring that every net met the stopping
+    rule."""
+    width_evidence(exp, name, alpha)
+    require(exp.all_converged(), f"every net {STOPPING_RULE}")
+    return exp
+
+
+def note_error_fall(exp: WidthExperiment, lo: int, hi: int, alpha: float = 0.01, *, required: bool = False) -> None:
+    """Note whether the test error falls from H = lo to H = hi (``error_falls_with_width`` at level ``alpha``);
+    ``required``: also ``require`` the fall (a width control means something only if there is a fall to explain)."""
+    falls, sentence = error_falls_with_width(exp, lo, hi, alpha)
+    evidence.note(f"Does the test error fall from H = {lo} to H = {hi} on these problems? {sentence}")
+    if required:
+        require(falls, f"the test error falls significantly from H = {lo} to H = {hi} (one-sided paired Wilcoxon, "
+                       f"level {alpha:g}): there is a width benefit to explain")
+
+
 def error_falls_with_width(exp: WidthExperiment, lo: int, hi: int, alpha: float = 0.01) -> tuple[bool, str]:
     """Whether the test error falls from H = lo to H = hi on these problems — the one-sided paired Wilcoxon
     signed-rank test (err(hi) < err(lo)) at level ``alpha`` holds — and the test's sentence."""
@@ -84,6 +116,33 @@ def bracket_evidence(plot: str, x: torch.Tensor, br: Bracket, *, xlabel: str, yl
     for side, y in (("upper side", br.upper), ("lower side", br.lower.clamp_min(1e-12))):
         evidence.series(plot, x=x[order], y=y[order], group=side, xlabel=xlabel, ylabel=ylabel, log_x=True,
                         log_y=True)
+
+
+def sharpness_evidence(sweep: SharpnessSweep) -> None:
+    """The α-sharpness brackets of ρ_{c,v}(w) against c (``bracket_evidence``), the smallest |log₄ c| of the sweep's
+    witness, and the bracket width of ζ_α(w)."""
+    bracket_evidence("α-sharpness bracket of ρ_{c,v}(w) vs c (the function is the same for every c)",
+                     sweep.factors, sweep.rescaled, xlabel="c", ylabel="ζ_α")
+    evidence.scalar("smallest |log₄ c| with a certified change", abs(sweep.exponents[sweep.witness]))
+    evidence.scalar("bracket width of ζ_α(w) (upper − lower side)", sweep.base.width.item())
+
+
+def rescaling_scatter(name: str, before: Certified, after: Certified) -> None:
+    """A measure ``name`` before (x) and after (y) the drawn rescaling, one point per net, log axes."""
+    evidence.series(f"{name} (not invariant) under the drawn rescaling", x=before.value, y=after.value,
+                    group=f"{name}(ρ(w)) vs {name}(w)", kind="scatter", xlabel="before rescaling", ylabel="after",
+                    log_x=True, log_y=True)
+
+
+def rademacher_evidence(depth: int, bound: Certified, value: Certified) -> None:
+    """One point per draw against the COLT'15 bound it is compared with: R̂ at depth 1 (grouped by exact or Monte
+    Carlo), a certified lower bound L ≤ R̂ at depth ≥ 2 (grouped by depth)."""
+    if depth == 1:
+        plot, group, ylabel = "depth 1: R̂ vs bound", "exact" if value.rigorous else "Monte Carlo", "R̂ (exact or MC)"
+    else:
+        plot, group, ylabel = "depth ≥ 2: certified lower bound on R̂ vs bound", f"depth {depth}", "L ≤ R̂"
+    evidence.series(plot, x=bound.value, y=value.value, group=group, kind="scatter", xlabel="COLT'15 bound",
+                    ylabel=ylabel)
 
 
 def training_gap_evidence(net: ReluNet, scaling: NodeScaling, x: torch.Tensor, y: torch.Tensor, *,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -46,6 +47,8 @@ from implreg.relu.network import (
     forward,
     gamma,
     random_net,
+    rescale,
+    rescale_node,
     tiny_entries,
     unflatten,
     unit_roundoff,
@@ -56,6 +59,7 @@ __all__ = [
     "ZERO_FLOOR",
     "Bracket",
     "RademacherLower",
+    "SharpnessSweep",
     "alpha_sharpness",
     "bracket_separation",
     "convex_net_norm",
@@ -68,6 +72,7 @@ __all__ = [
     "identity",
     "layer_amgm_bound",
     "layer_amgm_pow",
+    "layer_balancing_attains",
     "layer_balancing_error",
     "layer_balancing_scaling",
     "layer_norms",
@@ -77,6 +82,7 @@ __all__ = [
     "path_norm",
     "path_norm_brute",
     "path_norm_brute_pow",
+    "path_norm_minimizer_attains",
     "path_norm_minimizer_error",
     "path_norm_minimizer_scaling",
     "path_norm_per_output",
@@ -88,11 +94,14 @@ __all__ = [
     "rademacher_relu_lower",
     "rademacher_search",
     "rescaling_chain_pow",
+    "rescaling_identity",
     "rpow",
+    "sharpness_under_node_rescaling",
     "spectral_product",
     "to_fractions",
     "unit_norms_pow",
     "weight_decay",
+    "weight_decay_minimizer_attains",
     "weight_decay_minimizer_error",
     "weight_decay_minimizer_scaling",
 ]
@@ -261,6 +270,13 @@ def identity(a: Certified, b: Certified, exponent: float | None) -> Comparison:
 def dominates(a: Certified, b: Certified, exponent: float) -> Comparison:
     """a ≥ b: exact when ``exponent`` (the real power inside a and b) is an integer, else a ≥ (1 − REAL_POWER_REL)·b."""
     return a >= b if float(exponent).is_integer() else a >= (1 - REAL_POWER_REL) * b
+
+
+def rescaling_identity(measure: Callable[[ReluNet], Certified], net: ReluNet, scaling: NodeScaling,
+                       exponent: float | None) -> Comparison:
+    """measure(ρ(w)) = measure(w), ρ(w) = ``rescale(net, scaling)`` (rescaling invariance, COLT'15 §3), decided as
+    ``identity``: exactly when ``exponent`` (the real power inside ``measure``) is an integer."""
+    return identity(measure(rescale(net, scaling)), measure(net), exponent)
 
 
 def _prod(xs: list[Certified]) -> Certified:
@@ -447,6 +463,15 @@ def path_norm_minimizer_error(net: ReluNet, p: float = 2.0) -> Tensor:
     return _guard(net, SAFETY * d * worst)
 
 
+def path_norm_minimizer_attains(net: ReluNet, p: float = 2.0) -> Comparison:
+    """μ_{p,∞}(w̃)^d = φ_p(w) at w̃ = ρ_ĉ(w), ĉ the computed ``path_norm_minimizer_scaling`` (COLT'15 Theorem 5,
+    one output): exact up to how far ĉ is from the exact minimizer, so within ``path_norm_minimizer_error``·φ_p(w).
+    With several outputs the left side is max_o φ_p^{(o)} < φ_p(w) in general, and the comparison fails."""
+    mud = group_norm(rescale(net, path_norm_minimizer_scaling(net, p)), p, math.inf) ** net.depth
+    phi = path_norm(net, p)
+    return close(mud, phi, path_norm_minimizer_error(net, p) * phi.value)
+
+
 def layer_balancing_error(net: ReluNet, p: float, q: float) -> Tensor:
     """Relative bound (B,) on max_k |‖W̃_k‖_{p,q} − γ^{1/d}| / γ^{1/d} for the computed ``layer_balancing_scaling``
     (exact arithmetic on the rescaled net), hence on |μ_{p,q}(w̃) − d^{1/q}γ^{1/d}| / (d^{1/q}γ^{1/d}).
@@ -483,6 +508,14 @@ def layer_balancing_scaling(net: ReluNet, p: float, q: float) -> NodeScaling:
     return NodeScaling.from_layer_factors(net, (g[:, None] / norms)[:, :-1])
 
 
+def layer_balancing_attains(net: ReluNet, p: float, q: float) -> Comparison:
+    """μ_{p,q}(w̃) = d^{1/q}γ_{p,q}(w)^{1/d} after the computed ``layer_balancing_scaling`` (COLT'15 Claim 1, the
+    AM–GM equality case), within ``layer_balancing_error``·d^{1/q}γ^{1/d} (how far the float factors are off)."""
+    bound = layer_amgm_bound(net, p, q)
+    mu = group_norm(rescale(net, layer_balancing_scaling(net, p, q)), p, q)
+    return close(mu, bound, layer_balancing_error(net, p, q) * bound.value)
+
+
 def convex_net_norm(net: ReluNet) -> Tensor:
     """2 Σ_j ‖u_j‖_2 ‖v_j‖_2 for depth-2 nets (u_j: incoming row of hidden unit j, v_j: its outgoing column),
     the min over rescalings of Σ_j (‖u_j‖² + ‖v_j‖²) (COLT'15 Theorem 10, as reconstructed; AM–GM)."""
@@ -509,6 +542,14 @@ def weight_decay_minimizer_scaling(net: ReluNet) -> NodeScaling:
     ok = (nu > 0) & (nv > 0)
     c = torch.where(ok, torch.sqrt(nv / torch.where(ok, nu, 1.0)), torch.ones_like(nu))
     return NodeScaling((c,))
+
+
+def weight_decay_minimizer_attains(net: ReluNet) -> Comparison:
+    """Depth 2: Σ_j (‖ĉ_j u_j‖² + ‖v_j/ĉ_j‖²) = 2Σ_j‖u_j‖‖v_j‖ at the computed ``weight_decay_minimizer_scaling`` ĉ
+    (COLT'15 Theorem 10), within ``weight_decay_minimizer_error``·2Σ_j‖u_j‖‖v_j‖ (second order in ĉ's rounding)."""
+    conv = convex_net_norm(net)
+    wd = weight_decay(rescale(net, weight_decay_minimizer_scaling(net)))
+    return close(wd, conv, weight_decay_minimizer_error(net) * conv.value)
 
 
 def spectral_product(net: ReluNet) -> Certified:
@@ -757,6 +798,36 @@ def alpha_sharpness(
     up = (upper_max - base) / (1.0 + base)
     return Bracket(lo, up, slack, f"projected sign-gradient ascent ({steps} steps × {R} restarts) / "
                    "interval bound propagation")
+
+
+@dataclass(frozen=True)
+class SharpnessSweep:
+    """α-sharpness brackets of one net w and of ρ_{c,v}(w) for c = 4^k, k in ``exponents`` (by increasing |k|): the
+    function is the same for every c, so a certified ``separation`` > 0 shows that ζ_α is not rescaling-invariant."""
+
+    exponents: list[int]
+    base: Bracket          # 0-dim: ζ_α(w)
+    rescaled: Bracket      # (K,): ζ_α(ρ_{4^k, v}(w))
+    separation: Certified  # (K,): ``bracket_separation(rescaled, base)``
+    witness: int           # the first index whose separation's lower side is > 0 (else the largest lower side)
+
+    @property
+    def factors(self) -> Tensor:
+        """c = 4^k, (K,) float64."""
+        return torch.tensor([4.0**k for k in self.exponents], dtype=torch.float64)
+
+
+def sharpness_under_node_rescaling(net: ReluNet, x: Tensor, y: Tensor, alpha: float, *, seed: int = 0,
+                                   layer: int = 1, unit: int = 0, max_log4: int = 16) -> SharpnessSweep:
+    """``alpha_sharpness`` (cross-entropy) of one net (batch 1) and of its rescalings ρ_{c,v}(w), v = (``layer``,
+    ``unit``), c = 4^k for k = ±1 … ±``max_log4`` (Exploring §2.3 with Dinh et al. 2017), in one batched call."""
+    if net.batch != 1:
+        raise InvalidInputError(f"the sharpness sweep rescales one net, got a batch of {net.batch}")
+    ks = [k for j in range(1, max_log4 + 1) for k in (j, -j)]
+    br = alpha_sharpness(cat([net] + [rescale_node(net, layer, unit, 4.0**k) for k in ks]), x, y, alpha, seed=seed)
+    gap = bracket_separation(br[1:], br[0])
+    witness = next((j for j in range(len(ks)) if gap.lo[j] > 0), int(gap.lo.argmax()))
+    return SharpnessSweep(ks, br[0], br[1:], gap, witness)
 
 
 def _grad(fn, t: Tensor) -> Tensor:

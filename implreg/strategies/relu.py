@@ -1,12 +1,14 @@
 """Hypothesis strategies for ReLU nets and their rescalings: valid instances by construction.
 
-    net_widths(depth=..., width=..., inputs=..., outputs=...)   → (n_0, …, n_d)
+    net_widths(depth=..., width=..., inputs=..., outputs=...)   → (n_0, …, n_d); each an int, (lo, hi) or strategy
     relu_nets(widths=net_widths(...) or (3, 4, 1), batch=(1, 3), nonzero=True)   → ReluNet (float64)
     node_rescalings(net)                     → NodeScaling with factors 2^e, e ∈ [−log2_range, log2_range]
     single_node_rescalings(net)              → ρ_{c,v} for one drawn hidden unit v
     layer_rescalings(net)                    → whole-layer rescaling of one drawn hidden layer
-    rescaled_nets(widths, single=False)      → (net, a rescaling of it)
+    rescaled_nets(widths, single=False)      → (net, a rescaling of it: every unit, one unit, or one layer)
     inputs(n0, m=...)                        → a (m, n0) tensor
+    group_norm_exponents()                   → (p, q) for μ_{p,q}: p ∈ {1, 2, 3}, q ∈ {p, 2p, ∞} ∪ [1, 4]
+    factor_pairs()                           → (U, V), the two layers of a depth-2 linear net M = UVᵀ
 
 Weights are drawn entry by entry from Hypothesis floats, so failures shrink to small readable nets (zero,
 one, small integers); magnitudes below TINY = 2⁻²⁰ are snapped to 0 (no underflow, see TINY).
@@ -18,6 +20,7 @@ when ``powers_of_two=True`` (then every rescaling is exact in floating point).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,10 +28,13 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from implreg.harness.claims import batches
 from implreg.relu.network import NodeScaling, ReluNet
 
 __all__ = [
     "TINY",
+    "factor_pairs",
+    "group_norm_exponents",
     "inputs",
     "layer_rescalings",
     "net_widths",
@@ -59,27 +65,29 @@ def weights(*, nonzero: bool = False, bound: float = 2.0) -> st.SearchStrategy[f
     return st.floats(-bound, bound, allow_nan=False, allow_infinity=False, allow_subnormal=False).map(_snap)
 
 
+Size = st.SearchStrategy[int] | tuple[int, int] | int
+
+
+def _size(s: Size) -> st.SearchStrategy[int]:
+    """A strategy as given, a range (lo, hi) as the integers lo … hi, an int as itself."""
+    if isinstance(s, st.SearchStrategy):
+        return s
+    return st.integers(*s) if isinstance(s, tuple) else st.just(int(s))
+
+
 def net_widths(
-    *,
-    depth: st.SearchStrategy[int] | int | None = None,
-    width: st.SearchStrategy[int] | int | None = None,
-    inputs: st.SearchStrategy[int] | int | None = None,
-    outputs: st.SearchStrategy[int] | int = 1,
+    *, depth: Size = (2, 4), width: Size = (1, 4), inputs: Size = (1, 4), outputs: Size = 1,
 ) -> st.SearchStrategy[tuple[int, ...]]:
     """(n_0, n_1, …, n_d): ``depth`` weight layers (default 2 … 4), hidden widths from ``width`` (default
-    1 … 4), n_0 from ``inputs`` (default 1 … 4), n_d from ``outputs`` (default 1)."""
-    depth = st.integers(2, 4) if depth is None else depth
-    width = st.integers(1, 4) if width is None else width
-    inputs = st.integers(1, 4) if inputs is None else inputs
-
-    def lift(s):
-        return s if isinstance(s, st.SearchStrategy) else st.just(s)
+    1 … 4), n_0 from ``inputs`` (default 1 … 4), n_d from ``outputs`` (default 1); each an int, an inclusive
+    range (lo, hi) or a strategy."""
+    depth, width, inputs, outputs = _size(depth), _size(width), _size(inputs), _size(outputs)
 
     @st.composite
     def draw_widths(draw) -> tuple[int, ...]:
-        d = draw(lift(depth))
-        hidden = [draw(lift(width)) for _ in range(d - 1)]
-        return (draw(lift(inputs)), *hidden, draw(lift(outputs)))
+        d = draw(depth)
+        hidden = [draw(width) for _ in range(d - 1)]
+        return (draw(inputs), *hidden, draw(outputs))
 
     return draw_widths()
 
@@ -97,8 +105,9 @@ def relu_nets(
 ) -> ReluNet:
     """A batch of bias-free ReLU nets with common widths; weights drawn entrywise (see module docstring).
 
-    ``batch`` is a fixed size or a range (min, max): the nets are drawn as a list, so a failing batch
-    shrinks by deleting nets down to the single net that fails.
+    ``batch`` is a fixed size or a range (min, max): the nets are drawn as a ``claims.batches`` batch, so a failing
+    batch shrinks by deleting nets down to the single net that fails, and in a claim run the harness counts every
+    net as an instance (no ``evidence.instances`` call needed) and redraws batches that repeat a net.
     """
     if widths is None:
         widths = net_widths()
@@ -106,7 +115,7 @@ def relu_nets(
     lo, hi = (int(batch), int(batch)) if isinstance(batch, int) else (int(batch[0]), int(batch[1]))
     elems = weights(nonzero=nonzero, bound=bound)
     one = st.tuples(*(hnp.arrays(np.float64, (ws[k], ws[k - 1]), elements=elems) for k in range(1, len(ws))))
-    nets = draw(st.lists(one, min_size=lo, max_size=hi))
+    nets = draw(batches(one, min_size=lo, max_size=hi))
     mats = [torch.from_numpy(np.stack([n[k] for n in nets])).to(dtype=dtype, device=device) for k in range(len(ws) - 1)]
     return ReluNet(tuple(mats))
 
@@ -161,26 +170,44 @@ def layer_rescalings(draw, net: ReluNet, *, log2_range: float = 3.0, powers_of_t
 
 
 def inputs(
-    n0: int, *, m: st.SearchStrategy[int] | int | None = None, bound: float = 2.0,
+    n0: Size, *, m: Size = (1, 6), bound: float = 2.0,
     dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
 ) -> st.SearchStrategy[torch.Tensor]:
-    """A data matrix x of shape (m, n0) (m from ``m``, default 1 … 6) with entries in [−bound, bound]."""
-    m = st.integers(1, 6) if m is None else m
-    ms = m if isinstance(m, st.SearchStrategy) else st.just(int(m))
+    """A data matrix x of shape (m, n0) (m and n0 each an int, a range (lo, hi) or a strategy; m default 1 … 6)
+    with entries in [−bound, bound]."""
     elems = weights(bound=bound)
-    return ms.flatmap(lambda k: hnp.arrays(np.float64, (k, n0), elements=elems)).map(
+    shapes = st.tuples(_size(m), _size(n0))
+    return shapes.flatmap(lambda s: hnp.arrays(np.float64, s, elements=elems)).map(
         lambda a: torch.from_numpy(a).to(dtype=dtype, device=device)
     )
+
+
+def group_norm_exponents() -> st.SearchStrategy[tuple[int, float]]:
+    """(p, q) for μ_{p,q}: p ∈ {1, 2, 3} and q ∈ {p, 2p, ∞} (q/p an integer or q = ∞: rational quantities) or a
+    real q ∈ [1, 4]."""
+    return st.sampled_from([1, 2, 3]).flatmap(lambda p: st.tuples(st.just(p), st.one_of(
+        st.sampled_from([float(p), 2.0 * p, math.inf]), st.floats(1.0, 4.0))))
+
+
+@st.composite
+def factor_pairs(draw, *, size: Size = (1, 4)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, V): U (n×k), V (m×k), float64, entries from ``weights()`` (in [−2, 2], 0 or of magnitude ≥ TINY), n, m and
+    k each from ``size`` (default 1 … 4): the two layers of a depth-2 linear net, M = UVᵀ."""
+    n, m, k = draw(_size(size)), draw(_size(size)), draw(_size(size))
+    U, V = (draw(hnp.arrays(np.float64, (r, k), elements=weights())) for r in (n, m))
+    return torch.from_numpy(U), torch.from_numpy(V)
 
 
 @st.composite
 def rescaled_nets(
     draw, widths: st.SearchStrategy[tuple[int, ...]] | Sequence[int] | None = None, *,
-    batch: int | tuple[int, int] = (1, 3), single: bool = False, nonzero: bool = False, log2_range: float = 4.0,
+    batch: int | tuple[int, int] = (1, 3), single: bool = False, layer: bool = False, nonzero: bool = False,
+    log2_range: float = 4.0,
 ) -> tuple[ReluNet, NodeScaling]:
     """(nets, a positive rescaling): a factor 2^e per hidden unit, |e| ≤ ``log2_range``; with ``single`` one
-    hidden unit only, |e| ≥ 1 and nonzero weights (so the rescaling visibly moves non-invariant measures)."""
+    hidden unit only, |e| ≥ 1 and nonzero weights (so the rescaling visibly moves non-invariant measures); with
+    ``layer`` one whole hidden layer (``layer_rescalings``)."""
     net = draw(relu_nets(widths, batch=batch, nonzero=nonzero or single))
-    s = (single_node_rescalings(net, log2_range=log2_range, min_log2=1.0) if single
-         else node_rescalings(net, log2_range=log2_range))
-    return net, draw(s)
+    if single:
+        return net, draw(single_node_rescalings(net, log2_range=log2_range, min_log2=1.0))
+    return net, draw((layer_rescalings if layer else node_rescalings)(net, log2_range=log2_range))

@@ -1,6 +1,6 @@
 """Hypothesis strategies for ReLU nets together with data: supervised instances by construction.
 
-    training_instances(negative=False)   → (nets, a node rescaling, inputs x (m, n_0), targets y (m, n_d), η)
+    training_instances(negative=False)   → TrainingInstance(net, scaling, x (m, n_0), y (m, n_d), lr)
     labelled_nets()                      → (a depth-2 net, inputs x (m, n_0), class labels y (m,)), hidden
                                             unit 0 active on x_0
 
@@ -9,28 +9,37 @@ Nets, rescalings and inputs come from ``implreg.strategies.relu`` (so they shrin
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from hypothesis import strategies as st
 
 from implreg.relu.network import NodeScaling, ReluNet, activate_unit
 from implreg.strategies.relu import inputs, net_widths, node_rescalings, relu_nets
 
-__all__ = ["labelled_nets", "training_instances"]
+__all__ = ["TrainingInstance", "labelled_nets", "training_instances"]
+
+
+class TrainingInstance(NamedTuple):
+    """A regression problem for a batch of nets and a rescaling of them: ``pathsgd.step_commutes_exactly(*inst)``."""
+
+    net: ReluNet
+    scaling: NodeScaling
+    x: torch.Tensor
+    y: torch.Tensor
+    lr: float
 
 
 @st.composite
-def training_instances(
-    draw, *, negative: bool = False,
-) -> tuple[ReluNet, NodeScaling, torch.Tensor, torch.Tensor, float]:
+def training_instances(draw, *, negative: bool = False) -> TrainingInstance:
     """1–3 nets of depth 2–3 (widths ≤ 3, 1–3 inputs, 1–2 outputs), one rescaling per net with factors ±2^e,
     |e| ≤ 4 (``negative``: all c < 0), 1–4 inputs and regression targets in [−2, 2], a step size η ∈ {0.5, 0.1,
     0.01}."""
-    net = draw(relu_nets(net_widths(depth=st.integers(2, 3), width=st.integers(1, 3), inputs=st.integers(1, 3),
-                                    outputs=st.integers(1, 2)), batch=(1, 3)))
+    net = draw(relu_nets(net_widths(depth=(2, 3), width=(1, 3), inputs=(1, 3), outputs=(1, 2)), batch=(1, 3)))
     s = draw(node_rescalings(net, log2_range=4.0, negative=negative))
-    x = draw(inputs(net.widths[0], m=st.integers(1, 4)))
+    x = draw(inputs(net.widths[0], m=(1, 4)))
     y = draw(inputs(net.widths[-1], m=x.shape[0]))
-    return net, s, x, y, draw(st.sampled_from([0.5, 0.1, 0.01]))
+    return TrainingInstance(net, s, x, y, draw(st.sampled_from([0.5, 0.1, 0.01])))
 
 
 @st.composite
