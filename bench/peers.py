@@ -247,15 +247,18 @@ def rel_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def check_agreement(name: str, run: Run, ref: Run, ref_name: str = "the engine", *, check_time: bool = True,
-                    tol: float = AGREE_RTOL) -> dict[str, float]:
+                    tol: float = AGREE_RTOL, instances: Sequence[int] | None = None) -> dict[str, float]:
     """Raise :class:`PeerDisagreement` unless every instance of ``run`` finished and matches ``ref`` on |W₁₁|
-    (and on the stopping time, if ``check_time``) to ``tol`` relative; else the largest differences."""
+    (and on the stopping time, if ``check_time``) to ``tol`` relative; else the largest differences.
+    ``instances`` names the instances (default 0, 1, …) in the messages."""
     n = len(ref.W11)
+    ids = list(range(n)) if instances is None else list(instances)
     if len(run.W11) != n:
         raise PeerDisagreement(f"{name}: {len(run.W11)} results for {n} instances")
     if run.ok is not None and not bool(np.all(run.ok)):
         bad = np.flatnonzero(~np.asarray(run.ok, dtype=bool))
-        raise PeerDisagreement(f"{name} did not finish normally on {len(bad)} of {n} instances (first: {bad[:5]})")
+        raise PeerDisagreement(f"{name} did not finish normally on {len(bad)} of {n} instances "
+                               f"(first: {[ids[i] for i in bad[:5]]})")
     out = {"W11": float(np.max(rel_diff(run.W11, ref.W11)))}
     if check_time:
         out["t"] = float(np.max(rel_diff(run.t, ref.t)))
@@ -266,7 +269,7 @@ def check_agreement(name: str, run: Run, ref: Run, ref_name: str = "the engine",
             mine, theirs = (run.W11, ref.W11) if what == "W11" else (run.t, ref.t)
             raise PeerDisagreement(
                 f"{name} disagrees with {ref_name} on {'|W11|' if what == 'W11' else 'the stopping time'} at "
-                f"instance {i}: {float(mine[i])!r} vs {float(theirs[i])!r}, relative difference {worst:.3e} > "
+                f"instance {ids[i]}: {float(mine[i])!r} vs {float(theirs[i])!r}, relative difference {worst:.3e} > "
                 f"{tol:g}; not timed")
     return out
 
@@ -344,7 +347,8 @@ def run_table(peers: Sequence[Peer], factors: Sequence[torch.Tensor], engine_sol
                 if idx:
                     ref = Run(t=eng.t[idx], W11=np.array([scipy_W11[i] for i in idx]), seconds=0.0)
                     sub = Run(t=run.t[idx], W11=run.W11[idx], seconds=0.0)
-                    d = check_agreement(p.name, sub, ref, "scipy DOP853 (S)", check_time=False, tol=tol)
+                    d = check_agreement(p.name, sub, ref, "scipy DOP853 (S)", check_time=False, tol=tol,
+                                        instances=idx)
                     worst[p.name]["S"] = max(worst[p.name].get("S", 0.0), d["W11"])
             per[p.name] = run.seconds / B
         rows.append(Row(B=B, engine=eng.seconds / B, peers=per))
