@@ -8,7 +8,11 @@ W1  Razin–Cohen divergence run: B instances of the 2×2 problem, depth 3, bala
     and terminal event), one instance at a time; G = the authors' protocol, gradient descent (autograd +
     ``torch.optim.SGD``, lr 3e-3, float32) until ℓ ≤ 10⁻³, one instance at a time.  The engine's |W11| at the
     located stopping point must agree with S to 1e-6 relative (asserted before any speed is printed).
-W2  The claim suite: ``implreg verify theorems`` wall time and per-claim breakdown (from its results.json).
+    Peers (issue 14, bench/peers.py; the pinned ``bench`` extra): diffrax Dopri5 (vmap + jit, x64, terminal
+    event) and torchode Dopri5 (batched; no terminal events, so it runs to the engine's located stopping time)
+    on the same instances at B ∈ {1, 16, 64, 4096}, agreement asserted before their table is printed.
+W2  The claim suite: ``implreg verify theorems`` wall time, instances checked per second, and per-claim
+    breakdown (from its results.json).
 W3  The mpmath reference: cost per instance, depth 2 and 3, t = 10 and 50, at the escalation's precisions.
 
 Timings on a shared machine are noisy: the engine's batch-4096 run is repeated and interleaved with the
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import ode
 from implreg.matrix.factorization import balanced_init, haar_orthogonal, with_det_sign
 from implreg.matrix.problems import Problem, razin_cohen_2x2
 
@@ -122,40 +127,23 @@ def engine(problem: Problem, factors: Sequence[torch.Tensor], w: W1, **kw):
     return sol, time.perf_counter() - t0
 
 
-_MASK = np.array([[0.0, 1.0], [1.0, 1.0]])
-_TARGET = np.array([[0.0, 1.0], [1.0, 0.0]])
+_MASK = ode.MASK
+_TARGET = ode.TARGET
 
 
 def scipy_one(factors: Sequence[np.ndarray], w: W1, rtol: float | None = None, atol: float | None = None) -> dict:
-    """Baseline S for one instance, as a careful researcher writes it: the closed-form gradient in numpy,
-    ``solve_ivp(DOP853)`` with a terminal event ℓ − ε (direction −1, crossing located by scipy's root finder)."""
+    """Baseline S for one instance, as a careful researcher writes it: the closed-form gradient in numpy
+    (bench/ode.py, the same expression the peers integrate), ``solve_ivp(DOP853)`` with a terminal event ℓ − ε
+    (direction −1, crossing located by scipy's root finder)."""
     from scipy.integrate import solve_ivp
 
     N = len(factors)
 
-    def unpack(y):
-        return [y[4 * j : 4 * j + 4].reshape(2, 2) for j in range(N)]
-
-    def product(Ws):
-        pre = [Ws[0]]
-        for W in Ws[1:]:
-            pre.append(W @ pre[-1])
-        return pre
-
     def f(t, y):
-        Ws = unpack(y)
-        pre = product(Ws)
-        left = _MASK * (pre[-1] - _TARGET)
-        grads = [None] * N
-        for j in range(N, 0, -1):
-            grads[j - 1] = left if j == 1 else left @ pre[j - 2].T
-            if j > 1:
-                left = Ws[j - 1].T @ left
-        return -np.concatenate([g.ravel() for g in grads])
+        return ode.rhs(y, N, _MASK, _TARGET, np.concatenate)
 
     def event(t, y):
-        r = _MASK * (product(unpack(y))[-1] - _TARGET)
-        return 0.5 * np.sum(r * r) - w.loss_target
+        return float(ode.loss(ode.unpack(y, N), _MASK, _TARGET)) - w.loss_target
 
     event.terminal = True
     event.direction = -1
@@ -165,8 +153,7 @@ def scipy_one(factors: Sequence[np.ndarray], w: W1, rtol: float | None = None, a
     dt = time.perf_counter() - t0
     if sol.status != 1 or not len(sol.t_events[0]):
         raise RuntimeError(f"scipy baseline did not reach the loss target: {sol.message}")
-    ye = sol.y_events[0][0]
-    W = product(unpack(ye))[-1]
+    W = ode.end_to_end(sol.y_events[0][0], N)
     return {"seconds": dt, "t": float(sol.t_events[0][0]), "W11": float(W[0, 0]), "nfev": int(sol.nfev),
             "steps": len(sol.t) - 1}
 
@@ -324,10 +311,57 @@ class Plan:
     w3: dict = field(default_factory=lambda: {"depths": (2, 3), "horizons": (10.0, 50.0), "dps": (30, 60), "n": 3})
     w2: bool = True
     w2_timeout: float = 480.0
+    peer_batches: tuple[int, ...] = (1, 16, 64, 4096)  # issue 14's table; sizes above ``batch`` are dropped
 
 
 QUICK = Plan(batch=64, scaling=(1, 16, 64), n_scipy=2, n_gd=1, gd_max_iters=20_000, engine_reps=1,
-             w3={"depths": (2,), "horizons": (10.0,), "dps": (30,), "n": 1}, w2=False)
+             w3={"depths": (2,), "horizons": (10.0,), "dps": (30,), "n": 1}, w2=False, peer_batches=(1, 16))
+
+
+def w2_rate(results: dict, wall_s: float) -> str:
+    """"N instances checked, R per second": the suite's instance count (results.json: run.instances_total, else
+    the per-claim counts summed) over ``wall_s``, and over the claims' own wall time when results.json has it."""
+    n = (results.get("run") or {}).get("instances_total")
+    if n is None:
+        n = sum(int(r.get("instances") or 0) for r in results.get("claims", []))
+    line = f"{n} instances checked, {n / wall_s:.1f} per second of wall time"
+    claims_wall = (results.get("run") or {}).get("wall_s")
+    if claims_wall:
+        line += f" ({n / claims_wall:.1f} per second of the claims' own {claims_wall:.0f} s)"
+    return line
+
+
+def w1_peers(plan: Plan, problem: Problem, factors: Sequence[torch.Tensor], w: W1, scipy_W11: dict[int, float],
+             out=print) -> list | None:
+    """W1's peer table (bench/peers.py), or one line saying how to install the peers; ``None`` if none ran."""
+    from bench import peers as peer_mod
+
+    gone = peer_mod.missing()
+    if gone:
+        out(peer_mod.not_installed_line(gone))
+    batches = [B for B in plan.peer_batches if B <= factors[0].shape[0]]
+    try:
+        peers = peer_mod.make(w) if batches else []
+    except ImportError as exc:  # installed but broken: say so, W1 still stands without the peers
+        out(f"  peers could not be imported ({type(exc).__name__}: {exc}): {peer_mod.INSTALL_HINT}")
+        return None
+    if not peers:
+        return None
+
+    def engine_run(B: int):
+        def once():
+            solB, dt = engine(problem.select(list(range(B))), [W[:B] for W in factors], w)
+            if not bool((solB.status == 2).all()):
+                raise SystemExit(f"engine failed at B = {B}: {solB.messages()[:3]}")
+            return peer_mod.Run(t=solB.t.cpu().numpy(), W11=solB.end_to_end[:, 0, 0].cpu().numpy(), seconds=dt,
+                                steps=solB.n_steps.cpu().numpy())
+
+        return peer_mod.timed(once)
+
+    try:
+        return peer_mod.run_table(peers, factors, engine_run, batches, out, scipy_W11=scipy_W11)
+    except peer_mod.PeerDisagreement as exc:  # a wrong answer is an error, never a timing
+        raise SystemExit(f"W1 peers: {exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 | None = None) -> int:
@@ -442,6 +476,8 @@ def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 |
     out(f"  flops: {fl} per instance-attempt (eager kernel, counted), {attempts} attempts in the B = {plan.batch} "
         f"solve → {rate:.2f} GFLOP/s useful = {100 * rate / peak:.1f}% of the machine's matmul figure")
 
+    w1_peers(plan, problem, factors, w, {i: si["W11"] for i, si in zip(idx, s, strict=True)}, out)
+
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -459,8 +495,9 @@ def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 |
         if "skipped" in r2:
             out(f"  skipped: {r2['skipped']}")
         else:
-            out(f"  wall time {r2['wall_s']:.1f} s (target ≤ 600 s), exit status {r2['exit']}")
             results = r2.get("results")
+            rate = f"; {w2_rate(results, r2['wall_s'])}" if results else ""
+            out(f"  wall time {r2['wall_s']:.1f} s (target ≤ 600 s), exit status {r2['exit']}{rate}")
             if results:
                 rows = sorted(results["claims"], key=lambda r: -(r.get("timing") or {}).get("wall_s", 0.0))
                 for r in rows:
