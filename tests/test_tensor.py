@@ -119,3 +119,11 @@ def test_low_rank_tensor_normalization_and_zero_filled():
     mask[0] = 1
     Z = T.zero_filled(mask, Yt)
     assert torch.equal(Z[0], Yt[0]) and (Z[1:] == 0).all()
+
+
+def test_rank_order_paired_values_and_brackets_as_text():
+    """The sign test's observation is the pair of bracket ends that decided the order; a tie pairs equal values."""
+    assert T.RankOrder(-1, (1, 1), (3, None)).paired_values() == (1, 3)
+    assert T.RankOrder(1, (4, None), (1, 2)).paired_values() == (4, 2)
+    assert T.RankOrder(0, (2, None), (2, None)).paired_values() == (2, 2)
+    assert [T.RankOrder.describe(b) for b in ((1, 1), (3, None), (2, 5))] == ["= 1", "≥ 3", "2–5"]

@@ -72,20 +72,14 @@ def tensor_lower_rank(rng):
     a, b = [], []
     for r in _runs(rng):
         o = tens.rank_order(r["learned"], r["baseline"], EPS)
-        # The pair is the two bracket ends that decided the order (a tie where the brackets overlap).
-        (l1, u1), (l2, u2) = o.first, o.second
-        a.append({-1: u1, 1: l1, 0: l1}[o.sign])
-        b.append({-1: l2, 1: u2, 0: l1}[o.sign])
+        x, y = o.paired_values()  # the bracket ends that decided the order (a tie where the brackets overlap)
+        a.append(x)
+        b.append(y)
         evidence.table("tensor ε-rank brackets: CP descent vs zero-filled baseline (ε = 1e-3)",
                        {"order": r["order"], "observed": r["observed"], "init": r["init"],
-                        "descent converged": r["converged"], "CP descent ε-rank": _bracket(o.first),
-                        "baseline ε-rank": _bracket(o.second)})
+                        "descent converged": r["converged"], "CP descent ε-rank": o.describe(o.first),
+                        "baseline ε-rank": o.describe(o.second)})
     return np.array(a), np.array(b)
-
-
-def _bracket(lu: tuple[int, int | None]) -> str:
-    lo, up = lu
-    return f"= {lo}" if up == lo else f"≥ {lo}" if up is None else f"{lo}–{up}"
 
 
 @claim("razin-cohen-2020/tensor-lower-error", kind="empirical", expect="holds", max_examples=1,

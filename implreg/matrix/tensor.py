@@ -223,6 +223,20 @@ class RankOrder:
     first: tuple[int, int | None]
     second: tuple[int, int | None]
 
+    def paired_values(self) -> tuple[int, int]:
+        """The two bracket ends that decided the order, as a paired observation (rank T₁, rank T₂) for a sign test:
+        T₁'s upper and T₂'s lower end where rank T₁ < rank T₂ was proved, the reverse for >, a tie otherwise."""
+        (l1, u1), (l2, u2) = self.first, self.second
+        if self.sign < 0:
+            return int(u1), l2
+        return (l1, int(u2)) if self.sign > 0 else (l1, l1)
+
+    @staticmethod
+    def describe(bracket: tuple[int, int | None]) -> str:
+        """A bracket as text: "= k", "≥ k" (no upper end computed) or "k–K"."""
+        lo, up = bracket
+        return f"= {lo}" if up == lo else f"≥ {lo}" if up is None else f"{lo}–{up}"
+
 
 def rank_order(T1: np.ndarray | Tensor, T2: np.ndarray | Tensor, eps: float, *, restarts: int = 4,
                iters: int = 300, seed: int = 0) -> RankOrder:
