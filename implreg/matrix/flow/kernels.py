@@ -136,6 +136,62 @@ def _combine(y: Tensor, hcol: Tensor, weights: Sequence[float], K: Sequence[Tens
     return out
 
 
+@dataclass(frozen=True)
+class _StagePlan:
+    """The RK sums of :func:`rk_attempt` as rows of one accumulator (R, n, P): stage inputs 2 … S, then the
+    solution ``y + Σ (h·b_j) k_j`` (without FSAL), then the error sum ``Σ e_j k_j``.  ``runs[j]`` lists the
+    contiguous row ranges that take a term of ``k_j`` (non-zero weight), so each new stage is added to every
+    sum that needs it in one multiply and one add per range, in j order: per row, the same operations on the
+    same operands as :func:`_combine` term by term (hence the same bits), in a handful of dispatches."""
+
+    weights: tuple[tuple[float, ...], ...]  # (S, R): weight of k_j in row r (0 where the row has no such term)
+    scaled: tuple[bool, ...]                # (R,): is the row's weight multiplied by h (stage and solution rows)
+    runs: tuple[tuple[tuple[int, int], ...], ...]  # per j: (r0, r1) ranges
+    sol_row: int                            # the row holding y_new
+    err_row: int
+
+    @classmethod
+    def of(cls, co: RKCoefficients) -> _StagePlan:
+        S = len(co.c)
+        rows = [tuple(co.a[i]) for i in range(1, S)]
+        if not co.fsal:
+            rows.append(tuple(co.b))
+        rows.append(tuple(co.e))
+        R = len(rows)
+        w = tuple(tuple(float(r[j]) if j < len(r) else 0.0 for r in rows) for j in range(S))
+        runs = []
+        for j in range(S):
+            need = [r for r in range(R) if w[j][r] != 0.0]
+            rr: list[tuple[int, int]] = []
+            for r in need:
+                if rr and rr[-1][1] == r:
+                    rr[-1] = (rr[-1][0], r + 1)
+                else:
+                    rr.append((r, r + 1))
+            runs.append(tuple(rr))
+        return cls(weights=w, scaled=tuple([True] * (R - 1) + [False]), runs=tuple(runs),
+                   sol_row=S - 2 if co.fsal else R - 2, err_row=R - 1)
+
+    def tensors(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(W (S, R, 1, 1), unscaled (1, R, 1, 1) bool)``, cached per dtype and device."""
+        key = (self, dtype, device)
+        if key not in _PLAN_TENSORS:
+            W = torch.tensor(self.weights, dtype=dtype, device=device)[:, :, None, None]
+            un = torch.tensor([not s for s in self.scaled], device=device)[None, :, None, None]
+            _PLAN_TENSORS[key] = (W, un)
+        return _PLAN_TENSORS[key]
+
+
+_PLAN_TENSORS: dict[tuple, tuple[Tensor, Tensor]] = {}
+_PLANS: dict[RKCoefficients, _StagePlan] = {}
+
+
+def _plan(co: RKCoefficients) -> _StagePlan:
+    if co not in _PLANS:
+        _PLANS[co] = _StagePlan.of(co)
+    return _PLANS[co]
+
+
 def ratio(x: Tensor, scale: Tensor) -> Tensor:
     """``x / scale`` with 0/0 read as 0 (a zero component with atol = 0 must not make the error norm NaN)."""
     return torch.where(x == 0, torch.zeros_like(x), x / scale)
@@ -169,37 +225,49 @@ def rk_attempt(
     given ``max_i acc_err_i`` (None without a guard).
     """
     u = torch.finfo(y.dtype).eps
+    plan = _plan(co)
     last = h >= tm - t
     hs = torch.where(last, tm - t, h)
     hcol = hs.unsqueeze(-1)
+    # C[j, r] = h·w_jr (h-scaled rows) or w_jr (the error row): the same products (hcol * w) as _combine
+    Wt, unscaled = plan.tensors(y.dtype, y.device)
+    C = torch.where(unscaled, Wt, Wt * hcol)  # (S, R, n, 1)
+    R = C.shape[1]
+    acc = torch.empty((R, *y.shape), dtype=y.dtype, device=y.device)
+    acc[: plan.err_row].copy_(y)  # the stage and solution sums start at y, the error sum at 0
+    acc[plan.err_row].zero_()
+    # the field of a deep factorization does not read t: skip the stage times (compiled code drops them anyway)
+    t_stage = None if getattr(f, "autonomous", False) else t + torch.tensor(co.c, dtype=t.dtype, device=t.device
+                                                                          ).unsqueeze(-1) * hs
     K = [k1]
     aux = None
-    yi = y
     S = len(co.c)
     for i in range(1, S):
-        yi = _combine(y, hcol, co.a[i], K)
-        ti = t + co.c[i] * hs
+        for r0, r1 in plan.runs[i - 1]:
+            acc[r0:r1].add_(C[i - 1, r0:r1] * K[i - 1])
+        yi = acc[i - 1]
+        ti = t if t_stage is None else t_stage[i]
         if i == S - 1 and co.fsal and f_aux is not None:
             k, aux = f_aux(ti, yi, *prm)
         else:
             k = f(ti, yi, *prm)
         K.append(k)
-    y_new = yi if co.fsal else _combine(y, hcol, co.b, K)
-    e_sum = None
-    for w, k in zip(co.e, K, strict=True):
-        if w != 0.0:
-            e_sum = w * k if e_sum is None else e_sum + w * k
-    e_loc = hcol * e_sum
-    scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
-    q = ratio(e_loc, scale)
-    msq = fsum(q * q) * (1.0 / q.shape[-1])
+    for r0, r1 in plan.runs[S - 1]:
+        acc[r0:r1].add_(C[S - 1, r0:r1] * K[S - 1])
+    y_new = acc[plan.sol_row]
+    e_loc = hcol * acc[plan.err_row]
     ya = y_new.abs()
+    scale = atol + rtol * torch.maximum(y.abs(), ya)
+    q = torch.where(e_loc == 0, 0.0, e_loc / scale)  # ratio(): 0/0 read as 0
+    msq = fsum(q * q) * (1.0 / q.shape[-1])
     ymax = ya.amax(-1)
     finite = torch.isfinite(msq) & torch.isfinite(ymax)
-    acc_err = err_acc + torch.where(_moved(K), e_loc.abs() + u * ya, 0.0)
+    Ks = torch.stack(K, dim=1)  # (n, S, P)
+    moved = (Ks != 0).any(1)  # see _moved
+    acc_err = err_acc + torch.where(moved, e_loc.abs() + u * ya, 0.0)
     t_new = torch.where(last, tm, t + hs)
     bad = guard(y_new, acc_err.amax(-1), *prm) if guard is not None else None
-    Ko = torch.stack(K, dim=1) if all_stages else K[-1]
+    Ko = Ks if all_stages else K[-1]
     return hs, last, t_new, Ko, y_new, msq, finite, acc_err, ymax, aux, bad
 
 
@@ -301,13 +369,49 @@ def dmf_field(shapes: Sequence[tuple[int, int]], kind: str) -> tuple[Callable[..
         loss = 0.5 * fsum((r * r).flatten(1)) if want_loss else None
         return dy, loss
 
+    if kind == "completion" and len({*shapes}) == 1 and shapes[0] == (2, 2):
+        both = _square2_field(N)  # the same arithmetic in fewer dispatches (N factors of size 2×2)
+
     def f(t: Tensor, y: Tensor, p0: Tensor, p1: Tensor) -> Tensor:
         return both(y, p0, p1, False)[0]
 
     def f_aux(t: Tensor, y: Tensor, p0: Tensor, p1: Tensor) -> tuple[Tensor, Tensor]:
         return both(y, p0, p1, True)  # type: ignore[return-value]
 
+    f.autonomous = f_aux.autonomous = True  # type: ignore[attr-defined]  # t is not read: rk_attempt skips it
     return f, f_aux
+
+
+def _square2_field(N: int) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """:func:`dmf_field`'s ``both`` for N factors of size 2×2 (completion), with the same operations on the same
+    operands (so the same bits) in fewer dispatches: one view gives every ``W_j[..., None]``; a product of 2×2
+    matrices is one multiply and one exact two-term sum (``prod.sum``, as in :func:`mm`); the N − 1 products
+    ``grad_j = left_j · pre_{j−2}ᵀ`` are independent, so they are done as one stacked product."""
+
+    def both(y: Tensor, p0: Tensor, p1: Tensor, want_loss: bool) -> tuple[Tensor, Tensor | None]:
+        n = y.shape[0]
+        Wl = y.reshape(n, N, 2, 2, 1).unbind(1)  # W_j[..., None], views
+        pre = [Wl[0].squeeze(-1)]
+        for j in range(1, N):  # W_{j+1}·pre: Σ_k W_ik pre_kb
+            pre.append((Wl[j] * pre[-1].unsqueeze(-3)).sum(-2))
+        r = p0 * (pre[-1] - p1)
+        left = -r
+        lefts = [left]  # −(W_N ⋯ W_{j+1})ᵀ ∇ℓ for j = N, N − 1, …, 1
+        for j in range(N - 1, 0, -1):  # W_{j+1}ᵀ·left: Σ_k W_ki left_kb
+            left = (Wl[j] * left.unsqueeze(-2)).sum(-3)
+            lefts.append(left)
+        if N == 1:
+            dy = left.reshape(n, 4)
+        else:
+            # grad_j = left_j · pre_{j−2}ᵀ (Σ_k left_ik pre_jk) for j = 2 … N, stacked
+            L = torch.stack(lefts[-2::-1], 1)
+            Pm = torch.stack(pre[:-1], 1)
+            G = (L.unsqueeze(-2) * Pm.unsqueeze(-3)).sum(-1)
+            dy = torch.cat([left.reshape(n, 4), G.reshape(n, 4 * (N - 1))], dim=-1)
+        loss = 0.5 * fsum((r * r).flatten(1)) if want_loss else None
+        return dy, loss
+
+    return both
 
 
 def dmf_guard(shapes: Sequence[tuple[int, int]], safety: float = 10.0) -> Callable[..., Tensor]:
@@ -647,7 +751,10 @@ class CompiledKernel:
                 warnings.warn(f"implreg: torch.compile of kernel {self.name!r} failed, using eager torch "
                               f"(same results, slower): {self.failed[:300]}", RuntimeWarning, stacklevel=2)
         self.calls["eager"] += 1
-        return self.fn(*args)
+        # no autograd bookkeeping (a pure function of tensors that need no gradient): the same kernels, ~20%
+        # less dispatch overhead per op, which is most of the cost of a small eager batch
+        with torch.inference_mode():
+            return self.fn(*args)
 
     def prepare(self, x: Tensor) -> Tensor:
         """The layout in which to keep a batch-first argument between calls (batch innermost), so that compiled
