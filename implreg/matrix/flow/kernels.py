@@ -127,22 +127,15 @@ class RKCoefficients:
                    order=int(tab.order), fsal=fsal)
 
 
-def _combine(y: Tensor, hcol: Tensor, weights: Sequence[float], K: Sequence[Tensor]) -> Tensor:
-    """``y + Σ_j (h·w_j) k_j``, accumulated term by term in j order (row-wise)."""
-    out = y
-    for w, k in zip(weights, K, strict=False):
-        if w != 0.0:
-            out = out + (hcol * w) * k
-    return out
-
-
 @dataclass(frozen=True)
 class _StagePlan:
     """The RK sums of :func:`rk_attempt` as rows of one accumulator (R, n, P): stage inputs 2 … S, then the
     solution ``y + Σ (h·b_j) k_j`` (without FSAL), then the error sum ``Σ e_j k_j``.  ``runs[j]`` lists the
     contiguous row ranges that take a term of ``k_j`` (non-zero weight), so each new stage is added to every
-    sum that needs it in one multiply and one add per range, in j order: per row, the same operations on the
-    same operands as :func:`_combine` term by term (hence the same bits), in a handful of dispatches."""
+    sum that needs it in one multiply and one add per range, in j order.  Per row that is the sum
+    ``((y + (h·w_0) k_0) + (h·w_1) k_1) + …`` term by term, skipping zero weights (the error sum starts at
+    0 and is not scaled by h), so the bits do not depend on the batch, and it takes a handful of dispatches
+    instead of one multiply-add per term (tests/test_kernels.py checks it against the term-by-term form)."""
 
     weights: tuple[tuple[float, ...], ...]  # (S, R): weight of k_j in row r (0 where the row has no such term)
     scaled: tuple[bool, ...]                # (R,): is the row's weight multiplied by h (stage and solution rows)
@@ -229,7 +222,7 @@ def rk_attempt(
     last = h >= tm - t
     hs = torch.where(last, tm - t, h)
     hcol = hs.unsqueeze(-1)
-    # C[j, r] = h·w_jr (h-scaled rows) or w_jr (the error row): the same products (hcol * w) as _combine
+    # C[j, r] = h·w_jr (rows scaled by h) or w_jr (the error row)
     Wt, unscaled = plan.tensors(y.dtype, y.device)
     C = torch.where(unscaled, Wt, Wt * hcol)  # (S, R, n, 1)
     R = C.shape[1]
@@ -349,6 +342,23 @@ def dmf_field(shapes: Sequence[tuple[int, int]], kind: str) -> tuple[Callable[..
     for free from the residual the gradient needs, so the stopping event is never recomputed.
     """
     shapes = tuple(shapes)
+    if kind == "completion" and len({*shapes}) == 1 and shapes[0] == (2, 2):
+        both = _square2_field(len(shapes))  # the same arithmetic in fewer dispatches (N factors of size 2×2)
+    else:
+        both = _dmf_both(shapes, kind)
+
+    def f(t: Tensor, y: Tensor, p0: Tensor, p1: Tensor) -> Tensor:
+        return both(y, p0, p1, False)[0]
+
+    def f_aux(t: Tensor, y: Tensor, p0: Tensor, p1: Tensor) -> tuple[Tensor, Tensor]:
+        return both(y, p0, p1, True)  # type: ignore[return-value]
+
+    f.autonomous = f_aux.autonomous = True  # type: ignore[attr-defined]  # t is not read: rk_attempt skips it
+    return f, f_aux
+
+
+def _dmf_both(shapes: tuple[tuple[int, int], ...], kind: str) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """:func:`dmf_field`'s arithmetic for any shapes: ``both(y, p0, p1, want_loss) -> (dy, ℓ or None)``."""
     N = len(shapes)
 
     def both(y: Tensor, p0: Tensor, p1: Tensor, want_loss: bool) -> tuple[Tensor, Tensor | None]:
@@ -369,17 +379,7 @@ def dmf_field(shapes: Sequence[tuple[int, int]], kind: str) -> tuple[Callable[..
         loss = 0.5 * fsum((r * r).flatten(1)) if want_loss else None
         return dy, loss
 
-    if kind == "completion" and len({*shapes}) == 1 and shapes[0] == (2, 2):
-        both = _square2_field(N)  # the same arithmetic in fewer dispatches (N factors of size 2×2)
-
-    def f(t: Tensor, y: Tensor, p0: Tensor, p1: Tensor) -> Tensor:
-        return both(y, p0, p1, False)[0]
-
-    def f_aux(t: Tensor, y: Tensor, p0: Tensor, p1: Tensor) -> tuple[Tensor, Tensor]:
-        return both(y, p0, p1, True)  # type: ignore[return-value]
-
-    f.autonomous = f_aux.autonomous = True  # type: ignore[attr-defined]  # t is not read: rk_attempt skips it
-    return f, f_aux
+    return both
 
 
 def _square2_field(N: int) -> Callable[..., tuple[Tensor, Tensor | None]]:
@@ -834,17 +834,18 @@ def rk_post(
     fac = torch.where(finite, (0.9 * p).clamp(0.2, 10.0), 0.25)
     fac = torch.where(accept, fac, fac.clamp(max=1.0))
     h = hs * fac
-    too_small = active & ~accept & (h <= tiny_step * t.abs().clamp(min=1.0))
-    attempts = attempts + active.to(attempts.dtype)
+    rejected = active & ~accept
+    too_small = rejected & (h <= tiny_step * t.abs().clamp(min=1.0))
+    attempts = attempts + active  # int + bool: counts stay int64
     acol = accept.unsqueeze(-1)
     t_old = t
     y = torch.where(acol, y_new, y)
     t = torch.where(accept, t_new, t)
     err_acc = torch.where(acol, acc_err, err_acc)
     k1 = torch.where(acol, k_last, k1)
-    steps = steps + accept.to(steps.dtype)
-    rej = rej + (active & ~accept).to(rej.dtype)
-    status = torch.where(too_small, _TOO_SMALL, torch.zeros_like(steps))
+    steps = steps + accept
+    rej = rej + rejected
+    status = torch.where(too_small, _TOO_SMALL, 0)
     ok = accept
     fired = None
     if g_new is not None:
@@ -919,14 +920,19 @@ def inv_root(x: Tensor, m: int, table: Tensor, ladder: bool = False, coeffs: Seq
     bit for bit (``torch.exp``/``log`` do not: vectorized and libm versions differ in the last bit).  (Horner
     rather than Newton steps: an expression that reuses its previous value several times makes inductor's
     compile time grow exponentially with the number of steps.)"""
-    x = torch.where(x == x, x, torch.ones_like(x)).clamp(min=2.0**-60, max=2.0**60)
-    f, e = frexp_exact(x, ladder)
+    if ladder:
+        x = torch.where(x == x, x, torch.ones_like(x)).clamp(min=2.0**-60, max=2.0**60)
+        f, e = frexp_exact(x, ladder)
+        index = (e + 64.0).clamp(0.0, 127.0).to(torch.int64)
+    else:  # the same numbers in fewer eager dispatches (±inf → ±max → clamped as ±inf would be)
+        f, ei = torch.frexp(torch.nan_to_num(x, nan=1.0).clamp(min=2.0**-60, max=2.0**60))
+        index = (ei + 64).clamp(0, 127)
     u = (f - 0.75) * 4.0
     c = _root_poly(m) if coeffs is None else coeffs
     acc = u * c[-1] + c[-2]
     for ck in reversed(c[:-2]):
         acc = acc * u + ck
-    return acc * table[(e + 64.0).clamp(0.0, 127.0).to(torch.int64)]
+    return acc * table[index]
 
 
 def _fused_step(co: RKCoefficients, attempt: Callable[..., tuple], ladder: bool) -> Callable[..., tuple]:
