@@ -102,9 +102,11 @@ def _inputs(n: int, P: int, seed: int):
 @pytest.mark.parametrize("tableau", [DOPRI5, CASH_KARP], ids=["dopri5", "cash-karp"])
 @pytest.mark.parametrize("autonomous", [True, False])
 @pytest.mark.parametrize("n", [1, 6, 33])
-def test_stacked_accumulator_equals_term_by_term(tableau, autonomous, n) -> None:
+@pytest.mark.parametrize("inference", [False, True], ids=["fresh-buffers", "workspace"])
+def test_stacked_accumulator_equals_term_by_term(tableau, autonomous, n, inference) -> None:
     """rk_attempt's one-accumulator form gives the term-by-term sums' bits, every output, with and without
-    FSAL, zero weights, stage times and the auxiliary output."""
+    FSAL, zero weights, stage times and the auxiliary output; under inference_mode (the eager step kernel) it
+    reuses per-batch-size buffers, and a later call does not change an earlier call's results."""
     co = K.RKCoefficients.of(tableau)
     P = 5
     t, y, h, tm, ea, A = _inputs(n, P, seed=n)
@@ -123,10 +125,15 @@ def test_stacked_accumulator_equals_term_by_term(tableau, autonomous, n) -> None
     rt, at = torch.tensor(1e-6, dtype=f64), torch.tensor(1e-9, dtype=f64)
     guard = lambda yy, e, M: yy.abs().amax(-1) > 2.0  # noqa: E731
     args = (t, y, k1, h, tm, ea, rt, at, A.expand(n, P, P))
-    got = K.rk_attempt(co, f, f_aux, guard, *args)
     want = reference_attempt(co, f, f_aux, guard, *args)
+    with torch.inference_mode(inference):
+        got = K.rk_attempt(co, f, f_aux, guard, *args)
+        kept = [x.clone() if isinstance(x, torch.Tensor) else x for x in got]
+        other = K.rk_attempt(co, f, f_aux, guard, t, 2 * y, 2 * k1, h, tm, ea, rt, at, A.expand(n, P, P))
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         assert same(a, b), f"output {i} differs"
+        assert same(a, kept[i]), f"output {i} was overwritten by the next call"
+    assert not same(other[4], got[4])
     # components whose field is 0 do not move: no error added, y_new = y (as values: y + (±0) may flip a −0)
     assert torch.equal(got[7][:, :2], ea[:, :2]) and torch.equal(got[4][:, :2], y[:, :2])
     last_only = K.rk_attempt(co, f, f_aux, guard, *args, all_stages=False)
@@ -178,3 +185,17 @@ def test_eager_solve_returns_ordinary_tensors() -> None:
     sol.result.y.add_(0.0)
     w = sol.result.y.clone().requires_grad_(True)
     (w * w).sum().backward()
+
+
+@pytest.mark.parametrize("m", list(range(1, 14)) + [24, 37])
+def test_fsum_nonneg_is_fsum(m: int) -> None:
+    """The fewer-dispatch sum of non-negative entries has fsum's bits (zeros, ∞, NaN and subnormals included)."""
+    g = torch.Generator().manual_seed(m)
+    scale = torch.pow(10.0, torch.randint(-150, 150, (200, m), generator=g).to(f64))
+    x = torch.randn(200, m, generator=g, dtype=f64) ** 2 * scale
+    x[::7] = 0.0
+    x[1::11, 0] = math.inf
+    x[2::13, -1] = math.nan
+    x[3::5, m // 2] = 5e-324
+    assert same(K.fsum_nonneg(x), K.fsum(x))
+    assert same(K.fsum_nonneg(x.T.contiguous().T), K.fsum(x))  # the batch-innermost layout too

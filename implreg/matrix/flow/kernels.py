@@ -18,6 +18,7 @@ Small-matrix products are the "broadcast" form ``C = Σ_k A[:, :, k] ⊗ B[:, k,
 from __future__ import annotations
 
 import os
+import threading
 import types
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "dmf_step_kernel",
     "frexp_exact",
     "fsum",
+    "fsum_nonneg",
     "inv_root",
     "mm",
     "ratio",
@@ -66,6 +68,24 @@ def fsum(x: Tensor, dim: int = -1) -> Tensor:
         m = x.shape[-1]
         half = m // 2
         s = x[..., :half] + x[..., half : 2 * half]
+        x = torch.cat([s, x[..., 2 * half :]], dim=-1) if m % 2 else s
+    return x[..., 0]
+
+
+def fsum_nonneg(x: Tensor) -> Tensor:
+    """:func:`fsum` over the last dimension of x ≥ 0 (squares, NaN allowed) in fewer eager dispatches: each
+    halving is one size-2 reduction of a view, whose single addition has only one possible result (and x has no
+    −0 whose sign a reduction's 0 start could change), so the bits are fsum's."""
+    while x.shape[-1] > 1:
+        m = x.shape[-1]
+        half = m // 2
+        if m == 2:
+            a, b = x.unbind(-1)
+            return a + b
+        if m == 3:
+            a, b, c = x.unbind(-1)
+            return (a + b) + c
+        s = x[..., : 2 * half].reshape(*x.shape[:-1], 2, half).sum(-2)
         x = torch.cat([s, x[..., 2 * half :]], dim=-1) if m % 2 else s
     return x[..., 0]
 
@@ -185,6 +205,33 @@ def _plan(co: RKCoefficients) -> _StagePlan:
     return _PLANS[co]
 
 
+class _Workspace:
+    """The accumulator and coefficient buffers of :func:`rk_attempt` for one batch size, with the views a step
+    uses (row ranges per stage, single rows), made once."""
+
+    def __init__(self, plan: _StagePlan, S: int, n: int, P: int, dtype: torch.dtype, device: torch.device):
+        R = len(plan.scaled)
+        self.C = torch.empty((S, R, n, 1), dtype=dtype, device=device)
+        acc = torch.empty((R, n, P), dtype=dtype, device=device)
+        self.head, self.err, self.rows = acc[: plan.err_row], acc[plan.err_row], acc.unbind(0)
+        self.runs = [[(acc[r0:r1], self.C[j, r0:r1]) for r0, r1 in plan.runs[j]] for j in range(S)]
+
+
+_WORKSPACES = threading.local()  # per thread: two threads never share a buffer
+
+
+def _workspace(plan: _StagePlan, S: int, n: int, P: int, dtype: torch.dtype, device: torch.device) -> _Workspace:
+    cache = getattr(_WORKSPACES, "cache", None)
+    if cache is None:
+        cache = _WORKSPACES.cache = {}
+    key = (plan, n, P, dtype, device)
+    if key not in cache:
+        if len(cache) >= 16:  # batch sizes change as instances finish: keep only recent ones
+            cache.clear()
+        cache[key] = _Workspace(plan, S, n, P, dtype, device)
+    return cache[key]
+
+
 def ratio(x: Tensor, scale: Tensor) -> Tensor:
     """``x / scale`` with 0/0 read as 0 (a zero component with atol = 0 must not make the error norm NaN)."""
     return torch.where(x == 0, torch.zeros_like(x), x / scale)
@@ -224,35 +271,47 @@ def rk_attempt(
     hcol = hs.unsqueeze(-1)
     # C[j, r] = h·w_jr (rows scaled by h) or w_jr (the error row)
     Wt, unscaled = plan.tensors(y.dtype, y.device)
-    C = torch.where(unscaled, Wt, Wt * hcol)  # (S, R, n, 1)
-    R = C.shape[1]
-    acc = torch.empty((R, *y.shape), dtype=y.dtype, device=y.device)
-    acc[: plan.err_row].copy_(y)  # the stage and solution sums start at y, the error sum at 0
-    acc[plan.err_row].zero_()
+    S = len(co.c)
+    if torch.is_inference_mode_enabled():
+        # the eager step kernel (CompiledKernel runs it under inference_mode): buffers and their row views
+        # made once per batch size, so a stage costs two dispatches (y_new is copied out: results never alias)
+        ws = _workspace(plan, S, y.shape[0], y.shape[1], y.dtype, y.device)
+        torch.where(unscaled, Wt, Wt * hcol, out=ws.C)
+        rows, runs = ws.rows, ws.runs
+        ws.head.copy_(y)  # the stage and solution sums start at y, the error sum at 0
+        ws.err.zero_()
+    else:
+        C = torch.where(unscaled, Wt, Wt * hcol)  # (S, R, n, 1)
+        acc = torch.empty((C.shape[1], *y.shape), dtype=y.dtype, device=y.device)
+        acc[: plan.err_row].copy_(y)
+        acc[plan.err_row].zero_()
+        rows = acc.unbind(0)
+        runs = [[(acc[r0:r1], C[j, r0:r1]) for r0, r1 in plan.runs[j]] for j in range(S)]
     # the field of a deep factorization does not read t: skip the stage times (compiled code drops them anyway)
     t_stage = None if getattr(f, "autonomous", False) else t + torch.tensor(co.c, dtype=t.dtype, device=t.device
                                                                           ).unsqueeze(-1) * hs
     K = [k1]
     aux = None
-    S = len(co.c)
     for i in range(1, S):
-        for r0, r1 in plan.runs[i - 1]:
-            acc[r0:r1].add_(C[i - 1, r0:r1] * K[i - 1])
-        yi = acc[i - 1]
+        for rows_j, c_j in runs[i - 1]:
+            rows_j.add_(c_j * K[i - 1])
+        yi = rows[i - 1]
         ti = t if t_stage is None else t_stage[i]
         if i == S - 1 and co.fsal and f_aux is not None:
             k, aux = f_aux(ti, yi, *prm)
         else:
             k = f(ti, yi, *prm)
         K.append(k)
-    for r0, r1 in plan.runs[S - 1]:
-        acc[r0:r1].add_(C[S - 1, r0:r1] * K[S - 1])
-    y_new = acc[plan.sol_row]
-    e_loc = hcol * acc[plan.err_row]
+    for rows_j, c_j in runs[S - 1]:
+        rows_j.add_(c_j * K[S - 1])
+    y_new = rows[plan.sol_row]
+    if torch.is_inference_mode_enabled():
+        y_new = y_new.clone()
+    e_loc = hcol * rows[plan.err_row]
     ya = y_new.abs()
     scale = atol + rtol * torch.maximum(y.abs(), ya)
     q = torch.where(e_loc == 0, 0.0, e_loc / scale)  # ratio(): 0/0 read as 0
-    msq = fsum(q * q) * (1.0 / q.shape[-1])
+    msq = fsum_nonneg(q * q) * (1.0 / q.shape[-1])
     ymax = ya.amax(-1)
     finite = torch.isfinite(msq) & torch.isfinite(ymax)
     Ks = torch.stack(K, dim=1)  # (n, S, P)
@@ -391,24 +450,28 @@ def _square2_field(N: int) -> Callable[..., tuple[Tensor, Tensor | None]]:
     def both(y: Tensor, p0: Tensor, p1: Tensor, want_loss: bool) -> tuple[Tensor, Tensor | None]:
         n = y.shape[0]
         Wl = y.reshape(n, N, 2, 2, 1).unbind(1)  # W_j[..., None], views
-        pre = [Wl[0].squeeze(-1)]
+        pre_r = [Wl[0].reshape(n, 1, 2, 2)]  # the prefix products W_j ⋯ W_1 as right operands (…, 1, k, b)
         for j in range(1, N):  # W_{j+1}·pre: Σ_k W_ik pre_kb
-            pre.append((Wl[j] * pre[-1].unsqueeze(-3)).sum(-2))
-        r = p0 * (pre[-1] - p1)
+            pre = (Wl[j] * pre_r[-1]).sum(-2)
+            if j < N - 1:
+                pre_r.append(pre.unsqueeze(-3))
+        if N == 1:
+            pre = Wl[0].reshape(n, 2, 2)
+        r = p0 * (pre - p1)
         left = -r
-        lefts = [left]  # −(W_N ⋯ W_{j+1})ᵀ ∇ℓ for j = N, N − 1, …, 1
+        left_r = []  # −(W_N ⋯ W_{j+1})ᵀ ∇ℓ for j = N, …, 2 as left operands (…, i, 1, k)
         for j in range(N - 1, 0, -1):  # W_{j+1}ᵀ·left: Σ_k W_ki left_kb
-            left = (Wl[j] * left.unsqueeze(-2)).sum(-3)
-            lefts.append(left)
+            left_r.append(left.unsqueeze(-2))
+            left = (Wl[j] * left_r[-1]).sum(-3)
         if N == 1:
             dy = left.reshape(n, 4)
         else:
-            # grad_j = left_j · pre_{j−2}ᵀ (Σ_k left_ik pre_jk) for j = 2 … N, stacked
-            L = torch.stack(lefts[-2::-1], 1)
-            Pm = torch.stack(pre[:-1], 1)
-            G = (L.unsqueeze(-2) * Pm.unsqueeze(-3)).sum(-1)
+            # grad_j = left_j · pre_{j−2}ᵀ (Σ_k left_ik pre_jk) for j = 2 … N, as one stacked product
+            L = torch.stack(left_r[::-1], 1)  # (n, N − 1, 2, 1, 2)
+            Pm = torch.stack(pre_r, 1)  # (n, N − 1, 1, 2, 2)
+            G = (L * Pm).sum(-1)
             dy = torch.cat([left.reshape(n, 4), G.reshape(n, 4 * (N - 1))], dim=-1)
-        loss = 0.5 * fsum((r * r).flatten(1)) if want_loss else None
+        loss = 0.5 * fsum_nonneg((r * r).reshape(n, 4)) if want_loss else None
         return dy, loss
 
     return both
