@@ -187,7 +187,7 @@ def test_eager_solve_returns_ordinary_tensors() -> None:
     (w * w).sum().backward()
 
 
-@pytest.mark.parametrize("m", list(range(1, 14)) + [24, 37])
+@pytest.mark.parametrize("m", [*range(1, 14), 24, 37])
 def test_fsum_nonneg_is_fsum(m: int) -> None:
     """The fewer-dispatch sum of non-negative entries has fsum's bits (zeros, ∞, NaN and subnormals included)."""
     g = torch.Generator().manual_seed(m)
