@@ -194,7 +194,7 @@ class _StagePlan:
 
     def tensors(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
         """``(W (S, R, 1, 1), unscaled (1, R, 1, 1) bool)``, cached per dtype and device."""
-        key = (self, dtype, device)
+        key = (id(self), dtype, device)  # plans live as long as the process (_PLANS): ids are not reused
         if key not in _PLAN_TENSORS:
             W = torch.tensor(self.weights, dtype=dtype, device=device)[:, :, None, None]
             un = torch.tensor([not s for s in self.scaled], device=device)[None, :, None, None]
@@ -204,11 +204,18 @@ class _StagePlan:
 
 _PLAN_TENSORS: dict[tuple, tuple[Tensor, Tensor]] = {}
 _PLANS: dict[RKCoefficients, _StagePlan] = {}
+_PLAN_OF: dict[int, tuple[RKCoefficients, _StagePlan]] = {}  # by id: hashing the coefficients costs ~1 µs a step
 
 
 def _plan(co: RKCoefficients) -> _StagePlan:
+    hit = _PLAN_OF.get(id(co))
+    if hit is not None and hit[0] is co:
+        return hit[1]
     if co not in _PLANS:
         _PLANS[co] = _StagePlan.of(co)
+    if len(_PLAN_OF) >= 64:  # each solve may make its own (equal) coefficients object
+        _PLAN_OF.clear()
+    _PLAN_OF[id(co)] = (co, _PLANS[co])  # keeps co alive, so its id stays its own
     return _PLANS[co]
 
 
@@ -231,7 +238,7 @@ def _workspace(plan: _StagePlan, S: int, n: int, P: int, dtype: torch.dtype, dev
     cache = getattr(_WORKSPACES, "cache", None)
     if cache is None:
         cache = _WORKSPACES.cache = {}
-    key = (plan, n, P, dtype, device)
+    key = (id(plan), n, P, dtype, device)
     if key not in cache:
         if len(cache) >= 16:  # batch sizes change as instances finish: keep only recent ones
             cache.clear()
