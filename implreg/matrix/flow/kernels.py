@@ -280,8 +280,9 @@ def rk_attempt(
     """
     u = torch.finfo(y.dtype).eps
     plan = _plan(co)
-    last = h >= tm - t
-    hs = torch.where(last, tm - t, h)
+    rest = tm - t
+    last = h >= rest
+    hs = torch.where(last, rest, h)
     hcol = hs.unsqueeze(-1)
     # C[j, r] = h·w_jr (rows scaled by h) or w_jr (the error row)
     Wt, unscaled = plan.tensors(y.dtype, y.device)
