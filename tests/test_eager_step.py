@@ -187,15 +187,42 @@ def test_eager_solve_returns_ordinary_tensors() -> None:
     (w * w).sum().backward()
 
 
+def _slice_fsum(x: torch.Tensor) -> torch.Tensor:
+    """fsum's pairing written with slices (the form before the unbind halvings)."""
+    while x.shape[-1] > 1:
+        m, half = x.shape[-1], x.shape[-1] // 2
+        s = x[..., :half] + x[..., half : 2 * half]
+        x = torch.cat([s, x[..., 2 * half :]], dim=-1) if m % 2 else s
+    return x[..., 0]
+
+
 @pytest.mark.parametrize("m", [*range(1, 14), 24, 37])
-def test_fsum_nonneg_is_fsum(m: int) -> None:
-    """The fewer-dispatch sum of non-negative entries has fsum's bits (zeros, ∞, NaN and subnormals included)."""
+def test_fsum_halvings_keep_the_pairing_and_signs_of_zero(m: int) -> None:
+    """fsum by unbind halvings has the slice form's bits, −0 + −0 = −0 included, in both layouts."""
     g = torch.Generator().manual_seed(m)
-    scale = torch.pow(10.0, torch.randint(-150, 150, (200, m), generator=g).to(f64))
-    x = torch.randn(200, m, generator=g, dtype=f64) ** 2 * scale
+    scale = torch.pow(10.0, torch.randint(-150, 150, (300, m), generator=g).to(f64))
+    x = torch.randn(300, m, generator=g, dtype=f64) * scale
     x[::7] = 0.0
     x[1::11, 0] = math.inf
     x[2::13, -1] = math.nan
     x[3::5, m // 2] = 5e-324
-    assert same(K.fsum_nonneg(x), K.fsum(x))
-    assert same(K.fsum_nonneg(x.T.contiguous().T), K.fsum(x))  # the batch-innermost layout too
+    want = _slice_fsum(x)
+    assert same(K.fsum(x), want)
+    assert bool(torch.signbit(K.fsum(torch.full((3, m), -0.0, dtype=f64))).all())  # −0 + −0 + … stays −0
+    assert same(K.fsum(x.T.contiguous().T), want)  # the batch-innermost layout too
+    assert same(K.fsum(x.T, dim=0), want)
+
+
+@pytest.mark.parametrize("n", [3, 3000])
+def test_mm_two_term_products_are_one_addition_at_any_batch_size(n: int) -> None:
+    """k = 2 products are ``a·b + c·d`` (the column form's operation) whatever the batch size: a reduction
+    kernel would start from +0 and return +0 for −0 + −0, and only below some size."""
+    g = torch.Generator().manual_seed(n)
+    A, B = torch.randn(n, 2, 2, generator=g, dtype=f64), torch.randn(n, 2, 2, generator=g, dtype=f64)
+    A[0] = torch.tensor([[-0.0, 0.0], [1.0, -0.0]])
+    B[0] = torch.tensor([[1.0, -1.0], [-1.0, 2.0]])  # row 0 of A·B: (−0·1 + 0·(−1), −0·(−1) + 0·2) = (−0, +0)
+    C = K.mm(A, B)
+    cols = K.col_mm([[A[:, i, j] for j in range(2)] for i in range(2)],
+                    [[B[:, i, j] for j in range(2)] for i in range(2)])
+    assert same(C, torch.stack([torch.stack(r, -1) for r in cols], -2))
+    assert same(C[0, 0], torch.tensor([-0.0, 0.0], dtype=f64))

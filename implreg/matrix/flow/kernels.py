@@ -1,11 +1,11 @@
 """Fused, row-wise arithmetic for the batched integrator: fixed-order sums, small-matrix products, the RK attempt.
 
 Everything here is written with elementwise ``+ − × ÷ √``, ``abs``, ``max``/``min`` and ``where`` only, in an
-order fixed by the Python code (no BLAS, no ``sum``/``mean`` kernels over more than two entries, whose reduction
-order torch may choose, no ``exp``/``log``/``pow``).  IEEE arithmetic rounds each of those operations exactly, so
-the result for one row does not depend on the row's position in the batch, on the batch size, on SIMD width or on
-whether the code runs eagerly or as one ``torch.compile``'d kernel (inductor compiles with ``-ffp-contract=off``
-and without reassociation on CPU).  The tests check all three: batch position, batch size, eager vs compiled.
+order fixed by the Python code (no BLAS, no ``sum``/``mean`` kernels, whose reduction order torch may choose,
+no ``exp``/``log``/``pow``).  IEEE arithmetic rounds each of those operations exactly, so the result for one row
+does not depend on the row's position in the batch, on the batch size, on SIMD width or on whether the code
+runs eagerly or as one ``torch.compile``'d kernel (inductor compiles with ``-ffp-contract=off`` and without
+reassociation on CPU).  The tests check all three: batch position, batch size, eager vs compiled.
 
 That last property is what makes compilation safe to switch on and off: :class:`CompiledKernel` runs the
 compiled kernel for large batches (where it is up to ~10× faster than eager torch) and plain eager torch for
@@ -15,8 +15,9 @@ Eager torch costs ~2 µs per dispatched op whatever the batch size, so below the
 is its op count (about 300 for a depth-3 2×2 step).  The eager forms are therefore written for few dispatches
 without changing any row's operations: every RK sum is a row of one accumulator that takes each new stage in one
 multiply and one add (:class:`_StagePlan`), whose buffers are reused per batch size under ``inference_mode``;
-sums of squares halve by size-2 reductions (:func:`fsum_nonneg`); the 2×2 field stacks its independent
-products (:func:`_square2_field`).  Each is tested bit for bit against the plain form (tests/test_eager_step.py).
+two-term sums are an unbind and an add, never a reduction kernel (:func:`_pair_sum`); the 2×2 field stacks its
+independent products (:func:`_square2_field`).  Each is tested bit for bit against the plain form
+(tests/test_eager_step.py).
 
 Small-matrix products are the "broadcast" form ``C = Σ_k A[:, :, k] ⊗ B[:, k, :]`` summed over k in order
 (one multiply and k−1 adds on (n, a, k, b) tensors), which is both cheap in eager mode and fusable.
@@ -52,7 +53,6 @@ __all__ = [
     "dmf_step_kernel",
     "frexp_exact",
     "fsum",
-    "fsum_nonneg",
     "inv_root",
     "mm",
     "ratio",
@@ -69,41 +69,32 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------
 def fsum(x: Tensor, dim: int = -1) -> Tensor:
     """Σ over ``dim`` in a fixed pairwise order (halves added elementwise, repeatedly): row-wise and identical
-    in eager and compiled code, unlike ``x.sum(dim)`` whose reduction order is the kernel's choice."""
+    in eager and compiled code, unlike ``x.sum(dim)`` whose reduction order is the kernel's choice (and which,
+    starting from +0, turns −0 + −0 into +0).  Each halving is one view, one unbind and one add."""
     x = x.movedim(dim, -1) if dim not in (-1, x.ndim - 1) else x
     while x.shape[-1] > 1:
         m = x.shape[-1]
         half = m // 2
-        s = x[..., :half] + x[..., half : 2 * half]
+        if m <= 3:  # the last one or two additions, without a final slice
+            return _pair_sum(x, -1) if m == 2 else (x[..., 0] + x[..., 1]) + x[..., 2]
+        s = _pair_sum(x[..., : 2 * half].unflatten(-1, (2, half)), -2)  # x_i + x_{half+i}
         x = torch.cat([s, x[..., 2 * half :]], dim=-1) if m % 2 else s
     return x[..., 0]
 
 
-def fsum_nonneg(x: Tensor) -> Tensor:
-    """:func:`fsum` over the last dimension of x ≥ 0 (squares, NaN allowed) in fewer eager dispatches: each
-    halving is one size-2 reduction of a view, whose single addition has only one possible result (and x has no
-    −0 whose sign a reduction's 0 start could change), so the bits are fsum's."""
-    while x.shape[-1] > 1:
-        m = x.shape[-1]
-        half = m // 2
-        if m == 2:
-            a, b = x.unbind(-1)
-            return a + b
-        if m == 3:
-            a, b, c = x.unbind(-1)
-            return (a + b) + c
-        s = x[..., : 2 * half].reshape(*x.shape[:-1], 2, half).sum(-2)
-        x = torch.cat([s, x[..., 2 * half :]], dim=-1) if m % 2 else s
-    return x[..., 0]
+def _pair_sum(x: Tensor, dim: int) -> Tensor:
+    """``x[0] + x[1]`` along a size-2 ``dim``: one IEEE addition (so the bits of the column form's a + b, signs
+    of zero included) in two cheap dispatches, where ``x.sum(dim)`` launches a reduction (4–45 µs at n = 16–256
+    against 3–5 µs)."""
+    u, v = x.unbind(dim)
+    return u + v
 
 
 def mm(A: Tensor, B: Tensor) -> Tensor:
     """Batched ``A @ B`` for small matrices, ``C_ij = ((A_i0 B_0j + A_i1 B_1j) + A_i2 B_2j) + …`` in that order."""
     prod = A.unsqueeze(-1) * B.unsqueeze(-3)  # (..., a, k, b)
-    if A.shape[-1] == 2 and prod.numel() <= 8192:
-        # one addition, so any summation order gives the same bits: one dispatch instead of three (which
-        # matters for small eager batches; for large ones torch's reduction kernel is slower than the add)
-        return prod.sum(-2)
+    if A.shape[-1] == 2:
+        return _pair_sum(prod, -2)
     out = prod[..., 0, :]
     for i in range(1, A.shape[-1]):
         out = out + prod[..., i, :]
@@ -326,7 +317,7 @@ def rk_attempt(
     ya = y_new.abs()
     scale = atol + rtol * torch.maximum(y.abs(), ya)
     q = torch.where(e_loc == 0, 0.0, e_loc / scale)  # ratio(): 0/0 read as 0
-    msq = fsum_nonneg(q * q) * (1.0 / q.shape[-1])
+    msq = fsum(q * q) * (1.0 / q.shape[-1])
     ymax = ya.amax(-1)
     finite = torch.isfinite(msq) & torch.isfinite(ymax)
     Ks = torch.stack(K, dim=1)  # (n, S, P)
@@ -459,7 +450,7 @@ def _dmf_both(shapes: tuple[tuple[int, int], ...], kind: str) -> Callable[..., t
 def _square2_field(N: int) -> Callable[..., tuple[Tensor, Tensor | None]]:
     """:func:`dmf_field`'s ``both`` for N factors of size 2×2 (completion), with the same operations on the same
     operands (so the same bits) in fewer dispatches: one view gives every ``W_j[..., None]``; a product of 2×2
-    matrices is one multiply and one exact two-term sum (``prod.sum``, as in :func:`mm`); the N − 1 products
+    matrices is one multiply and one addition (:func:`_pair_sum`, as in :func:`mm`); the N − 1 products
     ``grad_j = left_j · pre_{j−2}ᵀ`` are independent, so they are done as one stacked product."""
 
     def both(y: Tensor, p0: Tensor, p1: Tensor, want_loss: bool) -> tuple[Tensor, Tensor | None]:
@@ -467,7 +458,7 @@ def _square2_field(N: int) -> Callable[..., tuple[Tensor, Tensor | None]]:
         Wl = y.reshape(n, N, 2, 2, 1).unbind(1)  # W_j[..., None], views
         pre_r = [Wl[0].reshape(n, 1, 2, 2)]  # the prefix products W_j ⋯ W_1 as right operands (…, 1, k, b)
         for j in range(1, N):  # W_{j+1}·pre: Σ_k W_ik pre_kb
-            pre = (Wl[j] * pre_r[-1]).sum(-2)
+            pre = _pair_sum(Wl[j] * pre_r[-1], -2)
             if j < N - 1:
                 pre_r.append(pre.unsqueeze(-3))
         if N == 1:
@@ -477,16 +468,16 @@ def _square2_field(N: int) -> Callable[..., tuple[Tensor, Tensor | None]]:
         left_r = []  # −(W_N ⋯ W_{j+1})ᵀ ∇ℓ for j = N, …, 2 as left operands (…, i, 1, k)
         for j in range(N - 1, 0, -1):  # W_{j+1}ᵀ·left: Σ_k W_ki left_kb
             left_r.append(left.unsqueeze(-2))
-            left = (Wl[j] * left_r[-1]).sum(-3)
+            left = _pair_sum(Wl[j] * left_r[-1], -3)
         if N == 1:
             dy = left.reshape(n, 4)
         else:
             # grad_j = left_j · pre_{j−2}ᵀ (Σ_k left_ik pre_jk) for j = 2 … N, as one stacked product
             L = torch.stack(left_r[::-1], 1)  # (n, N − 1, 2, 1, 2)
             Pm = torch.stack(pre_r, 1)  # (n, N − 1, 1, 2, 2)
-            G = (L * Pm).sum(-1)
+            G = _pair_sum(L * Pm, -1)
             dy = torch.cat([left.reshape(n, 4), G.reshape(n, 4 * (N - 1))], dim=-1)
-        loss = 0.5 * fsum_nonneg((r * r).reshape(n, 4)) if want_loss else None
+        loss = 0.5 * fsum((r * r).reshape(n, 4)) if want_loss else None
         return dy, loss
 
     return both
