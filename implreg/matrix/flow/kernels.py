@@ -257,7 +257,10 @@ def rk_attempt(
     all_stages: bool = True,
 ) -> tuple:
     """One embedded RK attempt for every row: stages, new state, error norm and the per-step bookkeeping that
-    needs no transcendental functions.  Pure and row-wise, so it can be run eagerly or compiled.
+    needs no transcendental functions.  Pure and row-wise, so it can be run eagerly or compiled.  The stage,
+    solution and error sums are the rows of one accumulator (:class:`_StagePlan`); under ``inference_mode`` (the
+    eager step kernel) its buffers are kept per batch size, and no result aliases them.  A field marked
+    ``f.autonomous = True`` is not given the stage times (it gets t).
 
     Returns ``(hs, last, t_new, K (n, S, P), y_new, msq, finite, acc_err, ymax, aux, bad)``: the step taken
     (clipped to ``tm``), whether it ends at ``tm``, the new time, the stages (only the last one, (n, P), with
