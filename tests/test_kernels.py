@@ -32,9 +32,11 @@ LAYOUTS = [
 
 
 def same(a, b) -> bool:
-    """Bit-identical, NaN equal to NaN, None equal to None."""
+    """Bit-identical (signs of zero included), NaN equal to NaN, None equal to None."""
     if a is None or b is None:
         return a is None and b is None
+    if a.is_floating_point() and not torch.equal(torch.signbit(a), torch.signbit(b)):
+        return False
     return a.shape == b.shape and bool(torch.equal(torch.nan_to_num(a.double(), nan=7.0, posinf=8.0, neginf=9.0),
                                                    torch.nan_to_num(b.double(), nan=7.0, posinf=8.0, neginf=9.0)))
 
@@ -91,7 +93,7 @@ def test_mm_sums_in_order_and_matches_matmul() -> None:
         + A[..., :, 3:4] * B[..., 3:4, :]
     assert torch.equal(C, ref)
     torch.testing.assert_close(C, A @ B, rtol=1e-14, atol=1e-15)
-    # k = 2: a reduction for small tensors, an addition for large ones; the same bits
+    # k = 2: one addition at any size; the same bits alone and in a large batch
     A2, B2 = torch.randn(5000, 2, 2, dtype=f64), torch.randn(5000, 2, 2, dtype=f64)
     assert torch.equal(K.mm(A2, B2)[:100], K.mm(A2[:100], B2[:100]))
 
