@@ -40,7 +40,6 @@ from implreg.matrix.flow.tableau import ButcherTableau
 __all__ = [
     "CompiledKernel",
     "RKCoefficients",
-    "attempt_kernel",
     "batch_inner",
     "col_attempt",
     "compile_mode",
@@ -850,17 +849,6 @@ class CompiledKernel:
         if n == 1:
             out = tuple(o[:1] if isinstance(o, Tensor) and o.ndim > 0 else o for o in out)
         return out
-
-
-def attempt_kernel(co: RKCoefficients, f: Callable, f_aux: Callable | None, guard: Callable | None,
-                   name: str) -> CompiledKernel:
-    """:func:`rk_attempt` for one field/guard as a :class:`CompiledKernel` ``(t, y, k1, h, tm, err_acc, rtol,
-    atol, *prm) -> (...)``."""
-
-    def attempt(t, y, k1, h, tm, err_acc, rtol, atol, *prm):
-        return rk_attempt(co, f, f_aux, guard, t, y, k1, h, tm, err_acc, rtol, atol, *prm)
-
-    return CompiledKernel(attempt, name, batch_arg=1)
 
 
 def dmf_attempt_kernel(co: RKCoefficients, shapes: Sequence[tuple[int, int]], kind: str, with_guard: bool,
