@@ -18,6 +18,8 @@ from implreg.matrix.flow.spectral import (
     _TIME_SCALE,
     SpectralLayout,
     _e2e_2x2,
+    _f_and_jacobian,
+    _fd_jacobian,
     _inverse,
     rodas_step,
     rosenbrock,
@@ -176,6 +178,19 @@ def test_rodas_step_equals_term_by_term_sums() -> None:
     for h in (torch.full((n,), 1e-3, dtype=F64), torch.exp(torch.randn(n, generator=gen, dtype=F64))):
         a, b = rodas_step(f, y, f(None, y), J, h), plain_rodas_step(f, y, f(None, y), J, h)
         assert same(a[0], b[0]) and same(a[1], b[1])
+
+
+def test_field_and_jacobian_in_one_call_equal_two_calls() -> None:
+    """The accepted state's f and the next Jacobian come from one call of the field on n + 2Pn rows."""
+    gen = torch.Generator().manual_seed(4)
+    lay = SpectralLayout(2)
+    for n in (1, 8, 13):
+        y = spectral_states(n, gen)
+        problem = razin_cohen_2x2(n).to(dtype=F64)
+        pr = tuple(problem.tensors()[k] for k in problem.tensors())
+        f = spectral_vector_field(problem, 2, lay)
+        fy, J = _f_and_jacobian(f, y, pr)
+        assert same(fy, f(None, y, *pr)) and same(J, _fd_jacobian(f, y, pr))
 
 
 def test_rosenbrock_results_are_ordinary_tensors() -> None:

@@ -340,14 +340,35 @@ def _fd_jacobian(f, y: Tensor, prm: tuple[Tensor, ...]) -> Tensor:
     Steps ``δ_i = u^{1/3} max(|y_i|, 1)`` made exactly representable, so the truncation and rounding errors
     are both O(u^{2/3}) relative (≈ 4e-11).
     """
+    Y, delta = _fd_points(y)
+    pr = tuple(q.repeat_interleave(2 * y.shape[1], dim=0) for q in prm)
+    return _fd_assemble(f(None, Y, *pr), delta)
+
+
+def _f_and_jacobian(f, y: Tensor, prm: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """``f(y)`` and :func:`_fd_jacobian` at y in one call of f on the n + 2Pn rows (f is row-wise: the same
+    numbers as two calls)."""
+    n, P = y.shape
+    Y, delta = _fd_points(y)
+    pr = tuple(torch.cat([q, q.repeat_interleave(2 * P, dim=0)]) for q in prm)
+    F = f(None, torch.cat([y, Y]), *pr)
+    return F[:n], _fd_assemble(F[n:], delta)
+
+
+def _fd_points(y: Tensor) -> tuple[Tensor, Tensor]:
+    """The 2P perturbed copies ``y ± δ_i e_i`` of every row, (n·2P, P), and the steps δ (n, P)."""
     n, P = y.shape
     u = torch.finfo(y.dtype).eps
     delta = (u ** (1.0 / 3.0)) * y.abs().clamp(min=1.0)
     delta = (y + delta) - y  # exactly representable
     E = torch.diag_embed(delta)  # (n, P, P): row i perturbs component i
-    Y = torch.cat([y.unsqueeze(1) + E, y.unsqueeze(1) - E], dim=1).reshape(n * 2 * P, P)
-    pr = tuple(q.repeat_interleave(2 * P, dim=0) for q in prm)
-    F = f(None, Y, *pr).reshape(n, 2, P, P)  # [n, ±, i (perturbed), component]
+    return torch.cat([y.unsqueeze(1) + E, y.unsqueeze(1) - E], dim=1).reshape(n * 2 * P, P), delta
+
+
+def _fd_assemble(F: Tensor, delta: Tensor) -> Tensor:
+    """Central differences ``(f(y + δ_i e_i) − f(y − δ_i e_i)) / 2δ_i`` as the Jacobian (n, P, P)."""
+    n, P = delta.shape
+    F = F.reshape(n, 2, P, P)  # [n, ±, i (perturbed), component]
     return ((F[:, 0] - F[:, 1]) / (2.0 * delta.unsqueeze(-1))).transpose(-1, -2)
 
 
@@ -632,13 +653,14 @@ def _rosenbrock(
                 def pick(v: Tensor) -> Tensor:
                     return v
                 pa = prm
-                f_new = f(t_new, y_new, *pa)
+                f_new, J_acc = _f_and_jacobian(f, y_new, pa)
             else:
                 def pick(v: Tensor, ai: Tensor = ai) -> Tensor:
                     return v[ai]
                 pa = tuple(q[ai] for q in prm)
+                f_acc, J_acc = _f_and_jacobian(f, y_new[ai], pa)
                 f_new = fy.clone()
-                f_new[ai] = f(t_new[ai], y_new[ai], *pa)
+                f_new[ai] = f_acc
             ya = pick(y_new)
             if levels is not None:
                 fresh = (levels(ya, *pa) <= 0) & ~lev_done[pick(idx)]
@@ -668,6 +690,11 @@ def _rosenbrock(
                     rows = ai[bad]
                     status[rows] = int(Status.UNRESOLVED)
                     unresolved_t[idx[rows]] = t_new[rows]
+            # the new Jacobian where the state moved (rows that stop here are dropped below)
+            if n_acc == accept.shape[0]:
+                J = J_acc
+            else:
+                J[ai] = J_acc
         else:
             f_new = fy
         y = torch.where(accept.unsqueeze(-1), y_new, y)
@@ -688,16 +715,10 @@ def _rosenbrock(
             idx, y, t, tm, h, err_acc, steps, rej, attempts, fy, J, accept = (
                 v[keep] for v in (idx, y, t, tm, h, err_acc, steps, rej, attempts, fy, J, accept))
             prm = tuple(q[keep] for q in prm)
-        n_acc = int(accept.sum())
-        if n_acc == accept.shape[0] and n_acc:  # a new Jacobian where the state moved: here every row
-            J = _fd_jacobian(f, y, prm)
-        elif n_acc:
-            ai = accept.nonzero().flatten()
-            J[ai] = _fd_jacobian(f, y[ai], tuple(q[ai] for q in prm))
 
     if pending:  # the level crossings met during the integration, located together
         gi, c, t0, *parts = (torch.cat(v) for v in zip(*((a, b, d, *st) for a, b, d, st, _ in pending), strict=True))
-        pr = tuple(torch.cat(v) for v in zip(*(p for *_, p in pending), strict=True)) if prm else ()
+        pr = tuple(torch.cat(v) for v in zip(*(p for *_, p in pending), strict=True))
 
         def g_col(yy: Tensor, *pr: Tensor) -> Tensor:
             return levels(yy, *pr).gather(-1, c.unsqueeze(-1)).squeeze(-1)
