@@ -152,17 +152,32 @@ def _ksum(log_x: Tensor, log_y: Tensor, N: int) -> Tensor:
 def to_end_to_end(layout: SpectralLayout, y: Tensor) -> Tensor:
     """``W = U blockdiag(T, e^λ) Vᵀ`` for spectral states y (…, P)."""
     U, V, T, lam, _ = layout.unpack(y)
+    if layout.d == 2:
+        return _e2e_2x2(U, V, T, lam)
     k = layout.k
     Ut, Vt = U[..., :, :k], V[..., :, :k]
     ud, vd = U[..., :, k:], V[..., :, k:]
     return Ut @ T @ Vt.transpose(-1, -2) + torch.exp(lam)[..., None, None] * (ud @ vd.transpose(-1, -2))
 
 
+def _e2e_2x2(U: Tensor, V: Tensor, T: Tensor, lam: Tensor) -> Tensor:
+    """:func:`to_end_to_end` for d = 2: ``(u₁ t) v₁ᵀ + e^λ (u₂ v₂ᵀ)`` as broadcast products, the same roundings as
+    the matrix products with inner dimension 1 (one product each), in fewer dispatches."""
+    top = (U[..., :, :1] * T) * V[..., None, :, 0]
+    return top + torch.exp(lam)[..., None, None] * (U[..., :, 1:] * V[..., None, :, 1])
+
+
 def _problem_factory(problem: Problem):
     names = list(problem.tensors())
 
+    last: list = [(), None]  # the tensors of the last call and their Problem (integrators pass the same ones)
+
     def prob(*pr: Tensor) -> Problem:
-        return Problem(problem.name, **dict(zip(names, pr, strict=True)))
+        if len(pr) == len(last[0]) and all(a is b for a, b in zip(pr, last[0], strict=True)):
+            return last[1]
+        made = Problem(problem.name, **dict(zip(names, pr, strict=True)))
+        last[0], last[1] = pr, made
+        return made
 
     return prob, [problem.tensors()[n] for n in names]
 
@@ -217,34 +232,47 @@ def spectral_vector_field(
 
 
 def _field_2x2(prob, N: int, layout: SpectralLayout, damping: float):
-    """d = 2 case of :func:`spectral_vector_field`: T = (t) is 1×1, P = sign t, τ = |t|, Q = 1."""
+    """d = 2 case of :func:`spectral_vector_field`: T = (t) is 1×1, P = sign t, τ = |t|, Q = 1.
+
+    Written for few dispatches with each row's operations unchanged: W from broadcast products (:func:`_e2e_2x2`),
+    e^λ formed once, and U and V rotated together as one (n, 2, 2, 2) batch (the state stores them adjacently)."""
     two_over_n = 2.0 / N
     K_top = 2.0 * (N - 1) / N
+    consts: dict = {}
 
     def f(t: Tensor, y: Tensor, *pr: Tensor) -> Tensor:
-        U, V, T, lam, _ = layout.unpack(y)
-        W = to_end_to_end(layout, y)
-        g = U.transpose(-1, -2) @ prob(*pr).grad(W) @ V
-        tt = T[:, 0, 0]
+        n = y.shape[0]
+        key = (n, y.dtype, y.device)
+        if key not in consts:
+            # the rotation's signs (X·A = [−x₂v, x₁v] = flip(X)·[−v, v], negation exact) and the time's rate
+            with torch.inference_mode(False):  # cached: ordinary tensors even when first made inside rosenbrock
+                consts[key] = (torch.tensor([-1.0, 1.0], dtype=y.dtype, device=y.device),
+                               torch.eye(2, dtype=y.dtype, device=y.device),
+                               torch.full((n,), _TIME_SCALE, dtype=y.dtype, device=y.device))
+        sgn, eye, dtau = consts[key]
+        UV = y[:, :8].reshape(n, 2, 2, 2)  # [U, V]
+        U, V = UV.unbind(1)
+        tt = y[:, 8]
+        lam = y[:, 9]
+        sig = torch.exp(lam)
+        W = (U[:, :, :1] * tt[:, None, None]) * V[:, None, :, 0] + sig[:, None, None] * (U[:, :, 1:] * V[:, None, :, 1])
+        g = torch.bmm(torch.bmm(U.transpose(-1, -2), prob(*pr).grad(W)), V)  # = Uᵀ∇ℓV (what @ calls, less dispatch)
         p = torch.sign(tt)
         log_tau = torch.log(tt.abs())
         tau = torch.exp(log_tau)
-        sig = torch.exp(lam)
-        dT = -N * g[:, 0, 0] * torch.exp(K_top * log_tau)  # −P (Pᵀ g_tt Q · N τ^{2(N−1)/N}) Qᵀ, P² = Q = 1
-        x, zz = p * g[:, 0, 1], g[:, 1, 0]
+        g00, g01, g10, g11 = g.reshape(n, 4).unbind(-1)
+        dT = -N * g00 * torch.exp(K_top * log_tau)  # −P (Pᵀ g_tt Q · N τ^{2(N−1)/N}) Qᵀ, P² = Q = 1
+        x, zz = p * g01, g10
         den = -torch.exp(two_over_n * log_tau) * torch.expm1(two_over_n * (lam - log_tau))
         a = p * (sig * x + tau * zz) / den
         c = (tau * x + sig * zz) / den
-        dlam = -N * torch.exp((1.0 - two_over_n) * lam) * g[:, 1, 1]
-
-        def rot(X: Tensor, v: Tensor) -> Tensor:
-            XA = torch.stack([-X[:, :, 1] * v.unsqueeze(-1), X[:, :, 0] * v.unsqueeze(-1)], dim=-1)
-            if damping:
-                eye = torch.eye(2, dtype=y.dtype, device=y.device)
-                XA = XA - (0.5 * damping) * (X @ (X.transpose(-1, -2) @ X - eye))
-            return XA
-
-        return layout.pack(rot(U, a), rot(V, c), dT, dlam, torch.full_like(lam, _TIME_SCALE))
+        dlam = -N * torch.exp((1.0 - two_over_n) * lam) * g11
+        # X·A for X = U, V with A = [[0, v], [−v, 0]] (v = a, c), minus ½γ X(XᵀX − I)
+        XA = UV.flip(-1) * (torch.stack([a, c], dim=-1)[:, :, None, None] * sgn)
+        if damping:
+            X = UV.reshape(2 * n, 2, 2)  # U and V as one batch of 2n (the copy @ would make)
+            XA = XA - (0.5 * damping) * torch.bmm(X, torch.bmm(X.transpose(-1, -2), X) - eye).reshape(n, 2, 2, 2)
+        return torch.cat([XA.reshape(n, 8), torch.stack([dT, dlam, dtau], dim=-1)], dim=-1)
 
     return f
 
@@ -312,14 +340,35 @@ def _fd_jacobian(f, y: Tensor, prm: tuple[Tensor, ...]) -> Tensor:
     Steps ``δ_i = u^{1/3} max(|y_i|, 1)`` made exactly representable, so the truncation and rounding errors
     are both O(u^{2/3}) relative (≈ 4e-11).
     """
+    Y, delta = _fd_points(y)
+    pr = tuple(q.repeat_interleave(2 * y.shape[1], dim=0) for q in prm)
+    return _fd_assemble(f(None, Y, *pr), delta)
+
+
+def _f_and_jacobian(f, y: Tensor, prm: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """``f(y)`` and :func:`_fd_jacobian` at y in one call of f on the n + 2Pn rows (f is row-wise: the same
+    numbers as two calls)."""
+    n, P = y.shape
+    Y, delta = _fd_points(y)
+    pr = tuple(torch.cat([q, q.repeat_interleave(2 * P, dim=0)]) for q in prm)
+    F = f(None, torch.cat([y, Y]), *pr)
+    return F[:n], _fd_assemble(F[n:], delta)
+
+
+def _fd_points(y: Tensor) -> tuple[Tensor, Tensor]:
+    """The 2P perturbed copies ``y ± δ_i e_i`` of every row, (n·2P, P), and the steps δ (n, P)."""
     n, P = y.shape
     u = torch.finfo(y.dtype).eps
     delta = (u ** (1.0 / 3.0)) * y.abs().clamp(min=1.0)
     delta = (y + delta) - y  # exactly representable
     E = torch.diag_embed(delta)  # (n, P, P): row i perturbs component i
-    Y = torch.cat([y.unsqueeze(1) + E, y.unsqueeze(1) - E], dim=1).reshape(n * 2 * P, P)
-    pr = tuple(q.repeat_interleave(2 * P, dim=0) for q in prm)
-    F = f(None, Y, *pr).reshape(n, 2, P, P)  # [n, ±, i (perturbed), component]
+    return torch.cat([y.unsqueeze(1) + E, y.unsqueeze(1) - E], dim=1).reshape(n * 2 * P, P), delta
+
+
+def _fd_assemble(F: Tensor, delta: Tensor) -> Tensor:
+    """Central differences ``(f(y + δ_i e_i) − f(y − δ_i e_i)) / 2δ_i`` as the Jacobian (n, P, P)."""
+    n, P = delta.shape
+    F = F.reshape(n, 2, P, P)  # [n, ±, i (perturbed), component]
     return ((F[:, 0] - F[:, 1]) / (2.0 * delta.unsqueeze(-1))).transpose(-1, -2)
 
 
@@ -329,7 +378,8 @@ def _hermite(y0: Tensor, f0: Tensor, y1: Tensor, f1: Tensor, h: Tensor, theta: T
     th2 = th * th
     th3 = th2 * th
     hh = h.unsqueeze(-1)
-    return ((2 * th3 - 3 * th2 + 1) * y0 + (th3 - 2 * th2 + th) * hh * f0 + (3 * th2 - 2 * th3) * y1
+    th3x2, th2x3 = 2 * th3, 3 * th2  # each used twice
+    return ((th3x2 - th2x3 + 1) * y0 + (th3 - 2 * th2 + th) * hh * f0 + (th2x3 - th3x2) * y1
             + (th3 - th2) * hh * f1)
 
 
@@ -341,20 +391,61 @@ def _inverse(M: Tensor) -> Tensor:
     parallel region waits for descheduled workers (measured 8 ms vs 0.03 ms for 64 inverses of 11×11 on two
     loaded cores — CI's situation with two test workers); elementwise ops on tensors this small stay on one
     thread.  Row-wise arithmetic, so bit-identical per instance (also on CUDA, unlike batched cuSOLVER).
+    Per column: the pivot row swapped in (the old row k written to row piv, a no-op copy where piv = k), scaled
+    by its pivot, and subtracted from every other row (the pivot row's multiplier is 0).
     """
     n, P, _ = M.shape
     A = torch.cat([M, torch.eye(P, dtype=M.dtype, device=M.device).expand(n, P, P)], dim=-1)
     rows = torch.arange(n, device=M.device)
+    off = _off_diagonal(P, M.device)
     for k in range(P):
-        piv = A[:, k:, k].abs().argmax(-1) + k
-        top, best = A[:, k, :].clone(), A[rows, piv, :]
-        A[:, k, :] = best
-        A[rows, piv, :] = torch.where((piv == k).unsqueeze(-1), best, top)
-        A[:, k, :] = A[:, k, :] / A[:, k, k : k + 1]
-        factor = A[:, :, k].clone()
-        factor[:, k] = 0.0
-        A = A - factor.unsqueeze(-1) * A[:, k, :].unsqueeze(-2)
+        rel = A[:, k:, k].abs().argmax(-1)
+        if bool(rel.any()):  # some pivot lies below row k: swap (where piv = k, top is row k itself)
+            piv = rel + k
+            top, best = A[:, k, :].clone(), A[rows, piv, :]
+            A[rows, piv, :] = top
+        else:
+            best = A[:, k, :]
+        prow = best / best[:, k : k + 1]
+        A[:, k, :] = prow
+        factor = torch.where(off[k], A[:, :, k], 0.0)
+        A -= factor.unsqueeze(-1) * prow.unsqueeze(-2)
     return A[:, :, P:]
+
+
+_OFF_DIAGONAL: dict = {}
+
+
+def _off_diagonal(P: int, device: torch.device) -> Tensor:
+    """(P, P) bool, row k false at k: the rows that column k's elimination changes."""
+    key = (P, str(device))
+    if key not in _OFF_DIAGONAL:
+        with torch.inference_mode(False):  # cached: an ordinary tensor even when first made inside rosenbrock
+            _OFF_DIAGONAL[key] = ~torch.eye(P, dtype=torch.bool, device=device)
+    return _OFF_DIAGONAL[key]
+
+
+def _rodas_rows(dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+    """Coefficient columns of :func:`rodas_step`'s accumulator: for stage j, the multipliers of K_j in the rows
+    2j … 10, shape (11 − 2j, 1, 1).  Row 2(i−1) sums y + Σ_j a_ij K_j (stage i's argument), row 2(i−1)+1 sums
+    Σ_j c_ij K_j (stage i's right-hand side), row 10 sums y + Σ_j m_j K_j (the new state)."""
+    key = (dtype, str(device))
+    if key not in _RODAS_ROWS:
+        C = [[0.0] * 6 for _ in range(11)]
+        for i in range(1, 6):
+            for j, a in enumerate(_ROS_A[i]):
+                C[2 * (i - 1)][j] = a
+            for j, c in enumerate(_ROS_C[i]):
+                C[2 * (i - 1) + 1][j] = c
+        for j, m in enumerate(_ROS_M):
+            C[10][j] = m
+        with torch.inference_mode(False):  # cached: an ordinary tensor even when first made inside rosenbrock
+            Ct = torch.tensor(C, dtype=dtype, device=device)
+            _RODAS_ROWS[key] = [Ct[2 * j :, j].reshape(-1, 1, 1).clone() for j in range(6)]
+    return _RODAS_ROWS[key]
+
+
+_RODAS_ROWS: dict = {}
 
 
 def rodas_step(f, y: Tensor, fy: Tensor, J: Tensor, h: Tensor, prm: tuple[Tensor, ...] = ()) -> tuple[Tensor, Tensor]:
@@ -363,23 +454,26 @@ def rodas_step(f, y: Tensor, fy: Tensor, J: Tensor, h: Tensor, prm: tuple[Tensor
     Returns ``(y⁺, err)`` with err = k_6 the embedded (order 3) error estimate.  One explicit inverse of
     ``I/(γh) − J`` per step (:func:`_inverse`), then six matrix-vector products; the matrix is well conditioned
     (cond ≲ 1 + γh‖J‖), and a singular one gives non-finite stages, hence a rejected step.
+
+    The sums ``y + Σ_{j<i} a_ij K_j``, ``Σ_{j<i} c_ij K_j`` and ``y + Σ_j m_j K_j`` are the rows of one accumulator
+    (:func:`_rodas_rows`) that takes each new stage in one multiply and one add, in the order j = 0, 1, …, as the
+    term-by-term sums do (the c-sums start at −0, the identity of addition, so their first term is kept exactly).
     """
-    eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
+    n, P = y.shape
+    eye = torch.eye(P, dtype=y.dtype, device=y.device)
     Minv = _inverse(eye / (_ROS_GAMMA * h)[:, None, None] - J)
     ih = (1.0 / h).unsqueeze(-1)
-    K: list[Tensor] = []
-    for i in range(6):
-        yi, rhs = y, None
-        for j, a in enumerate(_ROS_A[i]):
-            yi = yi + a * K[j]
-        for j, c in enumerate(_ROS_C[i]):
-            rhs = c * K[j] if rhs is None else rhs + c * K[j]
-        fi = fy if i == 0 else f(None, yi, *prm)
-        K.append((Minv @ (fi if rhs is None else fi + ih * rhs).unsqueeze(-1)).squeeze(-1))
-    y_new = y
-    for j, m in enumerate(_ROS_M):
-        y_new = y_new + m * K[j]
-    return y_new, K[5]
+    coef = _rodas_rows(y.dtype, y.device)
+    acc = torch.empty((11, n, P), dtype=y.dtype, device=y.device)
+    acc[0::2] = y
+    acc[1::2] = -0.0
+    k_j = torch.bmm(Minv, fy.unsqueeze(-1)).squeeze(-1)
+    for j in range(1, 6):
+        acc[2 * (j - 1) :] += coef[j - 1] * k_j
+        fi = f(None, acc[2 * (j - 1)], *prm)
+        k_j = torch.bmm(Minv, (fi + ih * acc[2 * (j - 1) + 1]).unsqueeze(-1)).squeeze(-1)
+    acc[10] += coef[5][0] * k_j
+    return acc[10], k_j
 
 
 @torch.no_grad()
@@ -397,7 +491,28 @@ def rosenbrock(
     cubic Hermite interpolant and the state there is a fresh RODAS step from the step's start (see crossing()).
     Step control: RMS of ``err_i/(atol + rtol·max(|y_i|, |y⁺_i|))``, ``h ← h·clip(0.9·err^{−1/4}, 0.2, 5)``.
     Error estimate: ``Σ_steps (max_i |err_i| + u·max_i |y_i|)``, as in ``integrate``.
+
+    The integration runs under ``torch.inference_mode`` (fewer dispatch layers per op, the same kernels and bits);
+    its results are copied out of it, so they are ordinary tensors.
     """
+    with torch.inference_mode():
+        out = _rosenbrock(f, y0, t_max=t_max, rtol=rtol, atol=atol, event=event, levels=levels, n_levels=n_levels,
+                          guard=guard, params=params, max_steps=max_steps, divergence_limit=divergence_limit,
+                          bisection_iters=bisection_iters)
+    z = {"dtype": y0.dtype, "device": y0.device}
+    B, P = y0.shape
+    return IntegrationResult(
+        **{k: v.clone() for k, v in out.items()},
+        save_t=torch.zeros(0, **z), save_y=torch.zeros(B, 0, P, **z), save_error=torch.zeros(B, 0, **z),
+        meta={"method": "RODAS4", "rtol": rtol, "atol": atol, "dtype": str(y0.dtype), "device": str(y0.device)},
+    )
+
+
+def _rosenbrock(
+    f, y0: Tensor, *, t_max: float | Tensor, rtol: float, atol: float, event, levels, n_levels: int, guard,
+    params: Sequence[Tensor], max_steps: int, divergence_limit: float, bisection_iters: int,
+) -> dict[str, Tensor]:
+    """:func:`rosenbrock`'s integration (its outputs by name)."""
     check_state_and_tolerances(y0, rtol, atol, max_steps)
     B, P = y0.shape
     dtype, device = y0.dtype, y0.device
@@ -454,8 +569,15 @@ def rosenbrock(
     prm = tuple(q[keep] for q in prm)
     J = _fd_jacobian(f, y, prm) if idx.numel() else torch.zeros(0, P, P, **z)
 
-    def crossing(fn, rows: Tensor, hs: Tensor, y_new: Tensor, f_new: Tensor, pr: tuple) -> tuple[Tensor, ...]:
-        """First crossing of fn ≤ 0 inside the step of ``rows`` (fn(y) > 0 ≥ fn(y_new)).  θ is first estimated by
+    def step_of(rows: Tensor, hs: Tensor, y_new: Tensor, f_new: Tensor) -> tuple[Tensor, ...]:
+        """What :func:`crossing` needs of the attempted step of ``rows`` (copies): y, f(y), y⁺, f(y⁺), h, J, and the
+        accumulated error before and after the step."""
+        return y[rows], fy[rows], y_new[rows], f_new[rows], hs[rows], J[rows], err_acc[rows], acc_err[rows]
+
+    def crossing(fn, step: tuple[Tensor, ...], pr: tuple) -> tuple[Tensor, ...]:
+        """First crossing of fn ≤ 0 inside the ``step`` of some rows (fn(y) > 0 ≥ fn(y⁺)); row-wise, so level
+        crossings, which do not change the integration, are located all at once after it (one batch instead of one
+        per step that crosses a level, the same numbers).  θ is first estimated by
         bisection of the Hermite interpolant, then refined on states made by fresh RODAS steps of size θh from
         the step's start (so the reported state has the method's accuracy): g(θ) = fn(step(θh)) is kept
         bracketed (g(0) > 0 ≥ g(1), the step's end) and each iterate is a Newton step (interpolant slope) when it
@@ -463,7 +585,7 @@ def rosenbrock(
         enough: with the long steps of loose tolerances the interpolant's slope can be poor, and a failed
         refinement would fall back to the step's end, a state well past the level.)  The reported state is on
         the fn ≤ 0 side (the earliest such θ tried).  Returns (θ, y(θ), its error)."""
-        ya, fa, yb, fb, hb, Jr = y[rows], fy[rows], y_new[rows], f_new[rows], hs[rows], J[rows]
+        ya, fa, yb, fb, hb, Jr, ea, eb = step
         lo, hi = torch.zeros_like(hb), torch.ones_like(hb)
         for _ in range(bisection_iters):
             mid = 0.5 * (lo + hi)
@@ -495,11 +617,17 @@ def rosenbrock(
             secant = b_lo + g_lo * (b_hi - b_lo) / (g_lo - g_hi)
             inside_n = torch.isfinite(newton) & (newton > b_lo) & (newton < b_hi)
             inside_s = torch.isfinite(secant) & (secant > b_lo) & (secant < b_hi)
-            theta = torch.where(inside_n, newton, torch.where(inside_s, secant, 0.5 * (b_lo + b_hi)))
-        e_out = err_acc[rows] + torch.where(best_t < 1, best_e, acc_err[rows] - err_acc[rows]) \
+            theta_next = torch.where(inside_n, newton, torch.where(inside_s, secant, 0.5 * (b_lo + b_hi)))
+            # θ repeats: the next iterate would evaluate the same state, update nothing (every update above needs
+            # a strict improvement on what this θ already set) and give the same θ again — so would all later ones
+            if bool((theta_next == theta).all()):
+                break
+            theta = theta_next
+        e_out = ea + torch.where(best_t < 1, best_e, eb - ea) \
             + u * best_y.abs().amax(-1)
         return best_t, best_y, e_out
 
+    pending: list = []  # level crossings to locate: (global rows, level columns, t, step_of(...), params)
     while idx.numel():
         last = h >= tm - t
         hs = torch.where(last, tm - t, h)
@@ -518,45 +646,57 @@ def rosenbrock(
         status = torch.where((~accept) & (h_next <= 16 * u * t.abs().clamp(min=1.0)), int(Status.STEP_TOO_SMALL),
                              status)
         acc_err = err_acc + e_loc.abs().amax(-1) + u * y_new.abs().amax(-1)
-        f_new = fy.clone()
-        if accept.any():
+        n_acc = int(accept.sum())
+        if n_acc:
             ai = accept.nonzero().flatten()
-            pa = tuple(q[ai] for q in prm)
-            f_new[ai] = f(t_new[ai], y_new[ai], *pa)
+            if n_acc == accept.shape[0]:  # every row accepted (the usual case): the rows themselves, not copies
+                def pick(v: Tensor) -> Tensor:
+                    return v
+                pa = prm
+                f_new, J_acc = _f_and_jacobian(f, y_new, pa)
+            else:
+                def pick(v: Tensor, ai: Tensor = ai) -> Tensor:
+                    return v[ai]
+                pa = tuple(q[ai] for q in prm)
+                f_acc, J_acc = _f_and_jacobian(f, y_new[ai], pa)
+                f_new = fy.clone()
+                f_new[ai] = f_acc
+            ya = pick(y_new)
             if levels is not None:
-                fresh = (levels(y_new[ai], *pa) <= 0) & ~lev_done[idx[ai]]
+                fresh = (levels(ya, *pa) <= 0) & ~lev_done[pick(idx)]
                 if fresh.any():
                     r, c = fresh.nonzero(as_tuple=True)
                     rows = ai[r]
-
-                    def g_col(yy: Tensor, *pr: Tensor, col: Tensor = c) -> Tensor:
-                        return levels(yy, *pr).gather(-1, col.unsqueeze(-1)).squeeze(-1)
-
-                    pr = tuple(q[rows] for q in prm)
-                    theta, y_th, e_th = crossing(g_col, rows, hs, y_new, f_new, pr)
-                    level_t[idx[rows], c] = t[rows] + theta * hs[rows]
-                    level_y[idx[rows], c] = y_th
-                    level_err[idx[rows], c] = e_th
+                    pending.append((idx[rows], c, t[rows], step_of(rows, hs, y_new, f_new),
+                                    tuple(q[rows] for q in prm)))
                     lev_done[idx[rows], c] = True
             if event is not None:
-                fired = event(y_new[ai], *pa) <= 0
+                fired = event(ya, *pa) <= 0
                 if fired.any():
                     rows = ai[fired]
                     pr = tuple(q[rows] for q in prm)
-                    theta, y_th, e_th = crossing(event, rows, hs, y_new, f_new, pr)
+                    theta, y_th, e_th = crossing(event, step_of(rows, hs, y_new, f_new), pr)
                     y_new[rows] = y_th
                     t_new[rows] = t[rows] + theta * hs[rows]
                     acc_err[rows] = e_th
                     status[rows] = int(Status.REACHED_EVENT)
-            big = ~(y_new[ai].abs().amax(-1) < divergence_limit)
+                    ya = pick(y_new)
+            big = ~(ya.abs().amax(-1) < divergence_limit)
             status[ai[big]] = int(Status.DIVERGED)
             status = torch.where(accept & last & (status == 0), int(Status.REACHED_T_MAX), status)
             if guard is not None:
-                bad = guard(y_new[ai], acc_err[ai], *pa) & (status[ai] == 0)
+                bad = guard(ya, pick(acc_err), *pa) & (pick(status) == 0)
                 if bad.any():
                     rows = ai[bad]
                     status[rows] = int(Status.UNRESOLVED)
                     unresolved_t[idx[rows]] = t_new[rows]
+            # the new Jacobian where the state moved (rows that stop here are dropped below)
+            if n_acc == accept.shape[0]:
+                J = J_acc
+            else:
+                J[ai] = J_acc
+        else:
+            f_new = fy
         y = torch.where(accept.unsqueeze(-1), y_new, y)
         t = torch.where(accept, t_new, t)
         fy = torch.where(accept.unsqueeze(-1), f_new, fy)
@@ -575,17 +715,22 @@ def rosenbrock(
             idx, y, t, tm, h, err_acc, steps, rej, attempts, fy, J, accept = (
                 v[keep] for v in (idx, y, t, tm, h, err_acc, steps, rej, attempts, fy, J, accept))
             prm = tuple(q[keep] for q in prm)
-        if accept.any():  # a new Jacobian where the state moved
-            ai = accept.nonzero().flatten()
-            J[ai] = _fd_jacobian(f, y[ai], tuple(q[ai] for q in prm))
 
-    return IntegrationResult(
-        t=out_t, y=out_y, status=out_status, error=out_err, n_steps=out_steps, n_rejected=out_rej,
-        save_t=torch.zeros(0, **z), save_y=torch.zeros(B, 0, P, **z), save_error=torch.zeros(B, 0, **z),
-        level_t=level_t, level_y=level_y, level_error=level_err, unresolved_t=unresolved_t,
-        meta={"method": "RODAS4", "rtol": rtol, "atol": atol, "dtype": str(dtype),
-              "device": str(device)},
-    )
+    if pending:  # the level crossings met during the integration, located together
+        gi, c, t0, *parts = (torch.cat(v) for v in zip(*((a, b, d, *st) for a, b, d, st, _ in pending), strict=True))
+        pr = tuple(torch.cat(v) for v in zip(*(p for *_, p in pending), strict=True))
+
+        def g_col(yy: Tensor, *pr: Tensor) -> Tensor:
+            return levels(yy, *pr).gather(-1, c.unsqueeze(-1)).squeeze(-1)
+
+        theta, y_th, e_th = crossing(g_col, tuple(parts), pr)
+        level_t[gi, c] = t0 + theta * parts[4]
+        level_y[gi, c] = y_th
+        level_err[gi, c] = e_th
+
+    return {"t": out_t, "y": out_y, "status": out_status, "error": out_err, "n_steps": out_steps,
+            "n_rejected": out_rej, "level_t": level_t, "level_y": level_y, "level_error": level_err,
+            "unresolved_t": unresolved_t}
 
 
 # ------------------------------------------------------------------------------------------- spectra and errors
