@@ -18,7 +18,13 @@ import numpy as np
 
 from implreg.harness import recorder as _record
 
-__all__ = ["instances", "note", "scalar", "series", "table"]
+__all__ = ["instances", "note", "recording", "scalar", "series", "table"]
+
+
+def recording() -> bool:
+    """True while evidence is recorded (inside a claim, not during shrinking): skip evidence-only work otherwise."""
+    rec = _record.current()
+    return rec is not None and rec.recording_evidence
 
 
 def _floats(x: Any) -> np.ndarray:

@@ -15,19 +15,13 @@ import torch
 from torch import Tensor
 
 from implreg.harness import evidence
-from implreg.harness import recorder as _record
+from implreg.harness.evidence import recording
 from implreg.matrix import levels
 from implreg.matrix.flow.spectral import solve_balanced
 from implreg.matrix.problems import razin_cohen_2x2
 from implreg.numerics import Certified
 
 __all__ = ["bound_curve", "depth_sweep", "det_vs_balanced_flow", "recording", "reference_agreement", "vs_loss"]
-
-
-def recording() -> bool:
-    """True while evidence is recorded (inside a claim, not during shrinking): skip evidence-only work otherwise."""
-    rec = _record.current()
-    return rec is not None and rec.recording_evidence
 
 
 def vs_loss(title: str, loss: Certified, y: Tensor, group: str, ylabel: str, log_y: bool = True) -> None:
