@@ -206,3 +206,58 @@ def test_profiles_scale_the_instance_count():
     assert PROFILES["ci"].instances_for(1000) == 1000
     assert PROFILES["quick"].instances_for(1000) == 100
     assert PROFILES["thorough"].instances_for(1000) == 100_000
+
+
+# ---- map_groups: the groups run elsewhere, the record is the same -----------------------------------------------
+CLAIMS_FILE = '''
+import torch
+from hypothesis import given, strategies as st
+from implreg import certify, evidence
+from implreg.harness.claims import batches, claim
+from implreg.numerics import Certified
+
+@claim("mapped/square", statement="x² ≥ 0", instances=300)
+@given(b=batches(st.floats(-1e3, 1e3, allow_nan=False), max_size=16))
+def square(b):
+    x = torch.tensor(b, dtype=torch.float64)
+    evidence.scalar("x", x)
+    certify(Certified.exact(x * x) >= 0, what="x² ≥ 0")
+
+@claim("mapped/small", statement="x < 900", instances=300, expect="refuted", refuted_by="x < 900")
+@given(b=batches(st.floats(-1e3, 1e3, allow_nan=False), max_size=16))
+def small(b):
+    x = torch.tensor(b, dtype=torch.float64)
+    certify(Certified.exact(x) < 900, what="x < 900")
+'''
+
+
+def test_groups_mapped_through_another_process_give_the_same_record(tmp_path, monkeypatch):
+    import multiprocessing
+    import pickle
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    from implreg.harness.results import strip_timing
+
+    path = tmp_path / "mapped_claims.py"
+    path.write_text(CLAIMS_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("IMPLREG_POOL_SIZE", "64")  # several groups, so the map has work to spread
+    calls = []
+
+    def map_groups(fn, items):
+        calls.append(len(items))
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+            return list(ex.map(fn, [pickle.loads(pickle.dumps(x)) for x in items]))
+
+    with REGISTRY.isolated() as reg:
+        import importlib
+        sys.modules.pop("mapped_claims", None)
+        importlib.import_module("mapped_claims")
+        specs = {s.id: s for s in reg}
+        for cid in ("mapped/square", "mapped/small"):
+            local = strip_timing(run_claim(specs[cid], profile="ci"))
+            mapped = strip_timing(run_claim(specs[cid], profile="ci", map_groups=map_groups))
+            assert mapped == local, cid
+        sys.modules.pop("mapped_claims", None)
+    assert len(calls) == 2 and min(calls) > 1

@@ -32,7 +32,7 @@ import functools
 import os
 import time
 import unittest
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,12 @@ from implreg.errors import ImplregError
 from implreg.harness import recorder as _record
 from implreg.harness.claims import Batch
 
-__all__ = ["Example", "Group", "Pooled", "merge_groups", "pool_size", "run_pooled"]
+__all__ = ["Example", "Group", "GroupOutcome", "GroupTask", "MapGroups", "Pooled", "check_group_task", "merge_groups",
+           "pool_size", "run_pooled"]
+
+#: ``map_groups(fn, items)``: ``[fn(x) for x in items]``, in order, wherever it likes (a cluster:
+#: ``implreg.harness.cluster``); ``fn`` is a top-level function and ``items`` are picklable.
+MapGroups = Callable[[Callable[[Any], Any], Sequence[Any]], Sequence[Any]]
 
 #: Instances per pooled body unless ``IMPLREG_POOL_SIZE`` says otherwise.  1024 keeps a depth-sweep claim's
 #: per-depth batches at ≈ 256 rows, where the eager integrator's cost per instance is within 1.6× of B = 1024
@@ -235,23 +240,106 @@ def run_pooled(test: Callable[[], None], handle: Any, orig: Callable[..., Any], 
                tally: MutableMapping[str, int], target: int,
                instrument: Callable[[Callable[..., Any], _record.Recorder], Callable[..., Any]],
                budget_error: Callable[[str], BaseException], returned_error: Callable[[Any], BaseException],
-               info: Pooled) -> None:
-    """Run the @given ``test`` pooled (module docstring).  ``handle.inner_test`` is replaced for each pass and
-    left as the caller set it; ``instrument`` is the normal run's body wrapper (used for the replay), and
-    ``budget_error``/``returned_error`` build the normal run's exceptions.  Raises what a normal run raises."""
+               info: Pooled, map_groups: MapGroups | None = None, where: tuple[str, str, str] = ("", "", "")
+               ) -> None:
+    """Run the @given ``test`` pooled (module docstring); with ``map_groups``, the groups' bodies run through it
+    (``where``: the claim's module, file and id, from which a worker imports it).  ``handle.inner_test`` is
+    replaced for each pass and left as the caller set it; ``instrument`` is the normal run's body wrapper (used
+    for the replay), and ``budget_error``/``returned_error`` build the normal run's exceptions.  Raises what a
+    normal run raises."""
     examples = _collect(test, handle, rec, target)
     info.examples = len(examples)
     groups = merge_groups(examples, info.pool_size)
     info.groups = len(groups)
     first_fail: int | None = None
-    for g in groups:
-        first_fail = _check(g, orig, rec, tally, budget_error, returned_error, info)
-        if first_fail is not None:
-            break
+    if map_groups is None:
+        for g in groups:
+            first_fail = _check(g, orig, rec, tally, budget_error, returned_error, info)
+            if first_fail is not None:
+                break
+    else:  # every group at once, elsewhere; merged here in order, up to the first failing group
+        tasks = [GroupTask(where[0], where[1], where[2], g, rec.budget_s) for g in groups]
+        for out in map_groups(check_group_task, tasks):
+            rec.absorb(out.state)
+            for what, k in out.tally.items():
+                tally[what] = tally.get(what, 0) + k
+            info.bodies += out.bodies
+            info.splits += out.splits
+            info.interaction |= out.interaction
+            if out.failing is not None:
+                first_fail = out.failing
+                break
     if first_fail is None:
         return
     info.failing_example = first_fail
     _replay(test, handle, orig, rec, first_fail, instrument)
+
+
+@dataclass
+class GroupTask:
+    """One group's bodies, to run on any worker that can import the claim."""
+
+    module: str
+    file: str
+    claim_id: str
+    group: Group
+    budget_s: float | None
+
+
+@dataclass
+class GroupOutcome:
+    """What running a :class:`GroupTask` found: the first failing example's call number (or None), the worker's
+    recorder state and discard tally, and its body and split counts."""
+
+    failing: int | None
+    state: dict[str, Any]
+    tally: dict[str, int]
+    bodies: int
+    splits: int
+    interaction: bool
+
+
+def check_group_task(task: GroupTask) -> GroupOutcome:
+    """Run one group as :func:`run_pooled` does, in a fresh recorder (for ``map_groups``; top level, picklable)."""
+    from implreg.harness.verdict import BudgetExhausted, _returned
+    from implreg.preconditions import tally as tally_
+
+    spec = _load_claim(task.module, task.file, task.claim_id)
+    rec = _record.Recorder(task.claim_id, budget_s=task.budget_s)
+    info = Pooled(target=0, pool_size=0)
+    token = rec.activate()
+    try:
+        with tally_() as counts:
+            failing = _check(task.group, spec.test.hypothesis.inner_test, rec, counts, BudgetExhausted, _returned,
+                             info)
+    finally:
+        rec.deactivate(token)
+    return GroupOutcome(failing, rec.state(), dict(counts), info.bodies, info.splits, info.interaction)
+
+
+def _load_claim(module: str, file: str, claim_id: str) -> Any:
+    """The claim ``claim_id`` of ``module`` (imported by name, else from ``file``)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    from implreg.harness.claims import REGISTRY
+
+    found = REGISTRY.get(claim_id)
+    if not found:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            spec = importlib.util.spec_from_file_location(module, file)
+            if spec is None or spec.loader is None:
+                raise ImplregError(f"cannot import the claim file {file}") from None
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[module] = mod
+            spec.loader.exec_module(mod)
+        found = REGISTRY.get(claim_id)
+    if not found:
+        raise ImplregError(f"claim {claim_id!r} is not defined in {file}")
+    return found[0]
 
 
 def _collect(test: Callable[[], None], handle: Any, rec: _record.Recorder, target: int) -> list[Example]:

@@ -52,7 +52,7 @@ from hypothesis.statistics import collector
 from implreg.certify import Undecided
 from implreg.harness import recorder as _record
 from implreg.harness.claims import REGISTRY, ClaimSpec, set_runner
-from implreg.harness.pooling import Pooled, pool_size, run_pooled
+from implreg.harness.pooling import MapGroups, Pooled, pool_size, run_pooled
 from implreg.harness.profiles import Profile, claim_seed, get_profile
 from implreg.preconditions import PreconditionFailed, tally
 
@@ -360,8 +360,11 @@ def _finish(record: dict[str, Any], verdict: str, explanation: str, t0: float) -
     return record
 
 
-def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: int | None = None) -> dict[str, Any]:
-    """Run a claim and return its record (verdict, explanation, counterexample, statistics, evidence)."""
+def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: int | None = None,
+              map_groups: MapGroups | None = None) -> dict[str, Any]:
+    """Run a claim and return its record (verdict, explanation, counterexample, statistics, evidence).
+    ``map_groups``: where a pooled claim's groups run (``implreg.harness.pooling.MapGroups``; default here, in
+    order); the record is the same either way."""
     t0 = time.perf_counter()
     prof = profile if isinstance(profile, Profile) else get_profile(profile or os.environ.get("IMPLREG_PROFILE"))
     run_seed = prof.resolve_seed(seed)
@@ -413,7 +416,7 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
             try:
                 if pooled is not None:
                     run_pooled(test, handle, orig_inner, rec, counts, pooled.target, _instrument, BudgetExhausted,
-                               _returned, pooled)
+                               _returned, pooled, map_groups, (spec.module, spec.file, spec.id))
                 else:
                     test()
             finally:
