@@ -305,13 +305,15 @@ def check_group_task(task: GroupTask) -> GroupOutcome:
     from implreg.preconditions import tally as tally_
 
     spec = _load_claim(task.module, task.file, task.claim_id)
+    body = spec.test.hypothesis.inner_test
+    # in the driver's own process the claim's inner test is the driver's wrapper: run the claim's body
+    body = getattr(body, "__implreg_body__", body)
     rec = _record.Recorder(task.claim_id, budget_s=task.budget_s)
     info = Pooled(target=0, pool_size=0)
     token = rec.activate()
     try:
         with tally_() as counts:
-            failing = _check(task.group, spec.test.hypothesis.inner_test, rec, counts, BudgetExhausted, _returned,
-                             info)
+            failing = _check(task.group, body, rec, counts, BudgetExhausted, _returned, info)
     finally:
         rec.deactivate(token)
     return GroupOutcome(failing, rec.state(), dict(counts), info.bodies, info.splits, info.interaction)
@@ -373,6 +375,7 @@ def _collect(test: Callable[[], None], handle: Any, rec: _record.Recorder, targe
         if state["distinct"] >= target:
             raise _Collected(f"{state['distinct']} instances collected")
 
+    collect.__implreg_body__ = getattr(handle.inner_test, "__implreg_body__", handle.inner_test)
     handle.inner_test = collect
     try:
         test()
@@ -491,5 +494,6 @@ def _replay(test: Callable[[], None], handle: Any, orig: Callable[..., Any], rec
             return None
         return body(*args, **kwargs)
 
+    replay.__implreg_body__ = orig
     handle.inner_test = replay
     test()

@@ -239,6 +239,7 @@ def _instrument(orig: Any, rec: _record.Recorder) -> Any:
             raise _returned(result)
         rec.end_example_valid()
 
+    body.__implreg_body__ = orig  # what a pooled group run in this process must call (pooling.check_group_task)
     return body
 
 
