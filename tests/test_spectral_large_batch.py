@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from implreg.matrix.flow.spectral import _TIME_SCALE, SpectralLayout, _problem_factory, spectral_vector_field
+from implreg.matrix.flow.spectral import (
+    _TIME_SCALE,
+    SpectralLayout,
+    _field_2x2_columns,
+    _problem_factory,
+    spectral_vector_field,
+)
 from implreg.matrix.problems import razin_cohen_2x2, sensing
 
 F64 = torch.float64
@@ -108,11 +114,12 @@ def problems(n: int, gen: torch.Generator) -> list:
 
 
 def test_field_2x2_columns_equal_old_form() -> None:
-    """The d = 2 field on columns against the broadcast/bmm form: completion and sensing, depths 2–4, with and
-    without damping, batches from 1 to the Jacobian's size, ordinary and special states, zero cores."""
+    """The d = 2 field with the batch last against the broadcast/bmm form (used below 256 rows), directly and
+    through spectral_vector_field: completion and sensing, depths 2–4, with and without damping, batches from 1
+    to beyond the switch between the forms, ordinary and special states, zero cores."""
     gen = torch.Generator().manual_seed(11)
     lay = SpectralLayout(2)
-    for n in (1, 7, 64, 2300):
+    for n in (1, 7, 255, 256, 2300):
         for special in (0.0, 0.05, 0.5):
             y = spectral_states(n, gen, special)
             if n > 1:
@@ -123,23 +130,25 @@ def test_field_2x2_columns_equal_old_form() -> None:
                 prob, pr = _problem_factory(problem)
                 for N in (2, 3, 4):
                     for damping in (1.0, 0.0, 0.37):
-                        new = spectral_vector_field(problem, N, lay, damping)(None, y, *pr)
                         old = old_field_2x2(prob, N, lay, damping)(None, y, *pr)
-                        assert same_bits(new, old), (n, special, N, damping)
-                        assert new.is_contiguous()
+                        for new in (spectral_vector_field(problem, N, lay, damping)(None, y, *pr),
+                                    _field_2x2_columns(prob, N, lay, damping)(None, y, *pr)):
+                            assert same_bits(new, old), (n, special, N, damping)
+                            assert new.is_contiguous()
 
 
 def test_field_2x2_columns_row_independent() -> None:
     """Each row's value does not depend on the batch around it (alone, in a batch, on a strided input)."""
     gen = torch.Generator().manual_seed(12)
     lay = SpectralLayout(2)
-    n = 50
+    n = 300  # the Jacobian-sized form; single rows use the batch-first one
     y = spectral_states(n, gen, 0.05)
     problem = razin_cohen_2x2(n).to(dtype=F64)
     _, pr = _problem_factory(problem)
     f = spectral_vector_field(problem, 2, lay)
     full = f(None, y, *pr)
-    for i in (0, 17, 49):
+    for i in (0, 17, 299):
         assert same_bits(f(None, y[i : i + 1], *[q[i : i + 1] for q in pr]), full[i : i + 1])
     wide = torch.cat([y, y], dim=-1)[:, :11]  # a non-contiguous state
     assert same_bits(f(None, wide, *pr), full)
+
