@@ -1,0 +1,278 @@
+"""``implreg verify --cluster ADDRESS``: run the claims on an existing Dask distributed cluster.
+
+Why Dask distributed (issue 12): its wheels are pure Python (dask + distributed, about 2 MB, seconds to install
+on a CPU CI machine); ``LocalCluster`` starts real worker processes in-process for the tests; a two-machine
+cluster is started with the engine's own commands (``dask scheduler`` on one, ``dask worker tcp://HOST:8786`` on
+each); dask-cuda gives one worker per GPU (each with its own ``CUDA_VISIBLE_DEVICES``).  Ray is the usual engine
+of GPU clusters, but its wheels are hundreds of MB and a Ray head is heavy for CI.  We build no scheduler, queue or
+wire protocol of our own: Dask schedules, retries and moves the data.
+
+What runs where:
+
+- the client (this process) collects the claims exactly as the local run does (pytest collection through the
+  implreg plugin: file, node id, claim id, ``-k``/``--id`` filters, collection errors);
+- each claim is one Dask task (the level pytest-xdist distributes locally): the worker imports the claim files
+  the way pytest does (``_pytest.pathlib.import_path``, so module names and ids are the same), and calls
+  ``implreg.harness.runner.claim_record`` — the same ``run_claim`` as the local run, with the run's profile and
+  seed, so verdicts, instance counts, counterexamples, ``@reproduce_failure`` blobs and ``reproduce`` commands
+  are those of a local run;
+- the records are written into a run directory and merged by the same ``cli.finish_run`` (results.json and the
+  HTML report), so the outputs are identical in form.
+
+Faults.  A task whose worker dies is rescheduled by Dask on another worker (``distributed.scheduler.
+allowed-failures``, default 3 deaths per task, then ``KilledWorker``); a task that raises is re-run up to
+``retries`` times (Dask's ``retries=``).  The number of times each claim's task was rescheduled or re-run is read
+from the scheduler and kept in the record (``timing.retries``: it depends on scheduling, not on the claim, so it
+sits with the other run-dependent values) and in the run header (``cluster.retries``).  A claim whose task cannot
+be run is an ``error`` record that says why; it is never lost and never ``holds``.
+
+This module is imported only with ``--cluster``; without it nothing here (or in dask) is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ClaimTask", "ClusterError", "ClusterMap", "connect", "run_claim_task", "run_on_cluster"]
+
+# Dask re-runs a task that *raised* this many more times (retries=); worker deaths are counted separately by the
+# scheduler's allowed-failures.  Two: a transient failure (a worker's disk or memory) is retried, a claim file that
+# cannot be imported on any worker is not retried for long.
+DEFAULT_RETRIES = 2
+
+
+class ClusterError(RuntimeError):
+    """A task could not be run on the cluster (after its retries)."""
+
+
+@dataclass(frozen=True)
+class ClaimTask:
+    """What a worker needs to run one collected claim (plain, picklable data)."""
+
+    nodeid: str
+    claim_id: str
+    file: str                   # absolute path on the client
+    relfile: str                # the same file relative to the client's working directory
+    cwd: str                    # the client's working directory (reproduce commands are relative to it)
+    files: tuple[str, ...]      # every collected claim file: imported first, as every pytest process does
+    profile: str
+    seed: int
+    meta: dict[str, Any]        # the collected metadata (statement, expectation, …), for an error record
+
+
+def connect(address: str, timeout_s: float = 30.0) -> Any:
+    """A Dask client for the scheduler at ``address`` (``tcp://host:8786``, or a ``LocalCluster``'s address)."""
+    from distributed import Client
+
+    return Client(address, timeout=timeout_s)
+
+
+# ------------------------------------------------------------------------------------------------
+# on the worker
+# ------------------------------------------------------------------------------------------------
+def _resolve(task: ClaimTask, path: str) -> Path:
+    """The claim file on this machine: the client's absolute path (shared file system, a LocalCluster), else the
+    same path relative to the worker's working directory (each machine has the same checkout)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    rel = Path(os.path.relpath(path, task.cwd))
+    if rel.exists():
+        return rel.resolve()
+    raise FileNotFoundError(f"claim file {path} is not on this worker (neither at that path nor at {rel} relative "
+                            f"to the worker's directory {os.getcwd()}): start the worker in a checkout of the "
+                            "same project")
+
+
+def _import(path: Path) -> Any:
+    from _pytest.pathlib import ImportMode, import_path
+
+    # prepend mode: what `implreg verify` gives pytest by default, so a file gets the same module name here
+    return import_path(path, mode=ImportMode.prepend, root=path.parent, consider_namespace_packages=False)
+
+
+def _one_torch_thread() -> None:
+    # as in an xdist worker (plugin._one_thread_per_worker): worker processes already occupy the cores
+    torch = sys.modules.get("torch")
+    if torch is None:
+        import torch
+    torch.set_num_threads(int(os.environ.get("IMPLREG_TORCH_THREADS", "1")))
+
+
+def run_claim_task(task: ClaimTask, map_groups: Callable[..., list[Any]] | None = None) -> dict[str, Any]:
+    """Run one claim on a worker: its record and the worker's environment (device, torch threads)."""
+    from distributed import get_worker
+
+    from implreg.harness.claims import get_spec
+    from implreg.harness.profiles import get_profile
+    from implreg.harness.results import process_environment
+    from implreg.harness.runner import claim_record
+
+    _one_torch_thread()
+    if os.path.isdir(task.cwd):
+        # reproduce commands are written relative to the working directory, as on the client
+        os.chdir(task.cwd)
+    for other in task.files:
+        # a worker imports every collected file, as each pytest process does, so that a duplicate claim id in
+        # another file is found here too; a file that fails to import is the collection's error record
+        try:
+            _import(_resolve(task, other))
+        except Exception:  # recorded as a collection error by the client
+            continue
+    module = _import(_resolve(task, task.file))
+    name = task.nodeid.rsplit("::", 1)[-1]
+    spec = get_spec(getattr(module, name, None))
+    if spec is None or spec.id != task.claim_id:
+        raise ClusterError(f"{task.nodeid}: no claim {task.claim_id!r} in {module.__file__} on this worker "
+                           "(a different version of the file?)")
+    kwargs = {} if map_groups is None else {"map_groups": map_groups}
+    record = claim_record(spec, profile=get_profile(task.profile), seed=task.seed, nodeid=task.nodeid,
+                          worker=get_worker().address, **kwargs)
+    return {"record": record, "env": process_environment()}
+
+
+# ------------------------------------------------------------------------------------------------
+# on the client
+# ------------------------------------------------------------------------------------------------
+def _attempts(dask_scheduler: Any, keys: Sequence[str], retries: int) -> dict[str, int]:
+    """Per task key: how often the scheduler re-ran it (it raised) or rescheduled it (its worker died)."""
+    out = {}
+    for k in keys:
+        ts = dask_scheduler.tasks.get(k)
+        if ts is not None:
+            out[k] = int(ts.suspicious) + max(0, retries - int(ts.retries))
+    return out
+
+
+def _retry_counts(client: Any, keys: Sequence[str], retries: int) -> dict[str, int]:
+    try:
+        return client.run_on_scheduler(_attempts, keys=list(keys), retries=retries)
+    except Exception:  # a scheduler that refuses run_on_scheduler: the counts are unknown, not zero
+        return {}
+
+
+def _describe(exc: BaseException) -> str:
+    from distributed import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return (f"every worker that ran it died ({exc.allowed_failures + 1} attempts, the scheduler's "
+                f"allowed-failures): {exc}")
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ClusterMap:
+    """``map_groups(fn, items) -> list`` over a Dask client: one task per item, re-run up to ``retries`` times,
+    results in the order of ``items``; ``retries_total`` counts the re-runs and reschedulings (for the report).
+
+    Raises ``ClusterError`` naming the first item that could not be run: a caller never gets a partial list.
+    """
+
+    def __init__(self, client: Any, retries: int = DEFAULT_RETRIES, prefix: str = "implreg-group"):
+        self.client = client
+        self.retries = retries
+        self.prefix = prefix
+        self.retries_total = 0
+        self.calls = 0
+
+    def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        from distributed import wait
+
+        items = list(items)
+        self.calls += 1
+        tag = f"{self.prefix}-{os.getpid()}-{id(self):x}-{self.calls}"
+        futures = [self.client.submit(fn, item, key=f"{tag}-{i}", retries=self.retries, pure=False)
+                   for i, item in enumerate(items)]
+        try:
+            wait(futures)
+            self.retries_total += sum(_retry_counts(self.client, [f.key for f in futures], self.retries).values())
+            out = []
+            for i, fut in enumerate(futures):
+                if fut.status != "finished":
+                    exc = fut.exception() if fut.status == "error" else None
+                    raise ClusterError(f"group {i + 1} of {len(items)} could not be run on the cluster: "
+                                       + (_describe(exc) if exc is not None else f"task {fut.status}"))
+                out.append(fut.result())
+            return out
+        finally:
+            for fut in futures:
+                fut.release()
+
+
+def run_on_cluster(client: Any, tasks: Sequence[ClaimTask], *, retries: int = DEFAULT_RETRIES,
+                   progress: Callable[[dict[str, Any]], None] | None = None
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Run ``tasks`` as one Dask task each: their records (one per task, in task order), the workers'
+    environments, and the cluster facts for the run header (address, workers, retries, claims not run)."""
+    from distributed import as_completed
+
+    from implreg.harness.runner import error_record
+
+    futures = [client.submit(run_claim_task, t, key=f"implreg-claim-{i}-{t.claim_id}", retries=retries, pure=False)
+               for i, t in enumerate(tasks)]
+    index = {f.key: i for i, f in enumerate(futures)}
+    outcomes: list[dict[str, Any] | BaseException | None] = [None] * len(tasks)
+    try:
+        for fut in as_completed(futures):
+            i = index[fut.key]
+            try:
+                outcomes[i] = fut.result()
+            except Exception as exc:  # recorded as the claim's error below
+                outcomes[i] = exc
+            if progress is not None and isinstance(outcomes[i], dict):
+                progress(outcomes[i]["record"])
+        counts = _retry_counts(client, list(index), retries)
+    finally:
+        for fut in futures:
+            fut.release()
+    records, envs, unrun = [], [], []
+    for t, fut, out in zip(tasks, futures, outcomes, strict=True):
+        if isinstance(out, dict):
+            record, env = out["record"], out["env"]
+            envs.append(env)
+        else:
+            why = _describe(out) if out is not None else "the cluster returned no result"
+            record = error_record(
+                t.meta, kind="ClusterTaskFailed", message=why, profile=t.profile, seed=t.seed,
+                explanation=f"The claim could not be run on the cluster: {why}. It has no verdict of its own.",
+                reproduce=f"implreg verify {t.relfile} --id {t.claim_id} --seed {t.seed} --profile {t.profile} -n 1")
+            record["nodeid"] = t.nodeid
+            unrun.append(t.claim_id)
+            if progress is not None:
+                progress(record)
+        record["timing"]["retries"] = counts.get(fut.key)
+        records.append(record)
+    known = [c for c in counts.values() if c is not None]
+    info = {"address": str(client.scheduler.address), "workers": len(client.scheduler_info()["workers"]),
+            "retries": sum(known), "retries_known": len(known) == len(tasks), "claims_not_run": unrun}
+    return records, envs, info
+
+
+def tasks_from_collection(claims: Sequence[dict[str, Any]], *, profile: str, seed: int) -> list[ClaimTask]:
+    """One task per collected claim row (``cli.collect_claims``), in collection order."""
+    cwd = os.getcwd()
+    files = tuple(dict.fromkeys(str(Path(c["file"]).resolve()) for c in claims))
+    out = []
+    for c in claims:
+        meta = {k: v for k, v in c.items() if k not in ("nodeid", "problems")}
+        f = str(Path(c["file"]).resolve())
+        out.append(ClaimTask(nodeid=c["nodeid"], claim_id=c["id"], file=f, relfile=os.path.relpath(f, cwd),
+                             cwd=cwd, files=files, profile=profile, seed=seed, meta=meta))
+    return out
+
+
+def wait_for_workers(client: Any, n: int = 1, timeout_s: float = 60.0) -> int:
+    """Wait until the cluster has ``n`` workers (a cluster with none would queue the tasks forever)."""
+    t0 = time.time()
+    try:
+        client.wait_for_workers(n, timeout=timeout_s)
+    except Exception as exc:
+        raise ClusterError(f"the cluster at {client.scheduler.address} has no worker after "
+                           f"{time.time() - t0:.0f} s; start one with `dask worker {client.scheduler.address}`"
+                           ) from exc
+    return len(client.scheduler_info()["workers"])
