@@ -176,6 +176,20 @@ def test_a_claim_that_cannot_be_run_is_an_error_with_the_reason(cluster, tmp_pat
     assert remote["run"]["passed"] is False and remote["run"]["cluster"]["claims_not_run"] == ["dies/always-dies"]
 
 
+def test_an_edited_claim_file_is_run_as_edited_on_a_long_lived_cluster(cluster, tmp_path):
+    text = IDENTITIES.replace('"cl/', '"edit/')
+    path = _write(tmp_path, "cluster_edited.py", text)
+    first = _verify(path, "--id", "edit/square-nonneg", "--cluster", cluster.scheduler_address,
+                    report=tmp_path / "a" / "index.html")
+    assert first["claims"][0]["verdict"] == "holds"
+    # the workers imported the file above; the same file now states something false
+    _write(tmp_path, "cluster_edited.py", text.replace('x * x >= 0, what="x² ≥ 0"', 'x * x >= 1, what="x² ≥ 1"'))
+    second = _verify(path, "--id", "edit/square-nonneg", "--cluster", cluster.scheduler_address,
+                     report=tmp_path / "b" / "index.html")
+    assert second["claims"][0]["verdict"] == "refuted"
+    assert "x=0" in second["claims"][0]["counterexample"]["falsifying_example"]
+
+
 def test_map_groups_over_the_cluster_keeps_order_and_reports_failures(cluster):
     from distributed import Client
 

@@ -31,6 +31,7 @@ This module is imported only with ``--cluster``; without it nothing here (or in 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -61,6 +62,7 @@ class ClaimTask:
     relfile: str                # the same file relative to the client's working directory
     cwd: str                    # the client's working directory (reproduce commands are relative to it)
     files: tuple[str, ...]      # every collected claim file: imported first, as every pytest process does
+    digests: dict[str, str]     # sha256 of each file's bytes on the client: the worker must run the same text
     profile: str
     seed: int
     meta: dict[str, Any]        # the collected metadata (statement, expectation, …), for an error record
@@ -97,6 +99,33 @@ def _import(path: Path) -> Any:
     return import_path(path, mode=ImportMode.prepend, root=path.parent, consider_namespace_packages=False)
 
 
+def _digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# sha256 of each claim file as this worker process imported it: a long-lived worker keeps modules in sys.modules,
+# so a file edited since (the next run of a conjecture being written) must be imported again, not reused
+_IMPORTED: dict[str, str] = {}
+
+
+def _import_current(task: ClaimTask, client_path: str) -> Any:
+    """Import a claim file on this worker, checked to be the client's text and re-imported if it changed."""
+    path = _resolve(task, client_path)
+    have = _digest(path)
+    want = task.digests.get(client_path)
+    if want is not None and have != want:
+        raise ClusterError(f"{path} on this worker differs from {client_path} on the client (sha256 {have[:12]} vs "
+                           f"{want[:12]}): the worker's checkout is not the client's")
+    key = str(path.resolve())
+    if _IMPORTED.get(key, have) != have:
+        for name, mod in list(sys.modules.items()):
+            if getattr(mod, "__file__", None) and Path(mod.__file__).resolve() == path.resolve():
+                del sys.modules[name]
+    module = _import(path)
+    _IMPORTED[key] = have
+    return module
+
+
 def _one_torch_thread() -> None:
     # as in an xdist worker (plugin._one_thread_per_worker): worker processes already occupy the cores
     torch = sys.modules.get("torch")
@@ -122,10 +151,10 @@ def run_claim_task(task: ClaimTask, map_groups: Callable[..., list[Any]] | None 
         # a worker imports every collected file, as each pytest process does, so that a duplicate claim id in
         # another file is found here too; a file that fails to import is the collection's error record
         try:
-            _import(_resolve(task, other))
+            _import_current(task, other)
         except Exception:  # recorded as a collection error by the client
             continue
-    module = _import(_resolve(task, task.file))
+    module = _import_current(task, task.file)
     name = task.nodeid.rsplit("::", 1)[-1]
     spec = get_spec(getattr(module, name, None))
     if spec is None or spec.id != task.claim_id:
@@ -213,6 +242,7 @@ def run_on_cluster(client: Any, tasks: Sequence[ClaimTask], *, retries: int = DE
 
     from implreg.harness.runner import error_record
 
+    workers = len(client.scheduler_info()["workers"])
     t0 = time.perf_counter()
     futures = [client.submit(run_claim_task, t, key=f"implreg-claim-{i}-{t.claim_id}", retries=retries, pure=False)
                for i, t in enumerate(tasks)]
@@ -250,7 +280,7 @@ def run_on_cluster(client: Any, tasks: Sequence[ClaimTask], *, retries: int = DE
         record["timing"]["retries"] = counts.get(fut.key)
         records.append(record)
     known = [c for c in counts.values() if c is not None]
-    info = {"address": str(client.scheduler.address), "workers": len(client.scheduler_info()["workers"]),
+    info = {"address": str(client.scheduler.address), "workers": workers,
             "retries": sum(known), "retries_known": len(known) == len(tasks), "claims_not_run": unrun,
             # from the first submission to the last result: the claims' share of the run's wall time
             "timing": {"tasks_wall_s": round(tasks_wall_s, 3)}}
@@ -261,12 +291,14 @@ def tasks_from_collection(claims: Sequence[dict[str, Any]], *, profile: str, see
     """One task per collected claim row (``cli.collect_claims``), in collection order."""
     cwd = os.getcwd()
     files = tuple(dict.fromkeys(str(Path(c["file"]).resolve()) for c in claims))
+    digests = {f: _digest(f) for f in files}
     out = []
     for c in claims:
         meta = {k: v for k, v in c.items() if k not in ("nodeid", "problems")}
         f = str(Path(c["file"]).resolve())
         out.append(ClaimTask(nodeid=c["nodeid"], claim_id=c["id"], file=f, relfile=os.path.relpath(f, cwd),
-                             cwd=cwd, files=files, profile=profile, seed=seed, meta=meta))
+                             cwd=cwd, files=files, digests=digests, profile=profile, seed=seed,
+                             meta=meta))
     return out
 
 
