@@ -204,6 +204,24 @@ def test_map_groups_over_the_cluster_keeps_order_and_reports_failures(cluster):
         assert cmap.retries_total == 1  # the failing group was re-run once (retries=1) before giving up
 
 
+def _map_on_a_worker(items):
+    from implreg.harness.cluster import WorkerMap
+
+    wmap = WorkerMap(retries=0)
+    return wmap(math.sqrt, items), wmap.groups
+
+
+def test_a_task_maps_its_groups_over_the_cluster_without_deadlock(cluster):
+    from distributed import Client
+
+    # two drivers at once on two single-threaded workers: each waits for groups that need a worker's thread
+    with Client(cluster.scheduler_address) as client:
+        futs = [client.submit(_map_on_a_worker, [float(i * i) for i in range(k, k + 5)], pure=False)
+                for k in (0, 10)]
+        got = client.gather(futs, errors="raise")
+    assert got == [([float(i) for i in range(5)], 5), ([float(i) for i in range(10, 15)], 5)]
+
+
 def test_without_cluster_dask_is_not_imported(tmp_path):
     path = _write(tmp_path, "no_cluster_claims.py", IDENTITIES)
     code = textwrap.dedent(f"""

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ClaimTask", "ClusterError", "ClusterMap", "connect", "run_claim_task", "run_on_cluster"]
+__all__ = ["ClaimTask", "ClusterError", "ClusterMap", "WorkerMap", "connect", "run_claim_task", "run_on_cluster"]
 
 # Dask re-runs a task that *raised* this many more times (retries=); worker deaths are counted separately by the
 # scheduler's allowed-failures.  Two: a transient failure (a worker's disk or memory) is retried, a claim file that
@@ -231,6 +231,31 @@ class ClusterMap:
         finally:
             for fut in futures:
                 fut.release()
+
+
+class WorkerMap:
+    """``map_groups`` for a task already running on a worker (a pooled claim's driver): each call spreads the
+    groups over the cluster through the worker's own client (``distributed.worker_client``), which takes this
+    task's thread out of the worker's pool while it waits, so that single-threaded workers cannot deadlock and
+    no core runs two things at once.  Outside a call nothing is seceded: a claim that never maps runs as before.
+    """
+
+    def __init__(self, retries: int = DEFAULT_RETRIES):
+        self.retries = retries
+        self.retries_total = 0
+        self.groups = 0
+
+    def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        from distributed import worker_client
+
+        items = list(items)
+        with worker_client() as client:
+            cmap = ClusterMap(client, self.retries)
+            try:
+                return cmap(fn, items)
+            finally:
+                self.retries_total += cmap.retries_total
+                self.groups += len(items)
 
 
 def run_on_cluster(client: Any, tasks: Sequence[ClaimTask], *, retries: int = DEFAULT_RETRIES,
