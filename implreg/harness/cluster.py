@@ -35,6 +35,7 @@ import hashlib
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +215,8 @@ class ClusterMap:
 
         items = list(items)
         self.calls += 1
-        tag = f"{self.prefix}-{os.getpid()}-{id(self):x}-{self.calls}"
+        # unique per call: Dask shares the result of equal keys, and other runs may use the same cluster
+        tag = f"{self.prefix}-{uuid.uuid4().hex}"
         futures = [self.client.submit(fn, item, key=f"{tag}-{i}", retries=self.retries, pure=False)
                    for i, item in enumerate(items)]
         try:
@@ -269,8 +271,9 @@ def run_on_cluster(client: Any, tasks: Sequence[ClaimTask], *, retries: int = DE
 
     workers = len(client.scheduler_info()["workers"])
     t0 = time.perf_counter()
-    futures = [client.submit(run_claim_task, t, key=f"implreg-claim-{i}-{t.claim_id}", retries=retries, pure=False)
-               for i, t in enumerate(tasks)]
+    run = uuid.uuid4().hex  # keys unique to this run: Dask shares the result of equal keys between clients
+    futures = [client.submit(run_claim_task, t, key=f"implreg-claim-{run}-{i}-{t.claim_id}", retries=retries,
+                             pure=False) for i, t in enumerate(tasks)]
     index = {f.key: i for i, f in enumerate(futures)}
     outcomes: list[dict[str, Any] | BaseException | None] = [None] * len(tasks)
     try:
