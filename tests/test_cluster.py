@@ -150,10 +150,13 @@ def test_counterexample_found_on_a_worker_reproduces_locally(identity_runs, tmp_
     assert again[0]["counterexample"] == ce  # same shrunk example, same blob, same command
 
 
-def test_a_dead_workers_claim_is_retried_and_nothing_is_lost(cluster, tmp_path):
+def test_a_dead_workers_claim_is_retried_and_nothing_is_lost(cluster, tmp_path, monkeypatch):
     path = _write(tmp_path, "cluster_dies_once.py", DIES_ONCE)
-    remote = _verify(path, "--id", "cl/survives-a-dead-worker", "--cluster", cluster.scheduler_address,
-                     report=tmp_path / "cluster" / "index.html")
+    # the cluster named by the environment instead of --cluster
+    monkeypatch.setenv("IMPLREG_CLUSTER", cluster.scheduler_address)
+    remote = _verify(path, "--id", "cl/survives-a-dead-worker", report=tmp_path / "cluster" / "index.html")
+    monkeypatch.delenv("IMPLREG_CLUSTER")
+    assert remote["run"]["cluster"]["address"] == cluster.scheduler_address
     assert path.with_suffix(".died").exists()  # the first attempt did kill its worker
     local = _verify(path, "--id", "cl/survives-a-dead-worker", "-n", "1", report=tmp_path / "local" / "index.html")
     assert strip_timing(remote["claims"]) == strip_timing(local["claims"])
