@@ -135,8 +135,20 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(int(os.environ.get("IMPLREG_TORCH_THREADS", "1")))
 
 
-def run_claim_task(task: ClaimTask, map_groups: Callable[..., list[Any]] | None = None) -> dict[str, Any]:
-    """Run one claim on a worker: its record and the worker's environment (device, torch threads)."""
+def _accepts_map_groups() -> bool:
+    import inspect
+
+    from implreg.harness.verdict import run_claim
+
+    return "map_groups" in inspect.signature(run_claim).parameters
+
+
+def run_claim_task(task: ClaimTask, retries: int = DEFAULT_RETRIES) -> dict[str, Any]:
+    """Run one claim on a worker: its record and the worker's environment (device, torch threads).
+
+    A pooled claim (``@claim(..., instances=N)``) runs its driver here and its groups as tasks of their own over
+    the whole cluster (``WorkerMap``): the driver is what decides the verdict and is the same code as on a laptop,
+    and the groups are where the time goes.  Their re-runs are added to the claim's retries."""
     from distributed import get_worker
 
     from implreg.harness.claims import get_spec
@@ -161,9 +173,13 @@ def run_claim_task(task: ClaimTask, map_groups: Callable[..., list[Any]] | None 
     if spec is None or spec.id != task.claim_id:
         raise ClusterError(f"{task.nodeid}: no claim {task.claim_id!r} in {module.__file__} on this worker "
                            "(a different version of the file?)")
-    kwargs = {} if map_groups is None else {"map_groups": map_groups}
+    wmap = WorkerMap(retries)
+    kwargs = {"map_groups": wmap} if _accepts_map_groups() else {}
     record = claim_record(spec, profile=get_profile(task.profile), seed=task.seed, nodeid=task.nodeid,
                           worker=get_worker().address, **kwargs)
+    if wmap.groups:
+        record["timing"]["groups"] = wmap.groups
+        record["timing"]["group_retries"] = wmap.retries_total
     return {"record": record, "env": process_environment()}
 
 
@@ -272,8 +288,8 @@ def run_on_cluster(client: Any, tasks: Sequence[ClaimTask], *, retries: int = DE
     workers = len(client.scheduler_info()["workers"])
     t0 = time.perf_counter()
     run = uuid.uuid4().hex  # keys unique to this run: Dask shares the result of equal keys between clients
-    futures = [client.submit(run_claim_task, t, key=f"implreg-claim-{run}-{i}-{t.claim_id}", retries=retries,
-                             pure=False) for i, t in enumerate(tasks)]
+    futures = [client.submit(run_claim_task, t, retries, key=f"implreg-claim-{run}-{i}-{t.claim_id}",
+                             retries=retries, pure=False) for i, t in enumerate(tasks)]
     index = {f.key: i for i, f in enumerate(futures)}
     outcomes: list[dict[str, Any] | BaseException | None] = [None] * len(tasks)
     try:
@@ -305,9 +321,12 @@ def run_on_cluster(client: Any, tasks: Sequence[ClaimTask], *, retries: int = DE
             unrun.append(t.claim_id)
             if progress is not None:
                 progress(record)
-        record["timing"]["retries"] = counts.get(fut.key)
+        retried = counts.get(fut.key)
+        if retried is not None:
+            retried += int(record["timing"].get("group_retries") or 0)
+        record["timing"]["retries"] = retried
         records.append(record)
-    known = [c for c in counts.values() if c is not None]
+    known = [r["timing"]["retries"] for r in records if r["timing"]["retries"] is not None]
     info = {"address": str(client.scheduler.address), "workers": workers,
             "retries": sum(known), "retries_known": len(known) == len(tasks), "claims_not_run": unrun,
             # from the first submission to the last result: the claims' share of the run's wall time
