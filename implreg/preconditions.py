@@ -70,8 +70,11 @@ def require(cond: Any, what: str, *, discard: bool = False) -> None:
         counts = _DISCARDS.get()
         if counts is not None:
             counts[what] += 1
-        from hypothesis import reject
+        from hypothesis import currently_in_test_context, reject
+        from hypothesis.errors import UnsatisfiedAssumption
 
+        if not currently_in_test_context():  # a pooled body (implreg.harness.pooling) runs outside Hypothesis
+            raise UnsatisfiedAssumption(what)
         reject()
     raise PreconditionFailed(what, detail)
 

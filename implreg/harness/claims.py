@@ -172,6 +172,7 @@ class ClaimSpec:
     hypotheses: tuple[str, ...] = ()
     budget_s: float | None = None
     max_examples: int | None = None
+    instances: int | None = None                # pooled runs: distinct instances to check under ci
     deviation: str | None = None                # empirical only: documented disagreement with the paper
     finding: str | None = None                  # the catalogue states this as holding; refuted as stated
     refuted_by: tuple[str | re.Pattern[str], ...] = ()  # the comparison(s) a refutation must fail
@@ -232,6 +233,7 @@ class ClaimSpec:
             "hypotheses": list(self.hypotheses),
             "budget_s": self.budget_s,
             "max_examples": self.max_examples,
+            "instances": self.instances,
             "statistical": self.sample is not None,
         }
 
@@ -302,6 +304,7 @@ def claim(id: str | None = None, *, source: Source | SourceRef | None = None, ki
           expect: str = "holds", statement: str | None = None, latex: str | None = None,
           hypotheses: Sequence[str] = (), budget_s: float | None = None,
           max_examples: int | None = None,
+          instances: int | None = None,
           deviation: str | None = None,
           finding: str | None = None,
           refuted_by: str | re.Pattern[str] | Sequence[str | re.Pattern[str]] | None = None,
@@ -314,6 +317,12 @@ def claim(id: str | None = None, *, source: Source | SourceRef | None = None, ki
     ``hypotheses`` the conditions drawn instances satisfy by construction; ``budget_s`` a wall budget for
     the whole claim (no new examples are started after it; the report says so); ``max_examples`` the
     claim's example count under the ``ci`` profile (other profiles scale it).
+
+    ``instances``: check at least this many distinct instances under ``ci`` (``quick`` and ``thorough`` scale
+    it), in a pooled run: Hypothesis' examples are generated first, then checked a few large batches at a time,
+    and a failure is shrunk as usual (``implreg.harness.pooling``).  For claims whose strategies draw
+    ``batches`` and whose body treats each instance on its own (as the simulators do), so that merging
+    examples changes nothing but the speed; ``max_examples`` is then ignored.
 
     ``deviation`` (empirical claims only): an explanation, written after looking at the result, of why this
     toy replication disagrees with the paper.  ``expect`` stays what the paper reports and the verdict is
@@ -336,7 +345,8 @@ def claim(id: str | None = None, *, source: Source | SourceRef | None = None, ki
         # used bare, as @claim: record the mistake on the function itself
         return _make(id, None, {}, ["@claim must be called with an id: @claim('paper-key/slug', statement=...)"])
     meta = dict(source=source, kind=kind, expect=expect, statement=statement, latex=latex,
-                hypotheses=hypotheses, budget_s=budget_s, max_examples=max_examples, deviation=deviation,
+                hypotheses=hypotheses, budget_s=budget_s, max_examples=max_examples, instances=instances,
+                deviation=deviation,
                 finding=finding, refuted_by=refuted_by)
 
     def decorate(fn: Callable[..., Any]) -> Callable[[], None]:
@@ -390,6 +400,14 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
     if max_ex is not None and not (isinstance(max_ex, int) and max_ex >= 1):
         problems.append(f"claim {shown!r}: max_examples must be a positive integer, got {max_ex!r}")
         max_ex = None
+    n_inst = meta.get("instances")
+    if n_inst is not None and not (isinstance(n_inst, int) and not isinstance(n_inst, bool) and n_inst >= 1):
+        problems.append(f"claim {shown!r}: instances must be a positive integer, got {n_inst!r}")
+        n_inst = None
+    if n_inst is not None and getattr(fn, "__implreg_sample__", None) is not None:
+        problems.append(f"claim {shown!r}: instances= pools the examples of a @given claim; a @sample claim "
+                        "states its sample size in @sample(n, …)")
+        n_inst = None
     deviation = meta.get("deviation")
     if deviation is not None and (not isinstance(deviation, str) or not deviation.strip()):
         problems.append(f"claim {shown!r}: deviation must be a non-empty explanation, got {deviation!r}")
@@ -424,7 +442,8 @@ def _make(fn: Any, claim_id: Any, meta: dict[str, Any], problems: list[str]) -> 
         id=shown, function=name, module=module, file=file, line=line, source=source,
         kind=kind if kind in KINDS else str(kind), expect=str(expect),
         statement=str(statement or ""), latex=latex_or_none(meta.get("latex")),
-        hypotheses=tuple(str(h) for h in hyps), budget_s=budget, max_examples=max_ex, deviation=deviation,
+        hypotheses=tuple(str(h) for h in hyps), budget_s=budget, max_examples=max_ex, instances=n_inst,
+        deviation=deviation,
         finding=finding, refuted_by=refuted_by, test=fn if callable(fn) else None, sample=sample_spec,
         problems=problems, warnings=warnings,
     )
@@ -509,7 +528,11 @@ def latex_or_none(x: Any) -> str | None:
 # batching
 # ------------------------------------------------------------------------------------------------
 class Batch(list):
-    """A list of instances drawn as one Hypothesis example (see ``batches``)."""
+    """A list of instances drawn as one Hypothesis example (see ``batches``).  ``key``: what the instances share
+    beyond themselves (e.g. the depth and shape a strategy drew for the whole batch); pooled runs merge only
+    batches with equal keys (``implreg.harness.pooling``)."""
+
+    key: Any = None
 
 
 def _note_batch(size: int, repeated: bool = False) -> None:
@@ -527,7 +550,7 @@ def _note_batch(size: int, repeated: bool = False) -> None:
     rec.note_batch(ctx, size, repeated)
 
 
-def _instance_key(item: Any) -> Any:
+def instance_key(item: Any) -> Any:
     """Identity of a drawn instance for ``batches``' distinctness: the value itself when hashable (frozen
     dataclasses, tuples, numbers), else its repr (tensors hash by identity, which would make every draw
     distinct)."""
@@ -557,7 +580,7 @@ def batches(instance: st.SearchStrategy[Any], *, max_size: int = 64, min_size: i
     """
 
     def finish(items: list[Any]) -> Any:
-        _note_batch(len(items), len({_instance_key(x) for x in items}) < len(items))
+        _note_batch(len(items), len({instance_key(x) for x in items}) < len(items))
         return Batch(items) if stack is None else stack(list(items))
 
     def build() -> st.SearchStrategy[Any]:

@@ -38,11 +38,16 @@ class Profile:
     derandomize: bool
     default_seed: int | None    # None: draw a fresh seed per run (recorded in the report)
     description: str
+    instance_scale: float = 1.0  # a pooled claim's own instance count (stated for ci) is multiplied by this
 
     def examples_for(self, claim_max_examples: int | None) -> int:
         if claim_max_examples is None:
             return self.max_examples
         return max(1, round(claim_max_examples * self.scale))
+
+    def instances_for(self, claim_instances: int) -> int:
+        """Distinct instances a pooled claim (``@claim(instances=…)``) checks under this profile."""
+        return max(1, round(claim_instances * self.instance_scale))
 
     def resolve_seed(self, seed: int | None) -> int:
         if seed is not None:
@@ -71,11 +76,13 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", max_examples=10, scale=0.2, derandomize=False, default_seed=None,
-                     description="development: few examples, fresh seed each run"),
+                     description="development: few examples, fresh seed each run", instance_scale=0.1),
     "ci": Profile("ci", max_examples=50, scale=1.0, derandomize=True, default_seed=0,
                   description="CI: derandomized, fixed seed 0, moderate example counts"),
     "thorough": Profile("thorough", max_examples=500, scale=10.0, derandomize=False, default_seed=None,
-                        description="many examples, fresh seed each run"),
+                        description="many examples, fresh seed each run",
+                        # 1e3 instances per pooled claim under ci become 1e5: sized for one GPU
+                        instance_scale=100.0),
 }
 DEFAULT = "ci"
 

@@ -180,3 +180,47 @@ class Recorder:
 
     def set_instances(self, k: int) -> None:
         self._ex_instances = int(k)
+
+    # -- merging (pooled groups run elsewhere: implreg.harness.pooling) ------------------------------------
+    _SUMMED = ("calls", "valid", "rejected", "undecided_examples", "failures", "instances", "comparisons",
+               "certified", "undecided_count", "escalation_count", "escalations_resolved", "repeated_batches")
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`absorb` needs of this recorder, as plain picklable data."""
+        keep = (*self._SUMMED, "max_ratio", "max_ratio_what", "basis", "undecided", "escalations", "series",
+                "scalars", "tables", "notes")
+        return {k: getattr(self, k) for k in keep}
+
+    def absorb(self, state: dict[str, Any]) -> None:
+        """Add another recorder's :meth:`state` to this one, as if its bodies had run here after ours (the same
+        caps on kept entries, evidence only while no failure has been seen)."""
+        for k in self._SUMMED:
+            setattr(self, k, getattr(self, k) + int(state[k]))
+        if state["max_ratio_what"] is not None and (self.max_ratio_what is None
+                                                    or state["max_ratio"] > self.max_ratio):
+            self.max_ratio, self.max_ratio_what = state["max_ratio"], state["max_ratio_what"]
+        for what, basis in state["basis"].items():
+            if self.basis.get(what) != "estimate":
+                self.basis[what] = basis
+        self.undecided.extend(state["undecided"][: max(0, MAX_UNDECIDED - len(self.undecided))])
+        self.escalations.extend(state["escalations"][: max(0, MAX_ESCALATIONS - len(self.escalations))])
+        if not self.recording_evidence:
+            return
+        for name, plot in state["series"].items():
+            mine = self.series.setdefault(name, {**plot, "lines": [], "dropped_lines": 0})
+            room = max(0, MAX_SERIES_LINES - len(mine["lines"]))
+            mine["lines"].extend(plot["lines"][:room])
+            mine["dropped_lines"] += plot["dropped_lines"] + max(0, len(plot["lines"]) - room)
+        for name, entry in state["scalars"].items():
+            mine = self.scalars.setdefault(name, {**entry, "values": [], "nonfinite": 0})
+            mine["nonfinite"] += entry["nonfinite"]
+            mine["values"].extend(entry["values"][: max(0, 10_000 - len(mine["values"]))])
+        for name, t in state["tables"].items():
+            mine = self.tables.setdefault(name, {**t, "columns": [], "rows": [], "dropped_rows": 0})
+            mine["columns"].extend(c for c in t["columns"] if c not in mine["columns"])
+            room = max(0, MAX_TABLE_ROWS - len(mine["rows"]))
+            mine["rows"].extend(t["rows"][:room])
+            mine["dropped_rows"] += t["dropped_rows"] + max(0, len(t["rows"]) - room)
+        for text in state["notes"]:
+            if text not in self.notes and len(self.notes) < MAX_NOTES:
+                self.notes.append(text)

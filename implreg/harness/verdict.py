@@ -52,6 +52,7 @@ from hypothesis.statistics import collector
 from implreg.certify import Undecided
 from implreg.harness import recorder as _record
 from implreg.harness.claims import REGISTRY, ClaimSpec, set_runner
+from implreg.harness.pooling import MapGroups, Pooled, pool_size, run_pooled
 from implreg.harness.profiles import Profile, claim_seed, get_profile
 from implreg.preconditions import PreconditionFailed, tally
 
@@ -70,6 +71,11 @@ class BudgetExhausted(_Abort):
 
 class ReturnedValue(_Abort):
     """The claim body returned a value instead of asserting."""
+
+
+def _returned(result: Any) -> ReturnedValue:
+    return ReturnedValue("claim returned a value; claims must assert (use certify.* or assert): "
+                         f"the body returned {_safe_repr(result, 200)}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,10 +236,7 @@ def _instrument(orig: Any, rec: _record.Recorder) -> Any:
             rec.last_failure_kwargs = _safe_repr(kwargs) if not args else _safe_repr((args, kwargs))
             raise
         if result is not None:
-            raise ReturnedValue(
-                "claim returned a value; claims must assert (use certify.* or assert): "
-                f"the body returned {_safe_repr(result, 200)}"
-            )
+            raise _returned(result)
         rec.end_example_valid()
 
     return body
@@ -357,8 +360,11 @@ def _finish(record: dict[str, Any], verdict: str, explanation: str, t0: float) -
     return record
 
 
-def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: int | None = None) -> dict[str, Any]:
-    """Run a claim and return its record (verdict, explanation, counterexample, statistics, evidence)."""
+def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: int | None = None,
+              map_groups: MapGroups | None = None) -> dict[str, Any]:
+    """Run a claim and return its record (verdict, explanation, counterexample, statistics, evidence).
+    ``map_groups``: where a pooled claim's groups run (``implreg.harness.pooling.MapGroups``; default here, in
+    order); the record is the same either way."""
     t0 = time.perf_counter()
     prof = profile if isinstance(profile, Profile) else get_profile(profile or os.environ.get("IMPLREG_PROFILE"))
     run_seed = prof.resolve_seed(seed)
@@ -376,6 +382,7 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
 
     rec = _record.Recorder(spec.id, budget_s=spec.budget_s)
     hseed = claim_seed(run_seed, spec.id)
+    pooled: Pooled | None = None
     stats: dict[str, Any] = {}
     if spec.sample is not None:
         test = _sample_test(spec, rec, hseed)
@@ -385,6 +392,12 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         test = spec.test
         max_examples = prof.examples_for(spec.max_examples)
         phases = None
+        # a @reproduce_failure blob replays its one example: run it normally (pooling would only collect it)
+        if spec.instances is not None and getattr(test, "_hypothesis_internal_use_reproduce_failure", None) is None:
+            # every example holds ≥ 1 instance, so this many examples always reach the target (a strategy with
+            # fewer distinct examples ends generation earlier; the count says how many were checked)
+            pooled = Pooled(target=prof.instances_for(spec.instances), pool_size=pool_size())
+            max_examples = pooled.target
         user_settings = (test._hypothesis_internal_use_settings
                          if getattr(test, "_hypothesis_internal_settings_applied", False) else None)
     run_settings = prof.settings(max_examples=max_examples, parent=user_settings, phases=phases)
@@ -401,7 +414,11 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         handle.inner_test = _instrument(orig_inner, rec)
         with collector.with_value(stats.update), _pinned_constants(), tally() as counts:
             try:
-                test()
+                if pooled is not None:
+                    run_pooled(test, handle, orig_inner, rec, counts, pooled.target, _instrument, BudgetExhausted,
+                               _returned, pooled, map_groups, (spec.module, spec.file, spec.id))
+                else:
+                    test()
             finally:
                 discards = dict(sorted(counts.items()))
     except (KeyboardInterrupt, SystemExit):
@@ -433,6 +450,8 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         "repeated_batches": rec.repeated_batches,
     }
     record["instances"] = rec.instances
+    if pooled is not None:
+        record["pooling"] = pooled.as_dict()
     record["certification"] = {
         "comparisons": rec.comparisons,
         "certified": rec.certified,

@@ -445,7 +445,13 @@ def same_depth_batches(depth: st.SearchStrategy[int], instance: Callable[[int], 
     """Draw a depth, then a ``claims.batches`` batch of ``instance(depth)`` (one batched solve per example)."""
     from implreg.harness.claims import batches
 
-    return depth.flatmap(lambda N: batches(instance(N), max_size=max_size, min_size=min_size))
+    def keyed(N: int) -> st.SearchStrategy[Any]:
+        def tag(batch: Any) -> Any:
+            batch.key = N  # pooled runs merge batches of one depth only
+            return batch
+        return batches(instance(N), max_size=max_size, min_size=min_size).map(tag)
+
+    return depth.flatmap(keyed)
 
 
 def depth_batches(depths: Sequence[int], instance: Callable[[int], st.SearchStrategy[Any]], *,
@@ -633,7 +639,9 @@ def linear_flow_batches(instance: Callable[[int, tuple[int, int], int], st.Searc
         m = draw_(st.integers(1, shape[0] * shape[1])) if kind == "sensing" else 0
         h = draw_(st.integers(min(shape), max(max_width, min(shape))))
         problem = st.integers(0, 2**32 - 1).map(lambda seed: LinearProblem(kind, shape, seed, m))
-        return draw_(batches(st.tuples(problem, instance(N, shape, h)), max_size=max_size))
+        batch = draw_(batches(st.tuples(problem, instance(N, shape, h)), max_size=max_size))
+        batch.key = (N, shape, kind, m, h)  # what the batch shares: pooled runs merge batches of one family
+        return batch
 
     return draw()
 
