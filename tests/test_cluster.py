@@ -81,6 +81,31 @@ def always_dies(x):
 '''
 
 
+# pooled claims (@claim(instances=N)): examples collected by the driver, checked in merged groups (pooling.py)
+POOLED = '''
+import torch
+from hypothesis import given, strategies as st
+
+from implreg import certify
+from implreg.harness.claims import batches, claim
+from implreg.numerics import Certified
+
+
+@claim("pooled/square", statement="x² ≥ 0", instances=300)
+@given(b=batches(st.floats(-1e3, 1e3, allow_nan=False), max_size=16))
+def square(b):
+    x = torch.tensor(b, dtype=torch.float64)
+    certify(Certified.exact(x * x) >= 0, what="x² ≥ 0")
+
+
+@claim("pooled/small", statement="x < 900", instances=300, expect="refuted", refuted_by="x < 900")
+@given(b=batches(st.floats(-1e3, 1e3, allow_nan=False), max_size=16))
+def small(b):
+    x = torch.tensor(b, dtype=torch.float64)
+    certify(Certified.exact(x) < 900, what="x < 900")
+'''
+
+
 @pytest.fixture(scope="module")
 def cluster():
     import dask
@@ -205,6 +230,20 @@ def test_map_groups_over_the_cluster_keeps_order_and_reports_failures(cluster):
         with pytest.raises(ClusterError, match=r"group 3 of 3 could not be run.*ValueError"):
             cmap(math.sqrt, [1.0, 4.0, -1.0])
         assert cmap.retries_total == 1  # the failing group was re-run once (retries=1) before giving up
+
+
+def test_a_pooled_claim_on_the_cluster_gives_the_local_record(cluster, tmp_path, monkeypatch):
+    # 64 instances per group: several groups per claim, so there is something to spread; the workers get the
+    # client's value with each task (cluster.FORWARDED_ENV), the local run's pytest inherits it
+    monkeypatch.setenv("IMPLREG_POOL_SIZE", "64")
+    path = _write(tmp_path, "cluster_pooled.py", POOLED)
+    local = _verify(path, "-n", "1", report=tmp_path / "local" / "index.html")
+    remote = _verify(path, "--cluster", cluster.scheduler_address, report=tmp_path / "cluster" / "index.html")
+    verdicts = {r["id"]: (r["verdict"], r["instances"]) for r in remote["claims"]}
+    assert verdicts["pooled/square"][0] == "holds" and verdicts["pooled/square"][1] >= 300
+    assert verdicts["pooled/small"][0] == "refuted"
+    assert strip_timing(remote["claims"]) == strip_timing(local["claims"])
+    assert all(r["pooling"]["groups"] > 1 for r in remote["claims"])
 
 
 def _map_on_a_worker(items):
