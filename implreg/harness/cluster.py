@@ -16,6 +16,9 @@ What runs where:
   ``implreg.harness.runner.claim_record`` — the same ``run_claim`` as the local run, with the run's profile and
   seed, so verdicts, instance counts, counterexamples, ``@reproduce_failure`` blobs and ``reproduce`` commands
   are those of a local run;
+- a pooled claim (``@claim(..., instances=N)``) runs its driver in its task; ``WorkerMap`` can spread its groups
+  over the cluster through ``run_claim(map_groups=...)``, but this is off (``SPREAD_GROUPS``) until the group
+  task no longer reads the driver's replaced body when both share a worker process (see ``run_claim_task``);
 - the records are written into a run directory and merged by the same ``cli.finish_run`` (results.json and the
   HTML report), so the outputs are identical in form.
 
