@@ -74,8 +74,9 @@ def verify(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The library's own tests (tests/), in parallel, plus ruff."""
-    _install(session, "[dev]")
+    """The library's own tests (tests/), in parallel, plus ruff; with the ``cluster`` extra, so that the Dask
+    cluster tests (tests/test_cluster.py, a 2-worker LocalCluster) run in CI too."""
+    _install(session, "[dev,cluster]")
     session.run("ruff", "check", "implreg", "theorems", "tests", "noxfile.py", "bench")
     session.run("pytest", "-n", os.environ.get("IMPLREG_WORKERS", "2"), "tests", *session.posargs, env=ONE_THREAD)
 

@@ -1,6 +1,6 @@
 """Performance benchmark (issue 6): every comparison runs side by side in this process; nothing is cached.
 
-    python -m bench.run [--device cpu|cuda] [--quick] [--threads N] [--skip-w2] [--profile]
+    python -m bench.run [--device cpu|cuda] [--quick] [--threads N] [--skip-w2] [--skip-cluster] [--profile]
 
 W1  Razin–Cohen divergence run: B instances of the 2×2 problem, depth 3, balanced init (end-to-end
     W(0) = 10⁻³·Z, Z i.i.d. N(0, 1), det W(0) > 0, Haar rotations between factors), gradient flow until
@@ -14,6 +14,9 @@ W1  Razin–Cohen divergence run: B instances of the 2×2 problem, depth 3, bala
 W2  The claim suite: ``implreg verify theorems`` wall time, instances checked per second, and per-claim
     breakdown (from its results.json).
 W3  The mpmath reference: cost per instance, depth 2 and 3, t = 10 and 50, at the escalation's precisions.
+W4  ``implreg verify --cluster`` (issue 12, bench/cluster.py): instances per second on a local Dask cluster with 1 and
+    2 workers, and their ratio; only where the ``cluster`` extra is installed (skipped with --quick, --skip-w2 and
+    --skip-cluster).
 
 Timings on a shared machine are noisy: the engine's batch-4096 run is repeated and interleaved with the
 baseline runs, and medians are reported.
@@ -312,10 +315,12 @@ class Plan:
     w2: bool = True
     w2_timeout: float = 480.0
     peer_batches: tuple[int, ...] = (1, 16, 64, 4096)  # issue 14's table; sizes above ``batch`` are dropped
+    cluster: bool = True  # W4, where the cluster extra is installed
 
 
 QUICK = Plan(batch=64, scaling=(1, 16, 64), n_scipy=2, n_gd=1, gd_max_iters=20_000, engine_reps=1,
-             w3={"depths": (2,), "horizons": (10.0,), "dps": (30,), "n": 1}, w2=False, peer_batches=(1, 16))
+             w3={"depths": (2,), "horizons": (10.0,), "dps": (30,), "n": 1}, w2=False, peer_batches=(1, 16),
+             cluster=False)
 
 
 def w2_rate(results: dict, wall_s: float) -> str:
@@ -364,6 +369,30 @@ def w1_peers(plan: Plan, problem: Problem, factors: Sequence[torch.Tensor], w: W
         raise SystemExit(f"W1 peers: {exc}") from exc
 
 
+def w4_cluster(plan: Plan, args: argparse.Namespace, out) -> list[dict] | None:
+    """W4: ``implreg verify --cluster`` on a local Dask cluster, 1 then 2 workers (bench/cluster.py)."""
+    import importlib.util
+
+    from bench import cluster as bench_cluster
+
+    out(f"\nW4  implreg verify --cluster: local Dask cluster, 1 → 2 workers ({', '.join(bench_cluster.DEFAULT_PATHS)})")
+    if not plan.cluster:
+        out("  skipped (" + ("--quick" if args.quick else "--skip-w2" if args.skip_w2 else "--skip-cluster") + ")")
+        return None
+    if importlib.util.find_spec("distributed") is None:
+        out("  skipped: the cluster extra is not installed (pip install -e '.[cluster]')")
+        return None
+    runs = bench_cluster.scaling()  # asserts identical records before any rate is printed
+    for r in runs:
+        out(f"  {r['workers']} worker{'s' if r['workers'] > 1 else ' '}: {r['instances']} instances in "
+            f"{r['wall_s']:.1f} s = {r['rate']:.1f} instances/s; the tasks alone {r['tasks_wall_s']:.1f} s = "
+            f"{r['tasks_rate']:.1f} instances/s (exit status {r['exit']}; records identical)")
+    out(f"  RATIO  2 workers vs 1: {runs[-1]['rate'] / runs[0]['rate']:.2f}× whole run, "
+        f"{runs[-1]['tasks_rate'] / runs[0]['tasks_rate']:.2f}× tasks alone  (ideal 2× on ≥ 2 free cores; "
+        f"this machine has {os.cpu_count()})")
+    return runs
+
+
 def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 | None = None) -> int:
     """Run the benchmark; ``plan`` and ``w`` override the sizes and the workload (tests use tiny ones)."""
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
@@ -372,13 +401,16 @@ def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 |
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: on a shared 2-core machine OpenMP spinning "
                          "costs more than it gains for these small kernels)")
-    ap.add_argument("--skip-w2", action="store_true", help="skip the claim-suite run")
+    ap.add_argument("--skip-w2", action="store_true", help="skip the claim-suite runs (W2 and W4)")
+    ap.add_argument("--skip-cluster", action="store_true", help="skip W4, the 1 → 2 worker Dask cluster scaling")
     ap.add_argument("--w2-timeout", type=float, default=None, help="seconds allowed for W2 (default 480)")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 200 engine steps")
     args = ap.parse_args(argv)
     plan = plan or (QUICK if args.quick else Plan())
     if args.skip_w2:
-        plan = dataclasses.replace(plan, w2=False)
+        plan = dataclasses.replace(plan, w2=False, cluster=False)  # W4 runs claims too
+    if args.skip_cluster:
+        plan = dataclasses.replace(plan, cluster=False)
     if args.w2_timeout is not None:
         plan = dataclasses.replace(plan, w2_timeout=args.w2_timeout)
     torch.set_num_threads(max(1, args.threads))
@@ -521,6 +553,8 @@ def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 |
         out(f"  escalated in the suite: {esc} of {inst} instances ({100 * esc / max(inst, 1):.2f}%)")
     else:
         out("  escalated fraction in the suite: needs W2")
+
+    w4_cluster(plan, args, out)
 
     out(f"\nbenchmark wall time {time.perf_counter() - t_bench:.0f} s")
     return 0

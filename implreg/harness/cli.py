@@ -111,8 +111,11 @@ def _table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def finish_run(run_dir: str | os.PathLike[str], report: str | os.PathLike[str], *, profile: str, seed: int,
                paths: Sequence[str], workers: int, wall_s: float, command: str,
-               started: str | None = None, pytest_exit: int | None = None) -> dict[str, Any]:
-    """Merge a run directory, write results.json beside the report and the HTML report (both atomic)."""
+               started: str | None = None, pytest_exit: int | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge a run directory, write results.json beside the report and the HTML report (both atomic).
+
+    ``extra``: further run-header entries (the cluster mode's ``cluster`` facts)."""
     from implreg.harness.report.render import write_report
     from implreg.harness.results import build_results, environment, merge, save_results
 
@@ -126,6 +129,7 @@ def finish_run(run_dir: str | os.PathLike[str], report: str | os.PathLike[str], 
         "pytest_exit": pytest_exit,
         **environment(),
         "timing": {"wall_s": round(wall_s, 3), "started": started or _now()},
+        **(extra or {}),
     }
     results = build_results(records, run, envs)
     report = Path(report)
@@ -151,8 +155,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     paths = args.paths or ["theorems"]
     _check_paths(paths)
     seed = profile.resolve_seed(args.seed)
-    workers = _workers(args.workers)
     report = Path(args.report)
+    if args.cluster:
+        results, wall, status = _verify_on_cluster(args, profile, seed, paths, report)
+    else:
+        results, wall, status = _verify_local(args, profile, seed, paths, report)
+    return _summarize(results, report, wall, status)
+
+
+def _verify_local(args: argparse.Namespace, profile: Any, seed: int, paths: Sequence[str],
+                  report: Path) -> tuple[dict[str, Any], float, int]:
+    """pytest with the implreg plugin (xdist with -n > 1); the run's results and pytest's exit status."""
+    workers = _workers(args.workers)
     run_dir = tempfile.mkdtemp(prefix="implreg-run-")
     cmd = [*_pytest_base(paths), f"--implreg-profile={profile.name}", f"--implreg-seed={seed}",
            f"--implreg-run-dir={run_dir}"]
@@ -175,6 +189,59 @@ def cmd_verify(args: argparse.Namespace) -> int:
                              wall_s=wall, command=command, started=started, pytest_exit=proc.returncode)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+    return results, wall, proc.returncode
+
+
+def _verify_on_cluster(args: argparse.Namespace, profile: Any, seed: int, paths: Sequence[str],
+                       report: Path) -> tuple[dict[str, Any], float, int]:
+    """The same claims as one Dask task each on the cluster at ``args.cluster`` (implreg.harness.cluster)."""
+    from implreg.harness import cluster
+    from implreg.harness.results import atomic_write_text, dumps, write_record
+
+    started, t0 = _now(), time.time()
+    claims, collection_errors = collect_claims(paths, k=args.k, ids=args.id or ())
+    try:
+        client = cluster.connect(args.cluster)
+    except ImportError as exc:
+        raise UsageError(f"--cluster needs Dask distributed ({exc.name} is missing): "
+                         "pip install 'implreg[cluster]'") from None
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"cannot reach the cluster at {args.cluster}: {exc}") from None
+    run_dir = tempfile.mkdtemp(prefix="implreg-run-")
+    try:
+        try:
+            workers = cluster.wait_for_workers(client)
+        except cluster.ClusterError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"implreg verify: {', '.join(paths)} · profile {profile.name} · seed {seed} · cluster "
+              f"{client.scheduler.address} ({workers} worker{'s' if workers > 1 else ''})", flush=True)
+        tasks = cluster.tasks_from_collection(claims, profile=profile.name, seed=seed)
+        done = [0]
+
+        def progress(record: dict[str, Any]) -> None:
+            done[0] += 1
+            mark = "✓" if record.get("matches_expect") else "✗"
+            print(f"[{done[0]:>{len(str(len(tasks)))}}/{len(tasks)}] {mark} {record['verdict']:<12} {record['id']}"
+                  f"  {record['timing'].get('wall_s', 0.0):.1f}s", flush=True)
+
+        records, envs, info = cluster.run_on_cluster(client, tasks, retries=args.cluster_retries,
+                                                     progress=progress)
+        for r in [*records, *collection_errors]:
+            write_record(run_dir, r, prefix="collect" if r.get("kind") == "collection-error" else "claim")
+        for i, env in enumerate({dumps(e) for e in envs}):
+            atomic_write_text(Path(run_dir) / f"env-cluster-{i}.json", env)
+        wall = time.time() - t0
+        command = "implreg " + " ".join(_quote(a) for a in args.argv)
+        results = finish_run(run_dir, report, profile=profile.name, seed=seed, paths=paths, workers=workers,
+                             wall_s=wall, command=command, started=started, extra={"cluster": info})
+    finally:
+        client.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return results, wall, 0
+
+
+def _summarize(results: dict[str, Any], report: Path, wall: float, status: int) -> int:
+    """Print the verdict table and the overall outcome; the exit status of ``implreg verify``."""
     rows = _table_rows(results)
     print()
     for line in format_table(rows):
@@ -186,11 +253,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
           f" · {results['run'].get('instances_total', 0)} instances checked · {wall:.1f}s")
     print(f"report:   {report}  (results: {report.with_name('results.json')})")
     if not results["claims"]:
-        print(f"no claims were collected (pytest exit status {proc.returncode}); nothing was verified",
+        print(f"no claims were collected (pytest exit status {status}); nothing was verified",
               file=sys.stderr)
         return EXIT_MISMATCH
-    if proc.returncode not in (0, 1):
-        print(f"the run did not complete (pytest exit status {proc.returncode}); claims after the failure point "
+    if status not in (0, 1):
+        print(f"the run did not complete (pytest exit status {status}); claims after the failure point "
               "have no verdict", file=sys.stderr)
     if results["run"]["passed"]:
         devs = results["run"].get("documented_deviations") or []
@@ -214,8 +281,10 @@ def _quote(a: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # list
 # ------------------------------------------------------------------------------------------------
-def collect_claims(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Claims (metadata) under paths via pytest collection, and the files that failed to import."""
+def collect_claims(paths: Sequence[str], *, k: str | None = None,
+                   ids: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Claims (metadata and node ids) under paths via pytest collection, and the files that failed to import
+    (their ``error`` records); ``k`` and ``ids`` select claims as ``implreg verify``'s ``-k`` and ``--id`` do."""
     from implreg.harness.results import merge
 
     _check_paths(paths)
@@ -223,6 +292,10 @@ def collect_claims(paths: Sequence[str]) -> tuple[list[dict[str, Any]], list[dic
         out = Path(tmp) / "claims.json"
         cmd = [*_pytest_base(paths), "--collect-only", "-p", "no:xdist", f"--implreg-list-out={out}",
                f"--implreg-run-dir={tmp}"]
+        if k:
+            cmd += ["-k", k]
+        for cid in ids:
+            cmd += ["--implreg-id", cid]
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if not out.exists():
             raise UsageError(f"collection failed (pytest exit status {proc.returncode}):\n{proc.stdout}{proc.stderr}")
@@ -349,6 +422,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--id", action="append", help="run only the claim with this exact id (repeatable)")
     v.add_argument("-n", dest="workers", default="auto", help="parallel workers, or 'auto' (= cores)")
     v.add_argument("--report", default="reports/index.html", help="HTML report path (results.json beside)")
+    v.add_argument("--cluster", default=os.environ.get("IMPLREG_CLUSTER") or None, metavar="ADDRESS",
+                   help="run on the Dask scheduler at ADDRESS, e.g. tcp://host:8786 (env IMPLREG_CLUSTER; needs "
+                        "the 'cluster' extra); -n is then the cluster's worker count")
+    v.add_argument("--cluster-retries", type=int, default=2, metavar="N",
+                   help="with --cluster: re-run a task that raised up to N times (a dead worker's tasks are "
+                        "rescheduled by the scheduler's allowed-failures)")
     v.set_defaults(func=cmd_verify)
 
     ls = sub.add_parser("list", help="list claims: ids, sources, kinds, expectations")

@@ -273,7 +273,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 def _run(spec: Any, st: _State, nodeid: str) -> dict[str, Any]:
-    from implreg.harness.verdict import run_claim
+    from implreg.harness.runner import claim_record
 
     st.ran_claims = True
     if st.run_dir:
@@ -282,21 +282,8 @@ def _run(spec: Any, st: _State, nodeid: str) -> dict[str, Any]:
 
         write_record(st.run_dir, {**spec.metadata(), "nodeid": nodeid, "profile": st.profile.name,
                                   "run_seed": st.seed}, prefix="started")
-    try:
-        record = run_claim(spec, profile=st.profile, seed=st.seed)
-    except Exception as exc:  # a harness bug must still leave a record
-        import traceback
-
-        record = {**spec.metadata(), "verdict": "error", "matches_expect": spec.expect == "error",
-                  "explanation": f"implreg itself failed while running this claim: {exc!r}",
-                  "problems": [], "counterexample": None,
-                  "error": {"type": "InternalError", "message": repr(exc), "traceback": traceback.format_exc()},
-                  "certification": None, "hypothesis": None, "statistics": None, "instances": 0,
-                  "evidence": {"series": [], "scalars": [], "tables": [], "notes": []},
-                  "profile": st.profile.name, "run_seed": st.seed, "reproduce": None, "timing": {"wall_s": 0.0}}
-    record["nodeid"] = nodeid
-    # which process ran it depends on scheduling: kept with the other run-dependent values
-    record["timing"]["worker"] = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    record = claim_record(spec, profile=st.profile, seed=st.seed, nodeid=nodeid,
+                          worker=os.environ.get("PYTEST_XDIST_WORKER", "main"))
     if st.run_dir:
         from implreg.harness.results import write_record
 

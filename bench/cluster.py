@@ -1,0 +1,76 @@
+"""W4: instances checked per second by ``implreg verify --cluster`` on a local Dask cluster of 1, then 2 workers.
+
+Each run starts a ``LocalCluster`` of single-threaded worker processes, warms its workers (torch and the claim files
+imported, as on a long-lived cluster), then times the whole ``implreg verify PATHS --cluster ADDRESS`` (collection,
+tasks, merge, report).  The records of the two runs must be identical (timing aside) before any rate is printed:
+a speed-up that changed a verdict or an instance count would be no speed-up.  Needs the ``cluster`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# the claims timed: one file of the suite, a few seconds per claim on one core (issue 12 asks for the 1 → 2 worker
+# ratio, not for the whole suite again, which W2 already times)
+DEFAULT_PATHS = ("theorems/neyshabur_2015_capacity.py",)
+
+
+def _warm(files: Sequence[str]) -> int:
+    """On a worker: import torch and the claim files (what the first task would otherwise pay for)."""
+    from pathlib import Path as P
+
+    from implreg.harness.cluster import _import, _one_torch_thread
+
+    _one_torch_thread()
+    for f in files:
+        _import(P(f).resolve())
+    return len(files)
+
+
+def run_on_local_cluster(paths: Sequence[str], workers: int, profile: str = "ci") -> dict[str, Any]:
+    """One timed ``implreg verify --cluster`` run on a fresh LocalCluster: wall time, results, exit status."""
+    from distributed import Client, LocalCluster
+
+    from implreg.harness.cli import main
+
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp, \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                         memory_limit=None) as lc, Client(lc) as client:
+        files = [str(p) for path in paths for p in ([Path(path)] if Path(path).is_file()
+                                                     else sorted(Path(path).rglob("*.py")))]
+        client.run(_warm, files)
+        report = Path(tmp) / "index.html"
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            status = main(["verify", *paths, "--profile", profile, "--cluster", lc.scheduler_address,
+                           "--report", str(report)])
+        wall = time.perf_counter() - t0
+        results = json.loads(report.with_name("results.json").read_text())
+    return {"workers": workers, "wall_s": wall, "exit": status, "results": results}
+
+
+def scaling(paths: Sequence[str] = DEFAULT_PATHS, workers: Sequence[int] = (1, 2),
+            profile: str = "ci") -> list[dict[str, Any]]:
+    """Runs with each number of workers; raises if their records differ (timing aside)."""
+    from implreg.harness.results import strip_timing
+
+    runs = [run_on_local_cluster(paths, n, profile) for n in workers]
+    first = strip_timing(runs[0]["results"]["claims"])
+    for r in runs[1:]:
+        if strip_timing(r["results"]["claims"]) != first:
+            raise AssertionError(f"the records with {r['workers']} workers differ from those with "
+                                 f"{runs[0]['workers']}: the cluster run is not deterministic")
+    for r in runs:
+        r["instances"] = int(r["results"]["run"].get("instances_total") or 0)
+        r["rate"] = r["instances"] / r["wall_s"]
+        # the tasks alone (first submission to last result), without the collection and the report
+        r["tasks_wall_s"] = float(r["results"]["run"]["cluster"]["timing"]["tasks_wall_s"])
+        r["tasks_rate"] = r["instances"] / r["tasks_wall_s"]
+    return runs

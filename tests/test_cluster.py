@@ -1,0 +1,282 @@
+"""`implreg verify --cluster`: the same claims on a real Dask LocalCluster (2 single-threaded worker processes).
+
+Checked against the local run with the same seed: identical records (timing aside), a worker killed mid-claim
+loses nothing (its task is rescheduled and the retry is reported), a claim that kills every worker it runs on is
+`error` with the reason, and a counterexample found on a worker is reproduced locally by its record's command.
+The claims are tiny files written here (not the heavy suite): CI runs this on 2 cores.
+"""
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from implreg.harness.cli import main
+from implreg.harness.results import strip_timing
+
+pytest.importorskip("distributed")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+IDENTITIES = '''
+from hypothesis import given
+from hypothesis import strategies as st
+
+from implreg import certify
+from implreg.harness.claims import claim
+
+
+@claim("cl/square-nonneg", kind="lemma", statement="x² ≥ 0 for integers.")
+@given(x=st.integers(-1000, 1000))
+def square_nonneg(x):
+    certify.that(x * x >= 0, what="x² ≥ 0")
+
+
+@claim("cl/abs-triangle", kind="lemma", statement="|x + y| ≤ |x| + |y| for integers.")
+@given(x=st.integers(-1000, 1000), y=st.integers(-1000, 1000))
+def abs_triangle(x, y):
+    certify.that(abs(x + y) <= abs(x) + abs(y), what="|x + y| ≤ |x| + |y|")
+
+
+@claim("cl/control-ge10", kind="conjecture", expect="refuted", refuted_by="x ≥ 10",
+       statement="Every integer in [0, 1000] is at least 10 (false: the shrunk counterexample is x = 0).")
+@given(x=st.integers(0, 1000))
+def control_ge10(x):
+    certify.at_least(float(x), 10.0, error=0.0, what="x ≥ 10")
+'''
+
+# the first attempt kills its worker process (as a segfault or the OOM killer would); the retry finds the marker
+DIES_ONCE = '''
+import os
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from implreg import certify
+from implreg.harness.claims import claim
+
+MARKER = Path(__file__).with_suffix(".died")
+
+
+@claim("cl/survives-a-dead-worker", kind="lemma", statement="x² ≥ 0, the first attempt's worker dies.")
+@given(x=st.integers(-100, 100))
+def survives(x):
+    if not MARKER.exists():
+        MARKER.write_text("the first attempt died here")
+        os._exit(17)
+    certify.that(x * x >= 0, what="x² ≥ 0")
+
+
+@claim("cl/always-dies", kind="lemma", statement="Its worker dies on every attempt.")
+@given(x=st.integers(0, 3))
+def always_dies(x):
+    os._exit(18)
+'''
+
+
+# pooled claims (@claim(instances=N)): examples collected by the driver, checked in merged groups (pooling.py)
+POOLED = '''
+import torch
+from hypothesis import given, strategies as st
+
+from implreg import certify
+from implreg.harness.claims import batches, claim
+from implreg.numerics import Certified
+
+
+@claim("pooled/square", statement="x² ≥ 0", instances=300)
+@given(b=batches(st.floats(-1e3, 1e3, allow_nan=False), max_size=16))
+def square(b):
+    x = torch.tensor(b, dtype=torch.float64)
+    certify(Certified.exact(x * x) >= 0, what="x² ≥ 0")
+
+
+@claim("pooled/small", statement="x < 900", instances=300, expect="refuted", refuted_by="x < 900")
+@given(b=batches(st.floats(-1e3, 1e3, allow_nan=False), max_size=16))
+def small(b):
+    x = torch.tensor(b, dtype=torch.float64)
+    certify(Certified.exact(x) < 900, what="x < 900")
+'''
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import dask
+    from distributed import LocalCluster
+
+    # two deaths of a task's worker are tolerated, the third is KilledWorker: the scheduler's own rule
+    with dask.config.set({"distributed.scheduler.allowed-failures": 2}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                         memory_limit=None) as lc:
+        yield lc
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def _verify(*args, report):
+    assert main(["verify", *map(str, args), "--report", str(report)]) in (0, 1)
+    return json.loads(report.with_name("results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def identity_runs(cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("identities")
+    path = _write(tmp, "cluster_identities.py", IDENTITIES)
+    local = _verify(path, "-n", "1", report=tmp / "local" / "index.html")
+    remote = _verify(path, "--cluster", cluster.scheduler_address, report=tmp / "cluster" / "index.html")
+    return local, remote, tmp
+
+
+def test_cluster_run_equals_local_run(identity_runs, cluster):
+    local, remote, tmp = identity_runs
+    verdicts = {r["id"]: (r["verdict"], r["instances"]) for r in remote["claims"]}
+    assert {k: v[0] for k, v in verdicts.items()} == {
+        "cl/square-nonneg": "holds", "cl/abs-triangle": "holds", "cl/control-ge10": "refuted"}
+    assert verdicts["cl/square-nonneg"][1] > 0 and verdicts["cl/abs-triangle"][1] > 0
+    # every field of every record, counterexamples and reproduce commands included, is the local run's
+    assert strip_timing(remote["claims"]) == strip_timing(local["claims"])
+    for k in ("counts", "claims", "instances_total", "passed", "mismatches"):
+        assert remote["run"][k] == local["run"][k], k
+    assert remote["run"]["passed"] is True
+    info = remote["run"]["cluster"]
+    assert info["address"] == cluster.scheduler_address and info["workers"] == 2
+    assert info["retries"] == 0 and info["claims_not_run"] == []
+    assert {r["timing"]["worker"] for r in remote["claims"]} <= set(cluster.scheduler_info["workers"])
+    assert "cluster" in (tmp / "cluster" / "index.html").read_text()
+
+
+def test_counterexample_found_on_a_worker_reproduces_locally(identity_runs, tmp_path):
+    _, remote, _ = identity_runs
+    rec = next(r for r in remote["claims"] if r["id"] == "cl/control-ge10")
+    ce = rec["counterexample"]
+    assert ce["reproduce_failure"].startswith("@reproduce_failure(") and "x=0" in ce["falsifying_example"]
+    # the record's one-line command, run on this machine without a cluster
+    argv = shlex.split(rec["reproduce"])
+    assert argv[:2] == ["implreg", "verify"] and "--cluster" not in argv
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "IMPLREG_"))}
+    proc = subprocess.run([sys.executable, "-m", "implreg.harness.cli", *argv[1:], "-n", "1",
+                           "--report", str(tmp_path / "index.html")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    again = json.loads((tmp_path / "results.json").read_text())["claims"]
+    assert [r["id"] for r in again] == ["cl/control-ge10"]
+    assert again[0]["verdict"] == "refuted"
+    assert again[0]["counterexample"] == ce  # same shrunk example, same blob, same command
+
+
+def test_a_dead_workers_claim_is_retried_and_nothing_is_lost(cluster, tmp_path, monkeypatch):
+    path = _write(tmp_path, "cluster_dies_once.py", DIES_ONCE)
+    # the cluster named by the environment instead of --cluster
+    monkeypatch.setenv("IMPLREG_CLUSTER", cluster.scheduler_address)
+    remote = _verify(path, "--id", "cl/survives-a-dead-worker", report=tmp_path / "cluster" / "index.html")
+    monkeypatch.delenv("IMPLREG_CLUSTER")
+    assert remote["run"]["cluster"]["address"] == cluster.scheduler_address
+    assert path.with_suffix(".died").exists()  # the first attempt did kill its worker
+    local = _verify(path, "--id", "cl/survives-a-dead-worker", "-n", "1", report=tmp_path / "local" / "index.html")
+    assert strip_timing(remote["claims"]) == strip_timing(local["claims"])
+    (rec,) = remote["claims"]
+    assert rec["verdict"] == "holds" and rec["instances"] > 0
+    assert rec["timing"]["retries"] >= 1 and remote["run"]["cluster"]["retries"] >= 1
+    html = (tmp_path / "cluster" / "index.html").read_text()
+    assert "retried" in html
+
+
+def test_a_claim_that_cannot_be_run_is_an_error_with_the_reason(cluster, tmp_path):
+    # other ids than DIES_ONCE's: a worker process keeps the claims it imported, and ids must be unique
+    path = _write(tmp_path, "cluster_always_dies.py", DIES_ONCE.replace('"cl/', '"dies/'))
+    remote = _verify(path, "--id", "dies/always-dies", "--cluster", cluster.scheduler_address,
+                     report=tmp_path / "index.html")
+    (rec,) = remote["claims"]
+    assert rec["verdict"] == "error" and rec["error"]["type"] == "ClusterTaskFailed"
+    assert "died" in rec["explanation"] and "3 attempts" in rec["explanation"]
+    assert rec["reproduce"].startswith("implreg verify ") and "--id dies/always-dies" in rec["reproduce"]
+    assert remote["run"]["passed"] is False and remote["run"]["cluster"]["claims_not_run"] == ["dies/always-dies"]
+
+
+def test_an_edited_claim_file_is_run_as_edited_on_a_long_lived_cluster(cluster, tmp_path):
+    text = IDENTITIES.replace('"cl/', '"edit/')
+    path = _write(tmp_path, "cluster_edited.py", text)
+    first = _verify(path, "--id", "edit/square-nonneg", "--cluster", cluster.scheduler_address,
+                    report=tmp_path / "a" / "index.html")
+    assert first["claims"][0]["verdict"] == "holds"
+    # the workers imported the file above; the same file now states something false
+    _write(tmp_path, "cluster_edited.py", text.replace('x * x >= 0, what="x² ≥ 0"', 'x * x >= 1, what="x² ≥ 1"'))
+    second = _verify(path, "--id", "edit/square-nonneg", "--cluster", cluster.scheduler_address,
+                     report=tmp_path / "b" / "index.html")
+    assert second["claims"][0]["verdict"] == "refuted"
+    assert "x=0" in second["claims"][0]["counterexample"]["falsifying_example"]
+
+
+def test_map_groups_over_the_cluster_keeps_order_and_reports_failures(cluster):
+    from distributed import Client
+
+    from implreg.harness.cluster import ClusterError, ClusterMap
+
+    with Client(cluster.scheduler_address) as client:
+        cmap = ClusterMap(client, retries=1)
+        assert cmap(math.sqrt, [float(i * i) for i in range(7)]) == [float(i) for i in range(7)]
+        assert cmap.retries_total == 0
+        with pytest.raises(ClusterError, match=r"group 3 of 3 could not be run.*ValueError"):
+            cmap(math.sqrt, [1.0, 4.0, -1.0])
+        assert cmap.retries_total == 1  # the failing group was re-run once (retries=1) before giving up
+
+
+def test_a_pooled_claim_on_the_cluster_gives_the_local_record(cluster, tmp_path, monkeypatch):
+    # 64 instances per group: several groups per claim, so there is something to spread; the workers get the
+    # client's value with each task (cluster.FORWARDED_ENV), the local run's pytest inherits it
+    monkeypatch.setenv("IMPLREG_POOL_SIZE", "64")
+    path = _write(tmp_path, "cluster_pooled.py", POOLED)
+    local = _verify(path, "-n", "1", report=tmp_path / "local" / "index.html")
+    remote = _verify(path, "--cluster", cluster.scheduler_address, report=tmp_path / "cluster" / "index.html")
+    verdicts = {r["id"]: (r["verdict"], r["instances"]) for r in remote["claims"]}
+    assert verdicts["pooled/square"][0] == "holds" and verdicts["pooled/square"][1] >= 300
+    assert verdicts["pooled/small"][0] == "refuted"
+    assert strip_timing(remote["claims"]) == strip_timing(local["claims"])
+    assert all(r["pooling"]["groups"] > 1 for r in remote["claims"])
+
+
+def _map_on_a_worker(items):
+    from implreg.harness.cluster import WorkerMap
+
+    wmap = WorkerMap(retries=0)
+    return wmap(math.sqrt, items), wmap.groups
+
+
+def test_a_task_maps_its_groups_over_the_cluster_without_deadlock(cluster):
+    from distributed import Client
+
+    # two drivers at once on two single-threaded workers: each waits for groups that need a worker's thread
+    with Client(cluster.scheduler_address) as client:
+        futs = [client.submit(_map_on_a_worker, [float(i * i) for i in range(k, k + 5)], pure=False)
+                for k in (0, 10)]
+        got = client.gather(futs, errors="raise")
+    assert got == [([float(i) for i in range(5)], 5), ([float(i) for i in range(10, 15)], 5)]
+
+
+def test_without_cluster_dask_is_not_imported(tmp_path):
+    path = _write(tmp_path, "no_cluster_claims.py", IDENTITIES)
+    code = textwrap.dedent(f"""
+        import sys
+        import implreg.harness.cli, implreg.harness.plugin, implreg.harness.verdict, implreg.harness.runner
+        from implreg.harness.cli import main
+        rc = main(["verify", {str(path)!r}, "--id", "cl/square-nonneg", "-n", "1",
+                   "--report", {str(tmp_path / "index.html")!r}])
+        assert rc == 0, rc
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"))
+        assert not loaded, loaded
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "IMPLREG_"))}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
