@@ -16,9 +16,9 @@ What runs where:
   ``implreg.harness.runner.claim_record`` — the same ``run_claim`` as the local run, with the run's profile and
   seed, so verdicts, instance counts, counterexamples, ``@reproduce_failure`` blobs and ``reproduce`` commands
   are those of a local run;
-- a pooled claim (``@claim(..., instances=N)``) runs its driver in its task; ``WorkerMap`` can spread its groups
-  over the cluster through ``run_claim(map_groups=...)``, but this is off (``SPREAD_GROUPS``) until the group
-  task no longer reads the driver's replaced body when both share a worker process (see ``run_claim_task``);
+- a pooled claim (``@claim(..., instances=N)``) runs its driver in its task, and ``WorkerMap`` spreads its groups
+  over the cluster as tasks of their own through ``run_claim(map_groups=...)`` (``SPREAD_GROUPS``); the driver
+  merges their recorders in group order, so the record is the local run's;
 - the records are written into a run directory and merged by the same ``cli.finish_run`` (results.json and the
   HTML report), so the outputs are identical in form.
 
@@ -60,7 +60,7 @@ FORWARDED_ENV = ("IMPLREG_POOL_SIZE",)
 
 
 # whether a pooled claim's groups are spread over the cluster as tasks of their own (see run_claim_task)
-SPREAD_GROUPS = False
+SPREAD_GROUPS = True
 
 
 class ClusterError(RuntimeError):
@@ -208,11 +208,8 @@ def run_claim_task(task: ClaimTask, retries: int = DEFAULT_RETRIES) -> dict[str,
         raise ClusterError(f"{task.nodeid}: no claim {task.claim_id!r} in {module.__file__} on this worker "
                            "(a different version of the file?)")
     wmap = WorkerMap(retries)
-    # Not yet: pooling.check_group_task reads the claim's *current* handle.inner_test, which the driver has
-    # replaced while it runs, so a group that lands in the driver's own worker process (Dask runs it on a thread
-    # there while the driver waits) checks the wrong body (seen: pooled/small refuted by "example 0", 179
-    # instances instead of 16).  Until the group task uses the unmodified body, pooled claims run their groups in
-    # the driver's task, which is the local run exactly; set SPREAD_GROUPS once that is fixed.
+    # A group may land in the driver's own worker process (on a thread, while the driver waits): the group task
+    # calls the claim's body (``__implreg_body__``), not the wrapper the driver has installed meanwhile.
     kwargs = {"map_groups": wmap} if SPREAD_GROUPS and _accepts_map_groups() else {}
     with _environ(task.env):
         record = claim_record(spec, profile=get_profile(task.profile), seed=task.seed, nodeid=task.nodeid,
