@@ -33,7 +33,7 @@ import os
 import time
 import unittest
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import reject
@@ -213,7 +213,6 @@ class Pooled:
     splits: int = 0
     failing_example: int | None = None
     interaction: bool = False
-    log: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"target_instances": self.target, "pool_size": self.pool_size, "examples": self.examples,
@@ -237,24 +236,19 @@ class _Snapshot:
 
 
 def run_pooled(test: Callable[[], None], handle: Any, orig: Callable[..., Any], rec: _record.Recorder,
-               tally: MutableMapping[str, int], target: int,
-               instrument: Callable[[Callable[..., Any], _record.Recorder], Callable[..., Any]],
-               budget_error: Callable[[str], BaseException], returned_error: Callable[[Any], BaseException],
-               info: Pooled, map_groups: MapGroups | None = None, where: tuple[str, str, str] = ("", "", "")
-               ) -> None:
+               tally: MutableMapping[str, int], info: Pooled, map_groups: MapGroups | None = None,
+               where: tuple[str, str, str] = ("", "", "")) -> None:
     """Run the @given ``test`` pooled (module docstring); with ``map_groups``, the groups' bodies run through it
     (``where``: the claim's module, file and id, from which a worker imports it).  ``handle.inner_test`` is
-    replaced for each pass and left as the caller set it; ``instrument`` is the normal run's body wrapper (used
-    for the replay), and ``budget_error``/``returned_error`` build the normal run's exceptions.  Raises what a
-    normal run raises."""
-    examples = _collect(test, handle, rec, target)
+    replaced for each pass and left as the caller set it.  Raises what a normal run raises."""
+    examples = _collect(test, handle, rec, info.target)
     info.examples = len(examples)
     groups = merge_groups(examples, info.pool_size)
     info.groups = len(groups)
     first_fail: int | None = None
     if map_groups is None:
         for g in groups:
-            first_fail = _check(g, orig, rec, tally, budget_error, returned_error, info)
+            first_fail = _check(g, orig, rec, tally, info)
             if first_fail is not None:
                 break
     else:  # every group at once, elsewhere; merged here in order, up to the first failing group
@@ -272,7 +266,7 @@ def run_pooled(test: Callable[[], None], handle: Any, orig: Callable[..., Any], 
     if first_fail is None:
         return
     info.failing_example = first_fail
-    _replay(test, handle, orig, rec, first_fail, instrument)
+    _replay(test, handle, orig, rec, first_fail)
 
 
 @dataclass
@@ -301,7 +295,6 @@ class GroupOutcome:
 
 def check_group_task(task: GroupTask) -> GroupOutcome:
     """Run one group as :func:`run_pooled` does, in a fresh recorder (for ``map_groups``; top level, picklable)."""
-    from implreg.harness.verdict import BudgetExhausted, _returned
     from implreg.preconditions import tally as tally_
 
     spec = _load_claim(task.module, task.file, task.claim_id)
@@ -313,7 +306,7 @@ def check_group_task(task: GroupTask) -> GroupOutcome:
     token = rec.activate()
     try:
         with tally_() as counts:
-            failing = _check(task.group, body, rec, counts, BudgetExhausted, _returned, info)
+            failing = _check(task.group, body, rec, counts, info)
     finally:
         rec.deactivate(token)
     return GroupOutcome(failing, rec.state(), dict(counts), info.bodies, info.splits, info.interaction)
@@ -356,7 +349,7 @@ def _collect(test: Callable[[], None], handle: Any, rec: _record.Recorder, targe
         batch = rec.take_batch(current_build_context())
         call = state["calls"]
         state["calls"] += 1
-        if rec.batch_repeats:  # the normal run rejects it too (verdict._instrument): same generation
+        if rec.batch_repeats:  # the normal run rejects it too (verdict.instrument): same generation
             rec.repeated_batches += 1
             reject()
         if args:
@@ -385,12 +378,13 @@ def _collect(test: Callable[[], None], handle: Any, rec: _record.Recorder, targe
 
 
 def _check(group: Group, orig: Callable[..., Any], rec: _record.Recorder, tally: MutableMapping[str, int],
-           budget_error: Callable[[str], BaseException], returned_error: Callable[[Any], BaseException],
            info: Pooled) -> int | None:
     """Run the body on ``group``; return the call number of the first failing example, else None (counted)."""
+    from implreg.harness.verdict import BudgetExhausted, returned_value  # the normal run's exceptions
+
     if rec.over_budget():
         rec.budget_exhausted = True
-        raise budget_error(f"wall budget of {rec.budget_s:g} s exhausted")
+        raise BudgetExhausted(f"wall budget of {rec.budget_s:g} s exhausted")
     single = len(group.examples) == 1
     snap = _Snapshot(rec, tally)
     rec.begin_example(group.size)
@@ -414,7 +408,7 @@ def _check(group: Group, orig: Callable[..., Any], rec: _record.Recorder, tally:
         snap.restore(rec, tally)
         info.splits += 1
         for half in _halves(group):
-            bad = _check(half, orig, rec, tally, budget_error, returned_error, info)
+            bad = _check(half, orig, rec, tally, info)
             if bad is not None:
                 return bad
         return None
@@ -422,48 +416,27 @@ def _check(group: Group, orig: Callable[..., Any], rec: _record.Recorder, tally:
         snap.restore(rec, tally)  # the replay runs the failing example again, with its evidence
         if single:
             return group.examples[0].call
-        return _bisect(group, orig, rec, tally, budget_error, returned_error, info)
+        return _bisect(group, orig, rec, tally, info)
     if result is not None:
-        raise returned_error(result)
+        raise returned_value(result)
     rec.end_example_valid()
     rec.valid += len(group.examples) - 1
     return None
 
 
 def _bisect(group: Group, orig: Callable[..., Any], rec: _record.Recorder, tally: MutableMapping[str, int],
-            budget_error: Callable[[str], BaseException], returned_error: Callable[[Any], BaseException],
             info: Pooled) -> int:
     """The first failing example of a failing ``group``: halves are tried in order, each counted afresh."""
     info.splits += 1
     for half in _halves(group):
-        snap = _Snapshot(rec, tally)
-        bad = _probe(half, orig, rec, tally, budget_error, returned_error, info)
+        snap = _Snapshot(rec, tally)  # a probe: what it counts is undone (the replay counts the failure)
+        bad = _check(half, orig, rec, tally, info)
         snap.restore(rec, tally)
         if bad is not None:
             return bad
     # neither half fails alone: the body is not row-wise in this group; replay it example by example
     info.interaction = True
-    info.log.append(f"group from example {group.examples[0].call} failed merged but neither half did")
     return group.examples[0].call
-
-
-def _probe(group: Group, orig: Callable[..., Any], rec: _record.Recorder, tally: MutableMapping[str, int],
-           budget_error: Callable[[str], BaseException], returned_error: Callable[[Any], BaseException],
-           info: Pooled) -> int | None:
-    """Whether ``group`` fails (rejections and undecided comparisons count as not failing)."""
-    rec.begin_example(group.size)
-    info.bodies += 1
-    try:
-        orig(**group.kwargs)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except (UnsatisfiedAssumption, Undecided, unittest.SkipTest):
-        return None
-    except BaseException:
-        if len(group.examples) == 1:
-            return group.examples[0].call
-        return _bisect(group, orig, rec, tally, budget_error, returned_error, info)
-    return None
 
 
 def _halves(group: Group) -> Iterator[Group]:
@@ -473,11 +446,12 @@ def _halves(group: Group) -> Iterator[Group]:
 
 
 def _replay(test: Callable[[], None], handle: Any, orig: Callable[..., Any], rec: _record.Recorder,
-            first_fail: int, instrument: Callable[[Callable[..., Any], _record.Recorder], Callable[..., Any]]
-            ) -> None:
+            first_fail: int) -> None:
     """Run Hypothesis again from the start: the examples before call ``first_fail`` pass without a body, the
     rest run normally (the failing one fails, and Hypothesis shrinks it)."""
     from hypothesis.control import current_build_context
+
+    from implreg.harness.verdict import instrument  # the normal run's body wrapper
 
     body = instrument(orig, rec)
     state = {"calls": 0}

@@ -73,7 +73,7 @@ class ReturnedValue(_Abort):
     """The claim body returned a value instead of asserting."""
 
 
-def _returned(result: Any) -> ReturnedValue:
+def returned_value(result: Any) -> ReturnedValue:
     return ReturnedValue("claim returned a value; claims must assert (use certify.* or assert): "
                          f"the body returned {_safe_repr(result, 200)}")
 
@@ -196,7 +196,7 @@ def _pinned_constants() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
-def _instrument(orig: Any, rec: _record.Recorder) -> Any:
+def instrument(orig: Any, rec: _record.Recorder) -> Any:
     """Wrap the claim body: count examples, catch undecided comparisons, enforce budget and returns."""
 
     @functools.wraps(orig)
@@ -236,7 +236,7 @@ def _instrument(orig: Any, rec: _record.Recorder) -> Any:
             rec.last_failure_kwargs = _safe_repr(kwargs) if not args else _safe_repr((args, kwargs))
             raise
         if result is not None:
-            raise _returned(result)
+            raise returned_value(result)
         rec.end_example_valid()
 
     body.__implreg_body__ = orig  # what a pooled group run in this process must call (pooling.check_group_task)
@@ -412,12 +412,12 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
     try:
         test._hypothesis_internal_use_settings = run_settings
         test._hypothesis_internal_use_seed = hseed
-        handle.inner_test = _instrument(orig_inner, rec)
+        handle.inner_test = instrument(orig_inner, rec)
         with collector.with_value(stats.update), _pinned_constants(), tally() as counts:
             try:
                 if pooled is not None:
-                    run_pooled(test, handle, orig_inner, rec, counts, pooled.target, _instrument, BudgetExhausted,
-                               _returned, pooled, map_groups, (spec.module, spec.file, spec.id))
+                    run_pooled(test, handle, orig_inner, rec, counts, pooled, map_groups,
+                               (spec.module, spec.file, spec.id))
                 else:
                     test()
             finally:
