@@ -151,6 +151,18 @@ def test_usage_errors():
     assert p.returncode == 2 and "no such file or folder" in p.stderr
 
 
+def test_bad_settings_are_usage_errors(monkeypatch, capsys, tmp_path):
+    """A bad IMPLREG_* setting is one usage error naming the variable, before any claim runs."""
+    for var, value in [("IMPLREG_COMPILE", "sometimes"), ("IMPLREG_COMPILE_MIN_BATCH", "lots"),
+                       ("IMPLREG_POOL_SIZE", "-3")]:
+        with monkeypatch.context() as m:
+            m.setenv(var, value)
+            assert main(["verify", str(SUITE), "--report", str(tmp_path / "index.html")]) == 2
+        err = capsys.readouterr().err
+        assert var in err and repr(value) in err, (var, err)
+    assert not (tmp_path / "index.html").exists()
+
+
 def test_list(tmp_path):
     p = cli("list", SUITE_REL)
     assert p.returncode == 1                         # the broken file is reported

@@ -11,6 +11,7 @@ import mpmath
 import pytest
 import torch
 
+from implreg.errors import ImplregError
 from implreg.matrix.factorization import FactorLayout, factor_grads, gaussian_init
 from implreg.matrix.flow import DOPRI5, solve
 from implreg.matrix.flow import kernels as K
@@ -257,12 +258,33 @@ def test_compile_mode_parsing(monkeypatch) -> None:
                  ("auto", "auto")]:
         monkeypatch.setenv("IMPLREG_COMPILE", v)
         assert K.compile_mode() == m
+    monkeypatch.setenv("IMPLREG_COMPILE", "sometimes")
+    with pytest.raises(ImplregError, match="IMPLREG_COMPILE='sometimes' is not a compile mode"):
+        K.compile_mode()
     monkeypatch.setenv("IMPLREG_COMPILE", "never")
     kern = K.CompiledKernel(lambda y: (y,), "x")
     assert not kern._want(10**6, torch.device("cpu"))
     monkeypatch.setenv("IMPLREG_COMPILE", "auto")
     assert not kern._want(10**6, torch.device("cuda")) and not kern._want(4, torch.device("cpu"))
     assert kern._want(10**6, torch.device("cpu"))
+
+
+def test_compile_threshold_above_pool_size(monkeypatch) -> None:
+    """By default a pooled claim's bodies (≤ IMPLREG_POOL_SIZE rows) never trigger a first compile; a bad
+    threshold is an error naming the variable."""
+    from implreg.harness.pooling import DEFAULT_POOL_SIZE
+
+    monkeypatch.delenv("IMPLREG_COMPILE_MIN_BATCH", raising=False)
+    assert K.min_batch() == K.DEFAULT_COMPILE_MIN_BATCH > DEFAULT_POOL_SIZE
+    monkeypatch.setenv("IMPLREG_COMPILE", "auto")
+    kern = K.CompiledKernel(lambda y: (y,), "x")
+    assert not kern._want(DEFAULT_POOL_SIZE, torch.device("cpu")) and kern._want(4096, torch.device("cpu"))
+    monkeypatch.setenv("IMPLREG_COMPILE_MIN_BATCH", "64")
+    assert K.min_batch() == 64
+    for bad in ("0", "many"):
+        monkeypatch.setenv("IMPLREG_COMPILE_MIN_BATCH", bad)
+        with pytest.raises(ImplregError, match="IMPLREG_COMPILE_MIN_BATCH must be a positive integer"):
+            K.min_batch()
 
 
 def test_batch_inner_layout() -> None:

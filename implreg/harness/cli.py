@@ -73,6 +73,20 @@ def _check_paths(paths: Sequence[str]) -> None:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
 
 
+def _check_environment() -> None:
+    """The IMPLREG_* settings every claim reads, checked once before any claim runs: a bad value is one usage
+    error naming the variable, not the same error in every claim."""
+    from implreg.errors import ImplregError
+    from implreg.harness.pooling import pool_size
+    from implreg.matrix.flow.kernels import compile_mode, min_batch
+
+    for check in (pool_size, compile_mode, min_batch):
+        try:
+            check()
+        except ImplregError as exc:
+            raise UsageError(str(exc)) from None
+
+
 def _pytest_base(paths: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "pytest", *paths, *_plugin_args(), "--implreg-only", "--implreg-cli",
             "-p", "no:cacheprovider", "-p", "no:benchmark", "--no-header", "-q", "-rN", "--tb=no",
@@ -154,6 +168,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     paths = args.paths or ["theorems"]
     _check_paths(paths)
+    _check_environment()
     seed = profile.resolve_seed(args.seed)
     report = Path(args.report)
     if args.cluster:

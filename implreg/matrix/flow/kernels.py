@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from implreg.errors import ImplregError
 from implreg.matrix.flow.tableau import ButcherTableau
 
 __all__ = [
@@ -736,20 +737,40 @@ def col_attempt(co: RKCoefficients, shapes: Sequence[tuple[int, int]], kind: str
 # ---------------------------------------------------------------------------------------------------------
 # compilation with a bit-identical eager fallback
 # ---------------------------------------------------------------------------------------------------------
+_COMPILE_MODES = {"auto": "auto", "1": "always", "true": "always", "always": "always", "0": "never", "false": "never",
+                  "never": "never"}
+
+#: Default of ``IMPLREG_COMPILE_MIN_BATCH``.  Above the pooled claims' body size (``implreg.harness.pooling``,
+#: 1024 instances, so at most 1024 rows per solve), so ``nox -s verify`` never waits for a first compile (46 s
+#: idle, 497 s on a loaded 2-core machine for a 1,000-row depth-3 body, measured 2026-12-05), while the
+#: benchmark's B = 4096 still runs compiled.  Eager costs ≈ 1.6× per instance at B ≈ 1000 (12.7 vs 7.7 ms at
+#: depth 3): about 5 s per body, against a compile of 46–500 s.
+DEFAULT_COMPILE_MIN_BATCH = 2048
+
+
 def compile_mode() -> str:
     """``IMPLREG_COMPILE``: ``auto`` (default: compile on CPU once a batch reaches ``IMPLREG_COMPILE_MIN_BATCH``,
-    default 512, then use the compiled kernel for every batch size), ``1``/``always`` (every call, any device),
-    ``0``/``never``."""
-    v = os.environ.get("IMPLREG_COMPILE", "auto").strip().lower()
-    return {"1": "always", "true": "always", "always": "always", "0": "never", "false": "never",
-            "never": "never"}.get(v, "auto")
+    default :data:`DEFAULT_COMPILE_MIN_BATCH`, then use the compiled kernel for every batch size),
+    ``1``/``always`` (every call, any device), ``0``/``never``."""
+    raw = os.environ.get("IMPLREG_COMPILE", "auto")
+    mode = _COMPILE_MODES.get(raw.strip().lower() or "auto")
+    if mode is None:
+        raise ImplregError(f"IMPLREG_COMPILE={raw!r} is not a compile mode: use auto, always (or 1) or never (or 0)")
+    return mode
 
 
-def _min_batch() -> int:
+def min_batch() -> int:
+    """``IMPLREG_COMPILE_MIN_BATCH`` (rows; default :data:`DEFAULT_COMPILE_MIN_BATCH`)."""
+    raw = os.environ.get("IMPLREG_COMPILE_MIN_BATCH", "").strip()
+    if not raw:
+        return DEFAULT_COMPILE_MIN_BATCH
     try:
-        return int(os.environ.get("IMPLREG_COMPILE_MIN_BATCH", "512"))
+        n = int(raw)
     except ValueError:
-        return 512
+        n = 0
+    if n < 1:
+        raise ImplregError(f"IMPLREG_COMPILE_MIN_BATCH must be a positive integer (rows), got {raw!r}")
+    return n
 
 
 def batch_inner(x: Tensor) -> Tensor:
@@ -780,8 +801,8 @@ class CompiledKernel:
     is every result with a dimension; ``batch_arg`` names an argument whose first dimension is the batch.
     The function must be written with the primitives of this module (exactly rounded elementwise operations),
     so both paths return identical bits and the choice may depend on the batch size.  On CPU (mode ``auto``) the
-    kernel is compiled the first time a batch of at least ``IMPLREG_COMPILE_MIN_BATCH`` rows arrives; from then
-    on the compiled version serves every batch (a 1-row batch is padded to 2 rows to avoid a separate
+    kernel is compiled the first time a batch of at least ``IMPLREG_COMPILE_MIN_BATCH`` rows (default 2048)
+    arrives; from then on the compiled version serves every batch (a 1-row batch is padded to 2 rows to avoid a separate
     specialization).  On other devices it compiles only in mode ``always`` and then for every call, because
     GPU code generators may contract a·b + c into an FMA, which eager kernels do not.  Any compilation error
     disables compilation for this kernel with a warning and the eager result is returned.
@@ -807,7 +828,7 @@ class CompiledKernel:
             return True
         if device.type != "cpu":
             return False
-        return self._compiled is not None or n >= _min_batch()
+        return self._compiled is not None or n >= min_batch()
 
     def __call__(self, *args: Tensor | None) -> tuple:
         y = args[self.batch_arg]
