@@ -78,6 +78,20 @@ def test_unreached_level_is_never_certified() -> None:
         certify(lvl >= 0.0, what="loss at an unreached level")
 
 
+def test_reference_budget_scales_with_rows() -> None:
+    """A pooled body's view gets the reference budget of the unpooled examples it holds (60 s per 16 rows), so
+    pooling alone cannot leave comparisons undecided; an explicit budget is kept as given."""
+    from implreg.matrix.flow.certified import REF_BUDGET_ROWS, REF_TOTAL_BUDGET_S, view_budget_s
+
+    assert view_budget_s(1) == view_budget_s(REF_BUDGET_ROWS) == REF_TOTAL_BUDGET_S
+    assert view_budget_s(REF_BUDGET_ROWS + 1) == 2 * REF_TOTAL_BUDGET_S
+    assert view_budget_s(1024) == 64 * REF_TOTAL_BUDGET_S
+    W0 = 0.3 * torch.randn(40, 2, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    run = flow.solve(razin_cohen_2x2(40), (W0,), t_max=0.05)
+    assert run.certified_view().runs.total_budget_s == 3 * REF_TOTAL_BUDGET_S
+    assert run.certified_view(total_budget_s=5.0).runs.total_budget_s == 5.0
+
+
 # ---------------------------------------------------------------------------------------------- escalation
 
 

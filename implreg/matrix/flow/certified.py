@@ -26,8 +26,9 @@ formed at the reference's precision (:func:`implreg.matrix.reference.balanced_fa
 loss target, with the same loss levels and save times.  ONE run per (row, dps) serves every leaf of the solve
 (final state, levels, saves, times).  The balls it returns are ``mid ± the reference's own error estimate``
 (first-order propagation of its local errors: an estimate, hence ``rigorous=False``; at a loss level or loss
-target twice that, for the crossing's shifted time).  A wall budget bounds all escalations of one view (claims
-must not hang): past it, ``refine`` returns None and the entries stay undecided.
+target twice that, for the crossing's shifted time).  A wall budget (60 s per 16 rows: :func:`view_budget_s`)
+bounds all escalations of one view (claims must not hang): past it, ``refine`` returns None and the entries stay
+undecided.
 
 Cost per row: one reference solve per precision tried (measured, Razin–Cohen 2×2 at depth 2: 0.1–0.3 s at 30
 digits, 0.4–0.8 s at 60, for t ≤ 100; see ``implreg.matrix.reference``), whatever the number of leaves refined.
@@ -54,6 +55,7 @@ from implreg.numerics import Certified, Refinement, where
 __all__ = [
     "DPS_MAX",
     "DPS_MIN",
+    "REF_BUDGET_ROWS",
     "REF_BUDGET_S",
     "REF_TOTAL_BUDGET_S",
     "CertifiedFlow",
@@ -63,6 +65,7 @@ __all__ = [
     "certified_flow",
     "certified_loss",
     "dps_for",
+    "view_budget_s",
 ]
 
 #: Decimal digits of the reference per requested bits: ⌈bits·log10 2⌉ + 10 guard digits (the reference's error
@@ -74,6 +77,18 @@ DPS_MIN, DPS_MAX = 30, 240
 #: level helpers used before; a 60-digit 2×2 solve through the levels took ≈ 1.3 s per instance in claim 1).
 REF_BUDGET_S = 20.0
 REF_TOTAL_BUDGET_S = 60.0
+#: Rows that one REF_TOTAL_BUDGET_S serves: a view of B rows gets ⌈B/16⌉ times it.  Why: 16 is the largest
+#: per-depth batch of an unpooled example (``depth_batches(max_size=16)``), which the budget was sized for; a
+#: pooled body (``@claim(instances=…)``, up to 1024 rows in one solve) must not get one example's escalations for
+#: sixty examples' rows, or pooling alone would turn a claim inconclusive (measured 2026-12-05: norms-diverge at
+#: 1,017 instances left 278 comparisons undecided with 60 s for the whole body, and held with 1,692 entries
+#: resolved by the 30-digit reference when the budget was not the limit).
+REF_BUDGET_ROWS = 16
+
+
+def view_budget_s(rows: int) -> float:
+    """All escalations of a certified view of ``rows`` rows: REF_TOTAL_BUDGET_S per REF_BUDGET_ROWS rows."""
+    return REF_TOTAL_BUDGET_S * max(1, math.ceil(rows / REF_BUDGET_ROWS))
 
 
 def dps_for(prec_bits: int) -> int:
@@ -445,7 +460,7 @@ def _balanced_init_of(factors: Sequence[Tensor], row: int, dps: int) -> list | N
 
 
 def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | None = None,
-                   budget_s: float = REF_BUDGET_S, total_budget_s: float = REF_TOTAL_BUDGET_S) -> CertifiedFlow:
+                   budget_s: float = REF_BUDGET_S, total_budget_s: float | None = None) -> CertifiedFlow:
     """The certified view of a ``flow.FlowSolution`` (see the module docstring).  ``init_of(row, dps)`` overrides
     the reference's init (default: balanced factors at the reference's precision where the float64 init is a
     balanced init up to rounding, else the float64 factors exactly)."""
@@ -464,9 +479,9 @@ def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | N
 
     lv = [float(x) for x in sol.loss_levels.tolist()]
     saves = [float(x) for x in r.save_t.tolist()]
-    runs = ReferenceRuns(problem, init_of or default_init,
-                         _t_end_per_row(r.status, r.t, sol.t_max, int(Status.REACHED_EVENT)), sol.loss_target,
-                         lv, saves, budget_s, total_budget_s)
+    t_end = _t_end_per_row(r.status, r.t, sol.t_max, int(Status.REACHED_EVENT))
+    runs = ReferenceRuns(problem, init_of or default_init, t_end, sol.loss_target, lv, saves, budget_s,
+                         view_budget_s(len(t_end)) if total_budget_s is None else total_budget_s)
     L, T = len(lv), len(saves)
     e_final = _bcast_err(r.error, getattr(r, "entry_error", None), P)
     e_level = _bcast_err(r.level_error, getattr(r, "level_entry_error", None), P)
@@ -515,7 +530,7 @@ def _crossing_time_error(sol: Any, y: Tensor, err: Tensor) -> Tensor:
 
 def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | None = None,
                             budget_s: float = REF_BUDGET_S,
-                            total_budget_s: float = REF_TOTAL_BUDGET_S) -> CertifiedFlow:
+                            total_budget_s: float | None = None) -> CertifiedFlow:
     """The certified view of a ``flow.BalancedFlowSolution``: leaves are the end-to-end matrices with the solver's
     (B,) entry bound broadcast; refinements start the reference from balanced factors of the exact product of the
     init's factors, formed at the reference's precision (the balanced flow of W depends on W(0) alone)."""
@@ -537,9 +552,9 @@ def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[
 
     lv = [float(x) for x in sol.loss_levels.tolist()]
     saves = [float(x) for x in sol.save_t.tolist()]
-    runs = ReferenceRuns(sol.problem, init_of or default_init,
-                         _t_end_per_row(sol.status, sol.t, sol.t_max, int(Status.REACHED_EVENT)), sol.loss_target,
-                         lv, saves, budget_s, total_budget_s)
+    t_end = _t_end_per_row(sol.status, sol.t, sol.t_max, int(Status.REACHED_EVENT))
+    runs = ReferenceRuns(sol.problem, init_of or default_init, t_end, sol.loss_target, lv, saves, budget_s,
+                         view_budget_s(len(t_end)) if total_budget_s is None else total_budget_s)
     L, T = len(lv), len(saves)
 
     def leaf(value, err, spec: _LeafSpec, label: str) -> Certified:
