@@ -90,6 +90,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """The performance benchmark (issue 6): prints ratios against baselines run in the same process, and against
-    the peers diffrax and torchode (the pinned ``bench`` extra)."""
-    _install(session, "[bench]")
+    the peers diffrax and torchode (the pinned ``bench`` extra); with the ``cluster`` extra too, so that W4 (the
+    1 → 2 worker scaling of ``implreg verify --cluster``, issue 12) runs instead of printing "skipped"."""
+    _install(session, "[bench,cluster]")
     session.run("python", "-m", "bench.run", *session.posargs)
