@@ -154,7 +154,7 @@ def test_usage_errors():
 def test_bad_settings_are_usage_errors(monkeypatch, capsys, tmp_path):
     """A bad IMPLREG_* setting is one usage error naming the variable, before any claim runs."""
     for var, value in [("IMPLREG_COMPILE", "sometimes"), ("IMPLREG_COMPILE_MIN_BATCH", "lots"),
-                       ("IMPLREG_POOL_SIZE", "-3")]:
+                       ("IMPLREG_POOL_SIZE", "-3"), ("IMPLREG_NATIVE", "maybe")]:
         with monkeypatch.context() as m:
             m.setenv(var, value)
             assert main(["verify", str(SUITE), "--report", str(tmp_path / "index.html")]) == 2

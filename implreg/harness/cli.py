@@ -79,8 +79,9 @@ def _check_environment() -> None:
     from implreg.errors import ImplregError
     from implreg.harness.pooling import pool_size
     from implreg.matrix.flow.kernels import compile_mode, min_batch
+    from implreg.matrix.flow.native import native_mode
 
-    for check in (pool_size, compile_mode, min_batch):
+    for check in (pool_size, compile_mode, min_batch, native_mode):
         try:
             check()
         except ImplregError as exc:

@@ -23,6 +23,7 @@ from implreg.matrix.flow.kernels import (
     dmf_step_kernel,
     rk_attempt,
 )
+from implreg.matrix.flow.native import NativeSteps
 from implreg.matrix.flow.tableau import DOPRI5
 from implreg.matrix.problems import Problem
 
@@ -49,6 +50,7 @@ class _Fused:
     guard: object
     step: CompiledKernel  # a whole integration step (returns the last stage only)
     full_attempt: object  # the same arithmetic returning every stage (for the dense output)
+    native: NativeSteps  # the step in C, many per call (small CPU batches)
 
 
 _FUSED: dict[tuple, _Fused] = {}
@@ -64,7 +66,8 @@ def _fused(layout: FactorLayout, kind: str, use_guard: bool) -> _Fused:
         name = "dmf_" + "x".join(map(str, layout.dims)) + "_" + kind + ("_guard" if use_guard else "")
         co = RKCoefficients.of(DOPRI5)
         _FUSED[key] = _Fused(f, g, dmf_step_kernel(co, layout.shapes, kind, use_guard, name),
-                             functools.partial(rk_attempt, co, f, f_aux, g))
+                             functools.partial(rk_attempt, co, f, f_aux, g),
+                             NativeSteps(co, layout.shapes, kind, use_guard))
     return _FUSED[key]
 
 
@@ -416,6 +419,7 @@ def solve(
         fz = _fused(layout, "completion" if problem.is_completion else "sensing", use_guard)
         res = _integrate(
             fz.f, y0, event=event, levels=levels, guard=fz.guard, step_kernel=fz.step, full_attempt=fz.full_attempt,
+            native_steps=fz.native,
             aux_target=loss_target, aux_levels=lv if lv.numel() else None, **common,
         )
         res.meta["kernel"] = fz.step.name

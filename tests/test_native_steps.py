@@ -1,0 +1,140 @@
+"""The C step library (implreg.matrix.flow.native): the same bits as the torch step kernel, one step at a time
+and over whole solves (events, levels, saves, t_max, max_steps, the det guard, every layout the fused kernels
+take), row-wise, and a clean fallback where it cannot be built."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from test_kernels import CO, LAYOUTS, same, step_inputs
+
+from implreg.errors import ImplregError
+from implreg.matrix.factorization import FactorLayout, balanced_init, gaussian_init, with_det_sign
+from implreg.matrix.flow import kernels as K
+from implreg.matrix.flow import native, solve
+from implreg.matrix.flow.gradient_flow import _fused
+from implreg.matrix.problems import completion, razin_cohen_2x2, sensing
+
+f64 = torch.float64
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler here: the torch path is tested")
+
+RESULT_FIELDS = ("t", "y", "status", "error", "entry_error", "n_steps", "n_rejected", "save_y", "save_error",
+                 "level_t", "level_y", "level_error")
+
+
+@pytest.mark.parametrize("shapes,kind,guard", LAYOUTS)
+def test_one_step_equals_the_torch_kernel(shapes, kind, guard) -> None:
+    """One step in C returns the eager kernel's results bit for bit (rows frozen by ``active`` are skipped in
+    C, so their step size and attempted state are not compared: the integrator never reads them)."""
+    kern = K.dmf_step_kernel(CO, shapes, kind, guard, "test")
+    nat = native.NativeSteps(CO, shapes, kind, guard)
+    args = step_inputs(60, shapes, kind, seed=11)
+    want = kern.fn(*args)
+    olds, got = nat(*args, max_iter=1)
+    active = args[9]
+    for i, (x, y) in enumerate(zip(want[:-1], got[:-1], strict=True)):
+        if i in (6, 15, 16, 17):  # h, hs, y_new, acc_err: attempted values, read only for active rows
+            x, y = x[active], y[active]
+        assert same(x, y), f"result {i} differs"
+    assert bool(want[-1]) == got[-1]
+    for x, y in zip(olds, (args[1], args[0], args[2], args[3], args[5]), strict=True):
+        assert same(x, y)  # one step: the state it started from is the input
+    assert len(set(want[8].tolist())) >= 2
+
+
+def _solve_both(monkeypatch, problem, factors, **kw):
+    monkeypatch.setenv("IMPLREG_COMPILE", "never")
+    monkeypatch.setenv("IMPLREG_NATIVE", "never")
+    a = solve(problem, factors, **kw)
+    monkeypatch.setenv("IMPLREG_NATIVE", "auto")
+    kind = "completion" if problem.is_completion else "sensing"
+    nat = _fused(FactorLayout.of(factors), kind, kw.get("guard") == "det").native
+    before = nat.calls
+    b = solve(problem, factors, **kw)
+    assert nat.calls > before, "the C steps did not run"
+    for name in RESULT_FIELDS:
+        assert same(getattr(a.result, name), getattr(b.result, name)), name
+    return a, b
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_solve_equals_torch_razin_cohen(monkeypatch, depth: int) -> None:
+    """Events, loss levels, saves, t_max and the det guard, at every depth of the Razin–Cohen problem."""
+    g = torch.Generator().manual_seed(depth)
+    B = 9
+    W0 = with_det_sign(0.3 * torch.randn(B, 2, 2, generator=g, dtype=f64), +1)
+    fac = balanced_init(W0, depth)
+    a, _ = _solve_both(monkeypatch, razin_cohen_2x2(B), fac, loss_target=1e-4, loss_levels=[0.1, 1e-2, 1e-3],
+                       save_at=[0.5, 1.0, 3.0], t_max=40.0, guard="det")
+    assert len(set(a.status.tolist())) >= 1 and bool(torch.isfinite(a.result.level_t).any())
+
+
+@pytest.mark.parametrize("shapes,kind,guard", LAYOUTS)
+def test_solve_equals_torch_every_layout(monkeypatch, shapes, kind, guard) -> None:
+    """Rectangular and square factorizations, completion and sensing, t_max and max_steps stops."""
+    dims = (shapes[0][1], *(a for a, _ in shapes))
+    B = 6
+    Ws = gaussian_init(B, dims, 0.6, generator=torch.Generator().manual_seed(3))
+    d, e = dims[-1], dims[0]
+    g = torch.Generator().manual_seed(4)
+    if kind == "completion":
+        mask = (torch.rand(B, d, e, generator=g) < 0.7).to(f64)
+        problem = completion(mask, torch.randn(B, d, e, generator=g, dtype=f64))
+    else:
+        problem = sensing(torch.randn(B, 3, d, e, generator=g, dtype=f64), torch.randn(B, 3, generator=g, dtype=f64))
+    for kw in (dict(t_max=5.0, save_at=[0.25, 2.0], loss_levels=[1e-1, 1e-3]), dict(t_max=1e3, max_steps=40)):
+        _solve_both(monkeypatch, problem, Ws, guard="det" if guard else "none", **kw)
+
+
+def test_row_alone_equals_row_in_batch(monkeypatch) -> None:
+    """An instance solved alone (as Hypothesis shrinking does) gets the bits it gets inside a batch."""
+    monkeypatch.setenv("IMPLREG_NATIVE", "always")
+    g = torch.Generator().manual_seed(8)
+    W0 = with_det_sign(1e-2 * torch.randn(12, 2, 2, generator=g, dtype=f64), +1)
+    fac = balanced_init(W0, 3)
+    full = solve(razin_cohen_2x2(12), fac, loss_target=1e-3, loss_levels=[1e-2])
+    for i in (0, 5, 11):
+        one = solve(razin_cohen_2x2(1), [W[i : i + 1] for W in fac], loss_target=1e-3, loss_levels=[1e-2])
+        for name in ("t", "y", "error", "n_steps", "level_y"):
+            assert same(getattr(full.result, name)[i : i + 1], getattr(one.result, name)), name
+
+
+def test_mode_parsing(monkeypatch) -> None:
+    for raw, mode in [("", "auto"), ("auto", "auto"), ("1", "always"), ("ALWAYS", "always"), ("0", "never"),
+                      ("never", "never")]:
+        monkeypatch.setenv("IMPLREG_NATIVE", raw)
+        assert native.native_mode() == mode
+    monkeypatch.setenv("IMPLREG_NATIVE", "sometimes")
+    with pytest.raises(ImplregError, match="IMPLREG_NATIVE"):
+        native.native_mode()
+
+
+def test_no_compiler_falls_back_to_torch_with_a_warning(monkeypatch, tmp_path) -> None:
+    """Without a C compiler the torch kernels run (same bits) and one warning says why."""
+    g = torch.Generator().manual_seed(2)
+    fac = balanced_init(with_det_sign(0.2 * torch.randn(3, 2, 2, generator=g, dtype=f64), +1), 2)
+    want = solve(razin_cohen_2x2(3), fac, loss_target=1e-3)
+    monkeypatch.setattr(native, "_LIB", {})
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        got = solve(razin_cohen_2x2(3), fac, loss_target=1e-3)
+    assert native.unavailable_reason() is not None
+    for name in ("t", "y", "error", "n_steps"):
+        assert same(getattr(want.result, name), getattr(got.result, name))
+
+
+def test_library_is_built_once_into_the_cache(monkeypatch, tmp_path) -> None:
+    """A fresh cache directory gets one library named by the hash of source, compiler and flags; a second
+    load reuses it."""
+    monkeypatch.setenv("IMPLREG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_LIB", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.library() is not None
+    built = list(tmp_path.glob("dmf_steps-*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob("*.tmp*"))
+    mtime = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_LIB", {})
+    assert native.library() is not None and built[0].stat().st_mtime_ns == mtime
