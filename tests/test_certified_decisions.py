@@ -104,6 +104,23 @@ def test_escalation_through_refine_decides_and_is_recorded(rec):
     assert rec.basis["escalated"] == "rigorous"   # every instance was decided on the rigorous refinement
 
 
+def test_arb_on_the_unrefined_leaves_comes_before_any_refinement(rec):
+    """x^¼ + 1 ≥ 0.99 with x = 1e-30 ± 1e-3: undecided in float64 (1 ± 0.18), certain in Arb ([1, 1.18]), so the
+    expensive refine (a reference solve) is never called, and the round says what decided it."""
+    calls = []
+
+    def refine(rows, prec):
+        calls.append(prec)
+        return None
+
+    x = Certified.measured(torch.tensor([1e-30, 4.0], dtype=F64), 1e-3, rigorous=True, refine=refine, label="x")
+    certify(x**0.25 + 1.0 >= 0.99, what="x^¼ + 1 ≥ 0.99")
+    assert calls == []
+    esc = rec.escalations[0]
+    assert esc["certified"] == 1 and esc["prec_bits"] == 64 and "before any refinement" in esc["note"]
+    assert rec.basis["x^¼ + 1 ≥ 0.99"] == "rigorous"
+
+
 def test_escalation_refutes_with_a_tighter_ball(rec):
     def refine(rows, prec):
         return Refinement(np.array([arb(-1e-20, 1e-30)] * len(rows), dtype=object), False)

@@ -42,6 +42,32 @@ def test_norm_at_least_decides_a_schatten_quarter_bound_the_quasi_norm_cannot():
         certify(measures.norm_at_least("schatten-0.25", W, 10.0), what="‖W‖_¼ ≥ 10")
 
 
+def test_norm_increases_decides_where_the_quasi_norms_cannot(monkeypatch):
+    """Two states near rank 1 with σ_min ∈ [0, 2e] (Weyl): ‖W‖_¼ rises from 2 to 2.3.  In float64 the quasi-norms'
+    own comparison is undecided (each is (σ₁^¼ ± (2e)^¼)⁴: 1.19 + 0.038 against 1.23 − 0.038) and needs Arb; the
+    sums of σ_r^¼ as enclosures decide it in float64 (1.19 + 0.038 < 1.23); a fall is refuted."""
+    from implreg.numerics import escalate
+
+    rounds = []
+    real = escalate.run
+    monkeypatch.setattr(escalate, "run", lambda *a, **k: rounds.append(1) or real(*a, **k))
+    e = 1e-6
+    W = torch.tensor([[[[2.0, 0.0], [0.0, 1e-30]], [[2.3, 0.0], [0.0, 1e-30]]]], dtype=F64)
+    up = Certified.measured(W, torch.full_like(W, e), rigorous=True)
+    n = measures.NORMS["schatten-0.25"](up)
+    certify(n[:, 1:] >= n[:, :-1])
+    assert rounds, "the quasi-norms' comparison should have needed escalation"
+    rounds.clear()
+    certify(measures.norm_increases("schatten-0.25", up))
+    certify(measures.norm_increases("frobenius", up))
+    assert not rounds, "norm_increases should decide in float64"
+    down = Certified.measured(W.flip(1), torch.full_like(W, e), rigorous=True)
+    with pytest.raises(AssertionError):
+        certify(measures.norm_increases("schatten-0.25", down), what="‖W‖_¼ increases")
+    with pytest.raises(InvalidInputError, match="unknown norm"):
+        measures.norm_increases("schatten-7", up)
+
+
 def test_norm_at_least_names_an_unknown_norm():
     with pytest.raises(InvalidInputError, match="unknown norm 'schatten-7'"):
         measures.norm_at_least("schatten-7", _near_rank_one(0.0), 1.0)

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from implreg.errors import InvalidInputError
 from implreg.numerics import Certified, Comparison, maximum, svdvals, where
+from implreg.numerics.ops import power
 
 __all__ = [
     "MEASURES",
@@ -38,6 +39,7 @@ __all__ = [
     "frobenius",
     "norm_at_least",
     "norm_error_bound",
+    "norm_increases",
     "nuclear",
     "schatten",
     "sigma_min",
@@ -354,8 +356,26 @@ def norm_at_least(name: str, W: Tensor | Certified, bound: Certified | Tensor | 
         raise InvalidInputError(f"norm_at_least: unknown norm {name!r}; known: {', '.join(NORMS)}")
     kind, _, p = name.partition("-")
     if kind == "schatten" and float(p) < 1:
-        return (singular_values(W) ** float(p)).sum(-1) >= bound ** float(p)
+        # each σ_r^p as its enclosure's midpoint (ops.power center="enclosure"): σ_min ∈ [0, e] gives
+        # σ_min^p ∈ [0, e^p], and the sum's lower end stays σ₁^p, where ẑ ± e^p around σ_min^p ≈ 0 would put
+        # it at σ₁^p − e^p (≈ 0.2 at ℓ = 1e-2: every such comparison escalated to the mpmath reference)
+        return power(singular_values(W), float(p), center="enclosure").sum(-1) >= bound ** float(p)
     return NORMS[name](W) >= bound
+
+
+def norm_increases(name: str, W: Tensor | Certified) -> Comparison:
+    """‖W[:, k+1]‖ ≥ ‖W[:, k]‖ for consecutive states along dim 1 (e.g. loss levels; W (B, L, d, d')), shape
+    (B, L − 1); a Schatten-p quasi-norm (p < 1) as the equivalent Σ_r σ_r^p, each term as its enclosure's
+    midpoint, for the reason given in :func:`norm_at_least` (at depth 2, ℓ ≤ 1e-2: 26 of 320 comparisons left
+    to the mpmath reference instead of 303, measured on 64 drawn instances)."""
+    if name not in NORMS:
+        raise InvalidInputError(f"norm_increases: unknown norm {name!r}; known: {', '.join(NORMS)}")
+    kind, _, p = name.partition("-")
+    if kind == "schatten" and float(p) < 1:
+        n = power(singular_values(W), float(p), center="enclosure").sum(-1)
+    else:
+        n = NORMS[name](W)
+    return n[:, 1:] >= n[:, :-1]
 
 
 # ---------------------------------------------------------------------------------------------- error bounds

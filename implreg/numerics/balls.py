@@ -59,8 +59,9 @@ _SQUARE = np.frompyfunc(lambda a: a**2, 1, 1)
 class ArbBackend:
     """Arb arithmetic at ``ctx.prec`` (set by the caller); measured leaves through their refine."""
 
-    def __init__(self, prec: int, refined: dict, exhausted: set, notes: list):
+    def __init__(self, prec: int, refined: dict, exhausted: set, notes: list, refine: bool = True):
         self.prec = prec
+        self.refine = refine          # False: the leaves' own enclosures (and earlier refinements) only
         self.refined = refined        # id(leaf) → {row: object array of that row's balls} (latest refinement)
         self.exhausted = exhausted    # ids of leaves whose refine returned None
         self.notes = notes
@@ -82,7 +83,8 @@ class ArbBackend:
         out = _to_ball(v[idx], e[idx]).astype(object) if v.size else np.empty((0,), dtype=object)
         refine = c._p.get("refine")
         cache = self.refined.setdefault(id(c), {})
-        if refine is not None and id(c) not in self.exhausted and (id(c), self.prec) not in self.asked:
+        if (self.refine and refine is not None and id(c) not in self.exhausted
+                and (id(c), self.prec) not in self.asked):
             self.asked.add((id(c), self.prec))
             ref = refine([int(i) for i in idx], self.prec)
             if ref is None:

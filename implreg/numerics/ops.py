@@ -99,9 +99,10 @@ def square(a: Any) -> Certified:
     return mul(a, a)
 
 
-def power(a: Any, p: Any) -> Certified:
+def power(a: Any, p: Any, *, center: str = "value") -> Certified:
     """a**p: integer p by repeated multiplication (and 1/a^|p| for p < 0, a⁰ = 1), real p by the monotone
-    map x ↦ x^p on x ≥ 0 (``powr``), Certified p as exp(p·log a)."""
+    map x ↦ x^p on x ≥ 0 (``powr``), Certified p as exp(p·log a).  ``center`` (real p only): see
+    :func:`_monotone`."""
     a = lift(a)
     if isinstance(p, Certified):
         return exp(mul(p, log(a)))
@@ -126,19 +127,28 @@ def power(a: Any, p: Any) -> Certified:
                 base = mul(base, base)
         assert result is not None
         return div(1.0, result) if n < 0 else result
-    return _monotone(a, "powr", lambda t: torch.pow(t, float(p)), domain="nonneg", params={"p": float(p)})
+    return _monotone(a, "powr", lambda t: torch.pow(t, float(p)), domain="nonneg", params={"p": float(p)},
+                     center=center)
 
 
 # ---------------------------------------------------------------------------------------------- monotone maps
 def _monotone(a: Certified, op: str, f: Callable[[Tensor], Tensor], domain: str,
-              params: dict | None = None) -> Certified:
+              params: dict | None = None, center: str = "value") -> Certified:
     """Apply a monotone f (increasing or decreasing) on its domain: the exact f(x) for x ∈ [lo, hi] lies
     between f(lo) and f(hi), so |f(x) − ẑ| ≤ max(F⁺ − ẑ, ẑ − F⁻) with F⁺ ≥ max(f(lo), f(hi)) and
     F⁻ ≤ min(f(lo), f(hi)) evaluated with ``LIBM_ULPS`` allowed error.
 
     domain "nonneg": f on [0, ∞), applied to max(x, 0) where x is not certainly negative (rounding can push
     an exactly-0 quantity below 0); certainly negative entries give NaN.  "pos": (0, ∞); certainly ≤ 0 → NaN.
+
+    ``center="value"`` keeps ẑ = f(x̂) as the value (the best estimate, what a report shows);
+    ``center="enclosure"`` takes the midpoint of [F⁻, F⁺] instead, so the ball is the enclosure itself: where
+    x's ball reaches below 0 on the "nonneg" domain (σ_min ≈ 1e-17 known to ±2e-3), σ^¼ ∈ [0, 0.2] becomes
+    0.1 ± 0.1 instead of 3e-5 ± 0.2, and a sum of such terms keeps its lower end (for comparisons that need a
+    bound, not an estimate).  Both are rigorous: the error covers |f(x) − value| for every x in the ball.
     """
+    if center not in ("value", "enclosure"):
+        raise InvalidInputError(f"center must be 'value' or 'enclosure', got {center!r}")
     x, e = a.value, a.error
     lo, hi = R.dn(x - e), R.up(x + e)
     nan = torch.full_like(x, float("nan"))
@@ -153,6 +163,9 @@ def _monotone(a: Certified, op: str, f: Callable[[Tensor], Tensor], domain: str,
     fa, fb = f(lo), f(hi)
     fmax = R.libm_up(torch.maximum(fa, fb))
     fmin = R.libm_dn(torch.minimum(fa, fb))
+    if center == "enclosure":
+        mid = fmin + 0.5 * (fmax - fmin)  # any float in [F⁻, F⁺]: the error below is measured from it
+        z = torch.where(torch.isfinite(mid), mid, z)
     err = torch.maximum(R.up(fmax - z), R.up(z - fmin)).clamp(min=0.0)
     err = R.nan_to_inf(err)
     err = torch.where(torch.isfinite(z), err, torch.full_like(err, INF))
