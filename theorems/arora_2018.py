@@ -64,7 +64,7 @@ DRIFT_T = tuple(0.25 * k for k in range(1, 41))
        latex=r"\|D_j(t) - D_j(0)\|_F \le 2\big(\max_{s\le t}\|W_{j+1}\|_2\sqrt{|W_{j+1}|} + "
              r"\max_{s\le t}\|W_j\|_2\sqrt{|W_j|}\big) \sum_{m} \|\varepsilon_m\|_\infty + \dots",
        hypotheses=("depth 2–4", "i.i.d. Gaussian init, scale 0.3–1", "random completion or sensing problems"),
-       budget_s=60, max_examples=6)
+       budget_s=120, instances=1000)
 @given(batch=_cases(balanced=False, depths=(2, 4)))
 def balancedness_drift(batch):
     """The allowance is an estimate (the summed local estimates stand for the local errors), the drift's rounding

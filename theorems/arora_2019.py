@@ -60,7 +60,7 @@ def _balanced(N, shape, h):
        latex=r"\Big|u_r^\top \dot W v_r + N\sigma_r^{2-2/N} u_r^\top\nabla\ell\, v_r\Big| \le 10^{-8}\,"
              r"\big(N\sigma_r^{2-2/N}\|\nabla\ell\|_F + |u_r^\top \dot W v_r|\big)",
        hypotheses=("balanced init, σ₁ ∈ [0.3, 1.5], condition number ≤ 20", "depth 2–4", "d×d, d ∈ {2, 3}"),
-       budget_s=60, max_examples=6)
+       budget_s=120, instances=1000)
 @given(batch=linear_flow_batches(_balanced, depths=(2, 4), shapes=((2, 2), (3, 3))))
 def singular_value_dynamics_simulation(batch):
     P, factors = stack_linear_batch(batch)
