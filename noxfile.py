@@ -66,9 +66,13 @@ def _install(session: nox.Session, extras: str = "") -> None:
 
 @nox.session(python=PYTHON)
 def verify(session: nox.Session) -> None:
-    """Run every claim under theorems/ and write reports/index.html and reports/results.json."""
-    _install(session)
+    """Run every claim under theorems/ and write reports/index.html and reports/results.json.  With
+    ``-- … --cluster ADDRESS`` (or ``IMPLREG_CLUSTER`` set) it installs the ``cluster`` extra (Dask) too; a plain
+    run stays without it."""
     args = session.posargs or ["theorems", "--report", "reports/index.html"]
+    on_cluster = any(a == "--cluster" or a.startswith("--cluster=") for a in args) or bool(
+        os.environ.get("IMPLREG_CLUSTER"))
+    _install(session, "[cluster]" if on_cluster else "")
     session.run("implreg", "verify", *args, env=ONE_THREAD)
 
 

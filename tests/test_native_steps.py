@@ -138,3 +138,24 @@ def test_library_is_built_once_into_the_cache(monkeypatch, tmp_path) -> None:
     mtime = built[0].stat().st_mtime_ns
     monkeypatch.setattr(native, "_LIB", {})
     assert native.library() is not None and built[0].stat().st_mtime_ns == mtime
+
+
+def test_small_batches_stay_in_c_after_a_compile(monkeypatch) -> None:
+    """Once the torch kernel has been compiled (the benchmark's B = 4096), batches below the threshold still run
+    the C steps (5 ms per instance against 27 ms compiled at B = 64); ``IMPLREG_COMPILE=always`` asks for the
+    compiled kernel everywhere and gets it.  (A stand-in for the compiled kernel: the eager one, counted.)"""
+    g = torch.Generator().manual_seed(6)
+    fac = balanced_init(with_det_sign(0.2 * torch.randn(4, 2, 2, generator=g, dtype=f64), +1), 3)
+    fz = _fused(FactorLayout.of(fac), "completion", False)
+    used = []
+    monkeypatch.setattr(fz.step, "_compiled", lambda *a: used.append(1) or fz.step.fn(*a))
+    monkeypatch.setenv("IMPLREG_COMPILE", "auto")
+    before = fz.native.calls
+    want = solve(razin_cohen_2x2(4), fac, loss_target=1e-3)
+    assert fz.native.calls > before and not used
+    monkeypatch.setenv("IMPLREG_COMPILE", "always")
+    before = fz.native.calls
+    got = solve(razin_cohen_2x2(4), fac, loss_target=1e-3)
+    assert fz.native.calls == before and used
+    for name in ("t", "y", "error", "n_steps"):
+        assert same(getattr(want.result, name), getattr(got.result, name))

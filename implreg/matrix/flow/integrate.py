@@ -195,7 +195,7 @@ def _integrate(
         b = batch
         y_old, t_old, k1_old, h_old, ea_old = b.y, b.t, b.k1, b.h, b.err_acc
         lev_in = b.lev_done if levels is not None else None
-        if native_steps is not None and native_steps.wanted(b.n, b.y, step_kernel.compiles(b.n, b.y.device)):
+        if native_steps is not None and native_steps.wanted(b.n, b.y):
             # ---- the quiet steps and the next one that needs the host, in C --------------------------------
             (y_old, t_old, k1_old, h_old, ea_old), (
                 b.y, b.t, b.err_acc, b.k1, b.steps, b.rej, b.h, b.attempts, status, fired, lev_new, lev_done_new,

@@ -848,10 +848,6 @@ class CompiledKernel:
         with torch.inference_mode():
             return self.fn(*args)
 
-    def compiles(self, n: int, device: torch.device) -> bool:
-        """Would a batch of ``n`` rows on ``device`` run compiled?"""
-        return self._want(n, device)
-
     def prepare(self, x: Tensor) -> Tensor:
         """The layout in which to keep a batch-first argument between calls: batch innermost where this batch
         will be compiled (so compiled calls need no copies), as it is where it will run eagerly (the eager
