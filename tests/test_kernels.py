@@ -132,20 +132,23 @@ def test_tableau_coefficients() -> None:
 # ---------------------------------------------------------------------------------------------- the DMF field
 
 
+def layout_instances(shapes, kind: str, B: int, *, scale: float, observed: float, seeds=(1, 2)):
+    """``(factors, problem)``: B Gaussian factorizations of ``shapes`` and a random completion (each entry
+    observed with probability ``observed``) or sensing (3 measurements) problem."""
+    dims = (shapes[0][1], *(a for a, _ in shapes))
+    Ws = gaussian_init(B, dims, scale, generator=torch.Generator().manual_seed(seeds[0]))
+    d, e = dims[-1], dims[0]
+    g = torch.Generator().manual_seed(seeds[1])
+    if kind == "completion":
+        mask = (torch.rand(B, d, e, generator=g) < observed).to(f64)
+        return Ws, completion(mask, torch.randn(B, d, e, generator=g, dtype=f64))
+    return Ws, sensing(torch.randn(B, 3, d, e, generator=g, dtype=f64), torch.randn(B, 3, generator=g, dtype=f64))
+
+
 @pytest.mark.parametrize("shapes,kind,_g", LAYOUTS)
 def test_dmf_field_matches_factor_grads_and_loss(shapes, kind, _g) -> None:
-    dims = (shapes[0][1], *(a for a, _ in shapes))
-    B = 7
-    Ws = gaussian_init(B, dims, 0.7, generator=torch.Generator().manual_seed(1))
-    d, e = dims[-1], dims[0]
-    g = torch.Generator().manual_seed(2)
-    if kind == "completion":
-        mask = (torch.rand(B, d, e, generator=g) < 0.6).to(f64)
-        P = completion(mask, torch.randn(B, d, e, generator=g, dtype=f64))
-        prm = (P.mask, P.target)
-    else:
-        P = sensing(torch.randn(B, 3, d, e, generator=g, dtype=f64), torch.randn(B, 3, generator=g, dtype=f64))
-        prm = (P.A, P.y)
+    Ws, P = layout_instances(shapes, kind, 7, scale=0.7, observed=0.6)
+    prm = (P.mask, P.target) if kind == "completion" else (P.A, P.y)
     layout = FactorLayout.of(Ws)
     f, f_aux = K.dmf_field(layout.shapes, kind)
     y = layout.pack(Ws)

@@ -8,14 +8,14 @@ import warnings
 
 import pytest
 import torch
-from test_kernels import CO, LAYOUTS, same, step_inputs
+from test_kernels import CO, LAYOUTS, layout_instances, same, step_inputs
 
 from implreg.errors import ImplregError
-from implreg.matrix.factorization import FactorLayout, balanced_init, gaussian_init, with_det_sign
+from implreg.matrix.factorization import FactorLayout, balanced_init, with_det_sign
 from implreg.matrix.flow import kernels as K
 from implreg.matrix.flow import native, solve
 from implreg.matrix.flow.gradient_flow import _fused
-from implreg.matrix.problems import completion, razin_cohen_2x2, sensing
+from implreg.matrix.problems import razin_cohen_2x2
 
 f64 = torch.float64
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler here: the torch path is tested")
@@ -74,16 +74,7 @@ def test_solve_equals_torch_razin_cohen(monkeypatch, depth: int) -> None:
 @pytest.mark.parametrize("shapes,kind,guard", LAYOUTS)
 def test_solve_equals_torch_every_layout(monkeypatch, shapes, kind, guard) -> None:
     """Rectangular and square factorizations, completion and sensing, t_max and max_steps stops."""
-    dims = (shapes[0][1], *(a for a, _ in shapes))
-    B = 6
-    Ws = gaussian_init(B, dims, 0.6, generator=torch.Generator().manual_seed(3))
-    d, e = dims[-1], dims[0]
-    g = torch.Generator().manual_seed(4)
-    if kind == "completion":
-        mask = (torch.rand(B, d, e, generator=g) < 0.7).to(f64)
-        problem = completion(mask, torch.randn(B, d, e, generator=g, dtype=f64))
-    else:
-        problem = sensing(torch.randn(B, 3, d, e, generator=g, dtype=f64), torch.randn(B, 3, generator=g, dtype=f64))
+    Ws, problem = layout_instances(shapes, kind, 6, scale=0.6, observed=0.7, seeds=(3, 4))
     for kw in (dict(t_max=5.0, save_at=[0.25, 2.0], loss_levels=[1e-1, 1e-3]), dict(t_max=1e3, max_steps=40)):
         _solve_both(monkeypatch, problem, Ws, guard="det" if guard else "none", **kw)
 
