@@ -382,11 +382,14 @@ def w4_cluster(plan: Plan, args: argparse.Namespace, out) -> list[dict] | None:
     if importlib.util.find_spec("distributed") is None:
         out("  skipped: the cluster extra is not installed (pip install -e '.[cluster]')")
         return None
-    runs = bench_cluster.scaling()  # asserts identical records before any rate is printed
+    runs = bench_cluster.scaling()  # asserts identical verdicts, instances, counterexamples before any rate
     for r in runs:
         out(f"  {r['workers']} worker{'s' if r['workers'] > 1 else ' '}: {r['instances']} instances in "
             f"{r['wall_s']:.1f} s = {r['rate']:.1f} instances/s; the tasks alone {r['tasks_wall_s']:.1f} s = "
-            f"{r['tasks_rate']:.1f} instances/s (exit status {r['exit']}; records identical)")
+            f"{r['tasks_rate']:.1f} instances/s (exit status {r['exit']}; verdicts, instances and "
+            "counterexamples identical)")
+        for d in r.get("other_differences", ()):
+            out(f"    other record fields that differ from the 1-worker run: {d}")
     out(f"  RATIO  2 workers vs 1: {runs[-1]['rate'] / runs[0]['rate']:.2f}× whole run, "
         f"{runs[-1]['tasks_rate'] / runs[0]['tasks_rate']:.2f}× tasks alone  (ideal 2× on ≥ 2 free cores; "
         f"this machine has {os.cpu_count()})")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from implreg.harness import cluster as harness_cluster
 from implreg.harness.cli import main
 from implreg.harness.results import strip_timing
 
@@ -280,3 +281,22 @@ def test_without_cluster_dask_is_not_imported(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_worker_drops_hypothesis_false_random_warning_only():
+    """Dask's event-loop thread moves the global ``random`` state while Hypothesis draws on the task thread; the
+    worker drops that one false warning (once, however many tasks), and nothing else."""
+    import warnings as w
+
+    from hypothesis.errors import HypothesisDeprecationWarning
+
+    with w.catch_warnings(record=True) as seen:
+        w.simplefilter("always")
+        harness_cluster._quiet_dask_random()
+        harness_cluster._quiet_dask_random()
+        mine = [f for f in w.filters if f[2] is HypothesisDeprecationWarning and f[0] == "ignore"]
+        assert len(mine) == 1
+        w.warn("Do not use the `random` module inside strategies; instead …", HypothesisDeprecationWarning,
+               stacklevel=1)
+        w.warn("some other deprecation", HypothesisDeprecationWarning, stacklevel=1)
+    assert [str(x.message) for x in seen] == ["some other deprecation"]

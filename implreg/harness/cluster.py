@@ -40,6 +40,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,22 @@ def _accepts_map_groups() -> bool:
     return "map_groups" in inspect.signature(run_claim).parameters
 
 
+_RANDOM_NOTE = "Do not use the `random` module inside strategies"
+
+
+def _quiet_dask_random() -> None:
+    """Drop Hypothesis' "Do not use the `random` module inside strategies" on a worker.  Dask's event-loop thread
+    draws from the global ``random`` (distributed.worker_state_machine picks a peer to fetch from with
+    ``random.choice``) while Hypothesis draws an example in the task's thread; Hypothesis sees the global state
+    change during the draw and blames the strategy, which did nothing (seen on every ReLU claim of W4, 2026-12-06).
+    A strategy that really uses ``random`` still warns in a local run."""
+    from hypothesis.errors import HypothesisDeprecationWarning
+
+    if not any(f[0] == "ignore" and f[2] is HypothesisDeprecationWarning and getattr(f[1], "pattern", "")
+               == _RANDOM_NOTE for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=_RANDOM_NOTE, category=HypothesisDeprecationWarning)
+
+
 def run_claim_task(task: ClaimTask, retries: int = DEFAULT_RETRIES) -> dict[str, Any]:
     """Run one claim on a worker: its record and the worker's environment (device, torch threads).
 
@@ -191,6 +208,7 @@ def run_claim_task(task: ClaimTask, retries: int = DEFAULT_RETRIES) -> dict[str,
     from implreg.harness.runner import claim_record
 
     _one_torch_thread()
+    _quiet_dask_random()
     if os.path.isdir(task.cwd):
         # reproduce commands are written relative to the working directory, as on the client
         os.chdir(task.cwd)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -32,6 +33,9 @@ from implreg.matrix.flow.kernels import RKCoefficients, rk_attempt, rk_post, roo
 from implreg.matrix.flow.locator import DenseWork, Outputs
 from implreg.matrix.flow.result import IntegrationResult, Status, amax
 from implreg.matrix.flow.tableau import DOPRI5, ButcherTableau
+
+if TYPE_CHECKING:
+    from implreg.matrix.flow.native import NativeSteps
 
 __all__ = ["IntegrationResult", "Status", "integrate"]
 
@@ -116,7 +120,7 @@ def _integrate(
     full_attempt: Callable[..., tuple] | None = None,
     aux_target: float | None = None,
     aux_levels: Tensor | None = None,
-    native_steps: Callable[..., tuple] | None = None,
+    native_steps: NativeSteps | None = None,
 ) -> IntegrationResult:
     """:func:`integrate`, optionally with a fused ``step_kernel`` (``kernels.dmf_step_kernel``: attempt, step
     control, events and statuses in one kernel, for two-tensor ``params``).  Its field returns the loss as an
