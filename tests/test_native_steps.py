@@ -150,3 +150,16 @@ def test_small_batches_stay_in_c_after_a_compile(monkeypatch) -> None:
     assert fz.native.calls == before and used
     for name in ("t", "y", "error", "n_steps"):
         assert same(getattr(want.result, name), getattr(got.result, name))
+
+
+def test_a_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path) -> None:
+    """A cached file that does not load (a truncated copy) is built again instead of leaving eager torch on.
+    (Built anew by rename, so a library another process has loaded is never written in place.)"""
+    monkeypatch.setenv("IMPLREG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_LIB", {})
+    path = native._library_path(native._compiler())
+    path.write_bytes(b"not a shared library")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.library() is not None
+    assert path.stat().st_size > 1000

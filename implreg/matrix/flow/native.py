@@ -98,6 +98,13 @@ def _build(cc: str, out: Path) -> None:
             os.unlink(tmp)
 
 
+def _library_path(cc: str) -> Path:
+    """Where the library built by ``cc`` is cached: the name hashes the source, the compiler and the flags."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *CFLAGS]).encode()).hexdigest()
+    return _cache_dir() / f"dmf_steps-{key[:16]}.so"
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled step library (built on first use), or None where it cannot be built (reason in
     :func:`unavailable_reason`); a build failure warns once and the torch kernels run instead."""
@@ -110,13 +117,14 @@ def library() -> ctypes.CDLL | None:
             why = "no C compiler (cc, gcc or clang) on PATH"
         else:
             try:
-                version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30,
-                                         check=False).stdout
-                key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, *CFLAGS]).encode()).hexdigest()
-                path = _cache_dir() / f"dmf_steps-{key[:16]}.so"
+                path = _library_path(cc)
                 if not path.exists():
                     _build(cc, path)
-                lib = ctypes.CDLL(str(path))
+                try:
+                    lib = ctypes.CDLL(str(path))
+                except OSError:  # a damaged cached file (truncated copy, full disk): build it again, once
+                    _build(cc, path)
+                    lib = ctypes.CDLL(str(path))
                 fn = lib.implreg_dmf_steps
                 fn.restype = ctypes.c_int64
                 fn.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 37
