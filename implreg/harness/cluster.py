@@ -189,9 +189,8 @@ def _quiet_dask_random() -> None:
     A strategy that really uses ``random`` still warns in a local run."""
     from hypothesis.errors import HypothesisDeprecationWarning
 
-    if not any(f[0] == "ignore" and f[2] is HypothesisDeprecationWarning and getattr(f[1], "pattern", "")
-               == _RANDOM_NOTE for f in warnings.filters):
-        warnings.filterwarnings("ignore", message=_RANDOM_NOTE, category=HypothesisDeprecationWarning)
+    # idempotent: filterwarnings replaces an identical filter instead of adding a second one
+    warnings.filterwarnings("ignore", message=_RANDOM_NOTE, category=HypothesisDeprecationWarning)
 
 
 def run_claim_task(task: ClaimTask, retries: int = DEFAULT_RETRIES) -> dict[str, Any]:

@@ -352,29 +352,29 @@ def norm_at_least(name: str, W: Tensor | Certified, bound: Certified | Tensor | 
     (bound ≥ 0).  Why: where σ_min's enclosure is [0, e] (σ_min ≈ e^-100 on a flow near rank 1, known to e ≈ 1e-3),
     e^p dominates the sum's width, and the 1/p-th power of the sum would lose its lower end σ₁^p in midpoint–radius
     arithmetic (float64 and Arb alike); the sum itself keeps it."""
+    n, p = _comparable_norm("norm_at_least", name, W)
+    return n >= (bound ** p if p is not None else bound)
+
+
+def _comparable_norm(caller: str, name: str, W: Tensor | Certified) -> tuple[Certified, float | None]:
+    """``(‖W‖, None)``, or for a Schatten-p quasi-norm (p < 1) ``(Σ_r σ_r^p, p)``, an increasing function of it,
+    with each σ_r^p as its enclosure's midpoint (ops.power center="enclosure"): σ_min ∈ [0, e] gives
+    σ_min^p ∈ [0, e^p], and the sum's lower end stays σ₁^p, where ẑ ± e^p around σ_min^p ≈ 0 would put it at
+    σ₁^p − e^p (≈ 0.2 at ℓ = 1e-2: every such comparison escalated to the mpmath reference)."""
     if name not in NORMS:
-        raise InvalidInputError(f"norm_at_least: unknown norm {name!r}; known: {', '.join(NORMS)}")
+        raise InvalidInputError(f"{caller}: unknown norm {name!r}; known: {', '.join(NORMS)}")
     kind, _, p = name.partition("-")
     if kind == "schatten" and float(p) < 1:
-        # each σ_r^p as its enclosure's midpoint (ops.power center="enclosure"): σ_min ∈ [0, e] gives
-        # σ_min^p ∈ [0, e^p], and the sum's lower end stays σ₁^p, where ẑ ± e^p around σ_min^p ≈ 0 would put
-        # it at σ₁^p − e^p (≈ 0.2 at ℓ = 1e-2: every such comparison escalated to the mpmath reference)
-        return power(singular_values(W), float(p), center="enclosure").sum(-1) >= bound ** float(p)
-    return NORMS[name](W) >= bound
+        return power(singular_values(W), float(p), center="enclosure").sum(-1), float(p)
+    return NORMS[name](W), None
 
 
 def norm_increases(name: str, W: Tensor | Certified) -> Comparison:
     """‖W[:, k+1]‖ ≥ ‖W[:, k]‖ for consecutive states along dim 1 (e.g. loss levels; W (B, L, d, d')), shape
     (B, L − 1); a Schatten-p quasi-norm (p < 1) as the equivalent Σ_r σ_r^p, each term as its enclosure's
-    midpoint, for the reason given in :func:`norm_at_least` (at depth 2, ℓ ≤ 1e-2: 26 of 320 comparisons left
+    midpoint, for the reason given in :func:`_comparable_norm` (at depth 2, ℓ ≤ 1e-2: 26 of 320 comparisons left
     to the mpmath reference instead of 303, measured on 64 drawn instances)."""
-    if name not in NORMS:
-        raise InvalidInputError(f"norm_increases: unknown norm {name!r}; known: {', '.join(NORMS)}")
-    kind, _, p = name.partition("-")
-    if kind == "schatten" and float(p) < 1:
-        n = power(singular_values(W), float(p), center="enclosure").sum(-1)
-    else:
-        n = NORMS[name](W)
+    n, _ = _comparable_norm("norm_increases", name, W)
     return n[:, 1:] >= n[:, :-1]
 
 

@@ -129,8 +129,8 @@ def _integrate(
     event states).  It returns only the last stage, so ``full_attempt`` (``kernels.rk_attempt``, the same
     arithmetic with every stage) is re-run on the few rows whose dense output is needed: bit-identical, so the
     recomputed step is the step that was taken.  ``native_steps`` (:class:`implreg.matrix.flow.native.NativeSteps`,
-    the same step in C) takes the quiet steps of batches it wants in one call, returning at the first step
-    that needs the host: the loop below sees the same steps, with the same bits."""
+    the same step in C, used with ``step_kernel``) takes the quiet steps of batches it wants in one call,
+    returning at the first step that needs the host: the loop below sees the same steps, with the same bits."""
     tmax, saves = _checked(y0, t_max, rtol, atol, max_steps, event, levels, n_levels, save_at)
     B, P = y0.shape
     dtype, device = y0.dtype, y0.device
@@ -199,19 +199,16 @@ def _integrate(
         b = batch
         y_old, t_old, k1_old, h_old, ea_old = b.y, b.t, b.k1, b.h, b.err_acc
         lev_in = b.lev_done if levels is not None else None
-        if native_steps is not None and native_steps.wanted(b.n, b.y):
-            # ---- the quiet steps and the next one that needs the host, in C --------------------------------
-            (y_old, t_old, k1_old, h_old, ea_old), (
-                b.y, b.t, b.err_acc, b.k1, b.steps, b.rej, b.h, b.attempts, status, fired, lev_new, lev_done_new,
-                save_in, record, attention, hs, y_new, acc_err, any_attention) = native_steps(
-                b.t, b.y, b.k1, b.h, b.tm, b.err_acc, b.steps, b.rej, b.attempts, active, lev_in, rt, at, c_target,
-                c_levels, saves_arg, c_max, c_lim, c_tiny, table, *b.prm)
-        elif step_kernel is not None:
-            # ---- the whole step in one fused kernel --------------------------------------------------------
+        if step_kernel is not None:
+            # ---- the whole step in one fused kernel, or (C) the quiet steps and the next one that needs the host
+            args = (b.t, b.y, b.k1, b.h, b.tm, b.err_acc, b.steps, b.rej, b.attempts, active, lev_in, rt, at,
+                    c_target, c_levels, saves_arg, c_max, c_lim, c_tiny, table, *b.prm)
+            if native_steps is not None and native_steps.wanted(b.n, b.y):
+                (y_old, t_old, k1_old, h_old, ea_old), stepped = native_steps(*args)
+            else:
+                stepped = step_kernel(*args)
             (b.y, b.t, b.err_acc, b.k1, b.steps, b.rej, b.h, b.attempts, status, fired, lev_new, lev_done_new,
-             save_in, record, attention, hs, y_new, acc_err, any_attention) = step_kernel(
-                b.t, b.y, b.k1, b.h, b.tm, b.err_acc, b.steps, b.rej, b.attempts, active, lev_in, rt, at, c_target,
-                c_levels, saves_arg, c_max, c_lim, c_tiny, table, *b.prm)
+             save_in, record, attention, hs, y_new, acc_err, any_attention) = stepped
         else:
             # ---- generic field: the RK attempt, then f's functions of y, then the step bookkeeping -----------
             hs, last, t_new, K, y_new, msq, finite, acc_err, ymax, _, bad = attempt(
