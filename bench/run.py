@@ -118,6 +118,16 @@ def w1_instances(batch: int, w: W1 = W1(), device: torch.device | str = "cpu") -
     return razin_cohen_2x2(batch, device=device), factors
 
 
+def engine_path(y: torch.Tensor) -> str:
+    """Which step the engine runs on a batch like ``y``: the C steps or a torch kernel."""
+    from implreg.matrix.flow import native
+    from implreg.matrix.flow.kernels import compile_mode
+
+    if native.serves(y):
+        return "C step library, lane-parallel (implreg/matrix/flow/csrc/dmf_steps.c)"
+    return f"torch step kernel, IMPLREG_COMPILE={compile_mode()}"
+
+
 def engine(problem: Problem, factors: Sequence[torch.Tensor], w: W1, **kw):
     """``(solution, seconds)`` of the batched engine (``implreg.matrix.flow.solve``)."""
     from implreg.matrix.flow import solve
@@ -433,12 +443,11 @@ def main(argv: Sequence[str] | None = None, *, plan: Plan | None = None, w: W1 |
     out(f"\nW1  Razin–Cohen 2×2, depth {w.depth}, balanced init W(0) = {w.scale:g}·Z (det > 0), gradient flow "
         f"to ℓ ≤ {w.loss_target:g}, rtol {w.rtol:g}, atol {w.atol:g}, float64, device {device}")
     problem, factors = w1_instances(plan.batch, w, device)
-    from implreg.matrix.flow.kernels import compile_mode
-
-    # compile (or not) outside the timed runs: a short solve at the full batch triggers it
+    # build the C step library or compile the torch kernel (whichever this batch uses) outside the timed runs:
+    # a short solve at the full batch triggers it
     tc = time.perf_counter()
     engine(problem, factors, w, max_steps=3)
-    out(f"  warm-up (kernel compilation, mode {compile_mode()}): {time.perf_counter() - tc:.1f} s")
+    out(f"  warm-up ({engine_path(factors[0])}): {time.perf_counter() - tc:.1f} s")
 
     # engine reps at the full batch interleaved with the scipy subsample
     idx = list(range(plan.n_scipy))

@@ -4,6 +4,7 @@ take), row-wise, and a clean fallback where it cannot be built."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -131,25 +132,47 @@ def test_library_is_built_once_into_the_cache(monkeypatch, tmp_path) -> None:
     assert native.library() is not None and built[0].stat().st_mtime_ns == mtime
 
 
-def test_small_batches_stay_in_c_after_a_compile(monkeypatch) -> None:
-    """Once the torch kernel has been compiled (the benchmark's B = 4096), batches below the threshold still run
-    the C steps (5 ms per instance against 27 ms compiled at B = 64); ``IMPLREG_COMPILE=always`` asks for the
-    compiled kernel everywhere and gets it.  (A stand-in for the compiled kernel: the eager one, counted.)"""
+def test_c_serves_every_batch_size_unless_the_compiled_kernel_is_asked_for(monkeypatch) -> None:
+    """In mode ``auto`` the C steps run a batch at or above the compile threshold too (they beat the compiled
+    kernel on CPU and need no compile); ``IMPLREG_COMPILE=always`` asks for the compiled kernel and gets it, and
+    ``IMPLREG_NATIVE=always`` keeps C even then.  (A stand-in for the compiled kernel: the eager one, counted.)"""
     g = torch.Generator().manual_seed(6)
     fac = balanced_init(with_det_sign(0.2 * torch.randn(4, 2, 2, generator=g, dtype=f64), +1), 3)
     fz = _fused(FactorLayout.of(fac), "completion", False)
     used = []
     monkeypatch.setattr(fz.step, "_compiled", lambda *a: used.append(1) or fz.step.fn(*a))
-    monkeypatch.setenv("IMPLREG_COMPILE", "auto")
-    before = fz.native.calls
-    want = solve(razin_cohen_2x2(4), fac, loss_target=1e-3)
-    assert fz.native.calls > before and not used
-    monkeypatch.setenv("IMPLREG_COMPILE", "always")
-    before = fz.native.calls
-    got = solve(razin_cohen_2x2(4), fac, loss_target=1e-3)
-    assert fz.native.calls == before and used
-    for name in ("t", "y", "error", "n_steps"):
-        assert same(getattr(want.result, name), getattr(got.result, name))
+    monkeypatch.setenv("IMPLREG_COMPILE_MIN_BATCH", "2")  # these 4 rows are a "large" batch
+    runs = {}
+    for compile_, native_, path in [("auto", "auto", "c"), ("always", "auto", "compiled"),
+                                    ("always", "always", "c")]:
+        monkeypatch.setenv("IMPLREG_COMPILE", compile_)
+        monkeypatch.setenv("IMPLREG_NATIVE", native_)
+        before, used[:] = fz.native.calls, []
+        runs[compile_, native_] = solve(razin_cohen_2x2(4), fac, loss_target=1e-3)
+        assert (fz.native.calls > before and not used) if path == "c" else (fz.native.calls == before and used)
+    want = runs["auto", "auto"]
+    for got in runs.values():
+        for name in ("t", "y", "error", "n_steps"):
+            assert same(getattr(want.result, name), getattr(got.result, name))
+
+
+@pytest.mark.parametrize("shapes,kind,guard", LAYOUTS[:3])
+def test_one_step_with_non_finite_and_extreme_rows(shapes, kind, guard) -> None:
+    """Rows whose state is NaN, ±inf, huge (the error norm overflows) or whose error is below 2⁻⁶⁰ (the step
+    factor's clamps): the lane-wise finiteness test and ``inv_root`` give the eager kernel's bits."""
+    kern = K.dmf_step_kernel(CO, shapes, kind, guard, "test")
+    nat = native.NativeSteps(CO, shapes, kind, guard)
+    args = list(step_inputs(13, shapes, kind, seed=5))
+    y, k1, h = args[1].clone(), args[2].clone(), args[3].clone()
+    y[0, 0], y[1, -1], y[2, 0], y[3] = math.nan, math.inf, -math.inf, 1e300
+    k1[4], h[4] = 0.0, 1e-30  # no motion: the error estimate is 0, below the clamp
+    k1[5], h[5] = 1e-200, 1e-200
+    args[1], args[2], args[3] = y, k1, h
+    args[9] = torch.ones(13, dtype=torch.bool)
+    want = kern.fn(*args)
+    _, got = nat(*args, max_iter=1)
+    for i, (x, z) in enumerate(zip(want[:-1], got[:-1], strict=True)):
+        assert same(x, z), f"result {i} differs"
 
 
 def test_a_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path) -> None:
@@ -163,3 +186,23 @@ def test_a_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path) -> None:
         warnings.simplefilter("error")
         assert native.library() is not None
     assert path.stat().st_size > 1000
+
+
+def test_the_generic_copy_gives_the_same_bits(monkeypatch, tmp_path) -> None:
+    """The library holds one copy of the block step per instruction set (AVX2 and the x86-64 baseline), picked
+    at load time; this machine runs one of them, so the generic copy (as a compiler without ``target_clones``
+    builds it) is built alone here and compared with eager torch too."""
+    monkeypatch.setenv("IMPLREG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_LIB", {})
+    monkeypatch.setattr(native, "CFLAGS", (*native.CFLAGS, "-DIMPLREG_NO_CLONES"))
+    assert native.library() is not None
+    shapes, kind, guard = LAYOUTS[0]
+    args = step_inputs(23, shapes, kind, seed=2)
+    want = K.dmf_step_kernel(CO, shapes, kind, guard, "test").fn(*args)
+    _, got = native.NativeSteps(CO, shapes, kind, guard)(*args, max_iter=1)
+    active = args[9]
+    for i, (x, y) in enumerate(zip(want[:-1], got[:-1], strict=True)):
+        if i in (6, 15, 16, 17):
+            x, y = x[active], y[active]
+        assert same(x, y), f"result {i} differs"
+    monkeypatch.setattr(native, "_LIB", {})  # the next test loads the usual library again

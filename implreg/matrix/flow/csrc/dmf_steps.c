@@ -5,12 +5,17 @@
  * in the same order, so every row gets the same bits as the eager and compiled torch kernels.  That holds
  * because every operation here is an exactly rounded IEEE double operation (+ - * / and comparisons, frexp,
  * fabs), compiled with -ffp-contract=off (no fused multiply-add) and without -ffast-math (no reassociation).
+ * Vector instructions do not change this: a SIMD add or multiply rounds each lane exactly as the scalar one.
  *
  * The loop takes lock-step integration steps for a batch of rows and returns to Python as soon as one row
  * needs the host (a stopping event, a level or save crossing, a finished row: the kernel's "attention"), so
  * the Python loop sees exactly the steps it would have seen one call at a time, minus the quiet ones.
  *
- * Layout: every per-row array is batch-first and contiguous (row i of y is y[i*P .. i*P+P-1]).
+ * Layout: the caller's per-row arrays are batch-first and contiguous (row i of y is y[i*P .. i*P+P-1]).
+ * Inside, rows are taken V at a time, "lanes", and every per-row quantity x of a block is stored lane-minor
+ * (x[k*V + l] for lane l), so each scalar operation of the torch kernel becomes one loop over V lanes that the
+ * compiler turns into a vector instruction.  A block at the end of the batch is padded with copies of its last
+ * row, whose results are discarded.
  */
 #include <math.h>
 #include <stdint.h>
@@ -20,6 +25,21 @@
 
 #define MAXN 16   /* factors */
 #define MAXS 16   /* RK stages */
+#define V 4       /* lanes: 4 doubles are one AVX2 register (two SSE2 ones); 8 measured 1.4-5x slower */
+#define INLINE static inline __attribute__((always_inline))
+
+/* V lanes of doubles, and the matching 64-bit masks that comparisons return (GCC/clang vector extensions);
+   8-byte aligned so that any double array can be read as lanes, and allowed to alias double */
+typedef double vd __attribute__((vector_size(V * 8), aligned(8), may_alias));
+typedef int64_t vm __attribute__((vector_size(V * 8), aligned(8), may_alias));
+
+/* one copy of the block step per instruction set, picked at load time (GCC and clang on x86-64 ELF); the
+   AVX2 copy does the same IEEE operations four lanes at a time, and neither copy may contract into an FMA */
+#if defined(__x86_64__) && defined(__ELF__) && !defined(IMPLREG_NO_CLONES)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
 
 typedef struct {
     int64_t N, kind, m, P, L, T, has_event, has_guard, S, NC, max_steps;
@@ -29,15 +49,31 @@ typedef struct {
     const double *E;    /* S error weights */
     const double *poly; /* NC monomial coefficients of f^(-1/m) in u = 4(f - 3/4) */
     double rtol, atol, target, limit, tiny_step;
-    double *work;       /* scratch */
-    int64_t wsize;
 } Spec;
 
-static inline double nmax(double x, double y) { return (x != x || y != y) ? NAN : (x > y ? x : y); }
-static inline double nmin(double x, double y) { return (x != x || y != y) ? NAN : (x < y ? x : y); }
+/* A block's lane-minor arrays: the state a step starts from, and what it produces (rk_post's outputs). */
+typedef struct {
+    double *t, *y, *k1, *h, *ea;
+    int64_t *steps, *rej, *att;
+    uint8_t *ld;
+} State;
 
-/* col_fsum: s_i = x_i + x_{half+i}, an odd last one carried; destroys x */
-static double fsum(double *x, int64_t m) {
+typedef struct {
+    State s;                       /* the state after the step (accepted or not) */
+    double *hs, *y_new, *acc_err;
+    int64_t *status;
+    uint8_t *fired, *lev_new, *save_in, *record, *attention;
+} Out;
+
+INLINE vd splat(double x) { vd r; for (int l = 0; l < V; l++) r[l] = x; return r; }
+INLINE vd vabs(vd x) { return (vd)((vm)x & ~(vm)splat(-0.0)); }
+INLINE vd sel(vm m, vd a, vd b) { return (vd)(((vm)a & m) | ((vm)b & ~m)); }
+/* nmax/nmin: NaN if either is NaN (torch.maximum/minimum), else x > y ? x : y (x < y ? x : y) */
+INLINE vd nmax(vd x, vd y) { vd nan = (vd){0} + NAN; return sel((x != x) | (y != y), nan, sel(x > y, x, y)); }
+INLINE vd nmin(vd x, vd y) { vd nan = (vd){0} + NAN; return sel((x != x) | (y != y), nan, sel(x < y, x, y)); }
+
+/* col_fsum: s_i = x_i + x_{half+i}, an odd last one carried; destroys x; returns the sum */
+INLINE vd fsum(vd *x, int64_t m) {
     while (m > 1) {
         int64_t half = m / 2;
         for (int64_t i = 0; i < half; i++) x[i] = x[i] + x[half + i];
@@ -48,131 +84,340 @@ static double fsum(double *x, int64_t m) {
 
 /* C (ra×cb) = A (ra×k) · B (k×cb), each entry ((A_i0 B_0j + A_i1 B_1j) + …); tA/tB: read A or B transposed
    (A stored k×ra, B stored cb×k) */
-static void mm(const double *A, const double *B, double *C, int64_t ra, int64_t k, int64_t cb, int tA, int tB) {
+INLINE void mm(const vd *A, const vd *B, vd *C, int64_t ra, int64_t k, int64_t cb, int tA, int tB) {
+    const int64_t sa = tA ? ra : 1, sb = tB ? 1 : cb;
     for (int64_t i = 0; i < ra; i++)
         for (int64_t j = 0; j < cb; j++) {
-            double acc = (tA ? A[0 * ra + i] : A[i * k + 0]) * (tB ? B[j * k + 0] : B[0 * cb + j]);
-            for (int64_t q = 1; q < k; q++)
-                acc = acc + (tA ? A[q * ra + i] : A[i * k + q]) * (tB ? B[j * k + q] : B[q * cb + j]);
-            C[i * cb + j] = acc;
+            const vd *a0 = A + (tA ? i : i * k), *b0 = B + (tB ? j * k : j);
+            vd c;
+            switch (k) {  /* C's + is left-associative: ((a0 b0 + a1 b1) + a2 b2) + a3 b3, as the loop */
+            case 2: c = a0[0] * b0[0] + a0[sa] * b0[sb]; break;
+            case 3: c = a0[0] * b0[0] + a0[sa] * b0[sb] + a0[2 * sa] * b0[2 * sb]; break;
+            case 4: c = a0[0] * b0[0] + a0[sa] * b0[sb] + a0[2 * sa] * b0[2 * sb] + a0[3 * sa] * b0[3 * sb]; break;
+            default:
+                c = a0[0] * b0[0];
+                for (int64_t q = 1; q < k; q++) c = c + a0[q * sa] * b0[q * sb];
+            }
+            C[i * cb + j] = c;
         }
 }
 
-/* col_det: cofactor expansion along the first row (k ≤ 4), W row-major k×k with row stride rs */
-static double det(const double *W, int64_t k, int64_t rs) {
+/* col_det: cofactor expansion along the first row, ((W_00 M_00 − W_01 M_01) + W_02 M_02) − …, for a k×k
+   W with row stride rs (k ≤ 4) */
+INLINE vd det2(const vd *W, int64_t rs) { return W[0] * W[rs + 1] - W[1] * W[rs]; }
+
+INLINE void minor_of(const vd *W, int64_t k, int64_t rs, int64_t j, vd *mn) {
+    int64_t c = 0;
+    for (int64_t r = 1; r < k; r++)
+        for (int64_t q = 0; q < k; q++)
+            if (q != j) mn[c++] = W[r * rs + q];
+}
+
+INLINE vd det3(const vd *W, int64_t rs) {
+    vd mn[4], out = {0};
+    for (int64_t j = 0; j < 3; j++) {
+        minor_of(W, 3, rs, j, mn);
+        vd term = W[j] * det2(mn, 2);
+        if (j == 0) out = term; else if (j == 1) out = out - term; else out = out + term;
+    }
+    return out;
+}
+
+INLINE vd det(const vd *W, int64_t k, int64_t rs) {
     if (k == 1) return W[0];
-    if (k == 2) return W[0] * W[rs + 1] - W[1] * W[rs];
-    double minor[16];
-    double out = 0.0;
-    for (int64_t j = 0; j < k; j++) {
-        int64_t c = 0;
-        for (int64_t r = 1; r < k; r++)
-            for (int64_t q = 0; q < k; q++)
-                if (q != j) minor[c++] = W[r * rs + q];
-        double term = W[j] * det(minor, k - 1, k - 1);
-        if (j == 0) out = term; else out = (j % 2) ? out - term : out + term;
+    if (k == 2) return det2(W, rs);
+    if (k == 3) return det3(W, rs);
+    vd mn[9], out = {0};
+    for (int64_t j = 0; j < 4; j++) {
+        minor_of(W, 4, rs, j, mn);
+        vd term = W[j] * det3(mn, 3);
+        if (j == 0) out = term; else if (j % 2) out = out - term; else out = out + term;
     }
     return out;
 }
 
 /* col_dmf: dy = −∇ℓ at y (the descent field), and the loss ℓ if want_loss */
-static void field(const Spec *s, const double *y, const double *P0, const double *P1, double *dy, int want_loss,
-                  double *loss, double *w) {
-    int64_t N = s->N, d = s->d, e = s->e;
+INLINE void field(const Spec *s, const vd *y, const vd *P0, const vd *P1, vd *dy, int want_loss, vd *loss,
+                  vd *w) {
+    const int64_t N = s->N, e = s->e, de = s->d * s->e;
     /* pre[j] = W_j ⋯ W_0, a_j × e */
-    double *pre[MAXN];
-    double *cur = w;
-    pre[0] = (double *)(y + s->off[0]);
+    const vd *pre[MAXN];
+    vd *cur = w;
+    pre[0] = y + s->off[0];
     for (int64_t j = 1; j < N; j++) {
-        pre[j] = cur; cur += s->a[j] * e;
-        mm(y + s->off[j], pre[j - 1], pre[j], s->a[j], s->b[j], e, 0, 0);
+        vd *pj = cur; cur += s->a[j] * e;
+        mm(y + s->off[j], pre[j - 1], pj, s->a[j], s->b[j], e, 0, 0);
+        pre[j] = pj;
     }
-    const double *W = pre[N - 1];
-    double *negG = cur; cur += d * e;
-    double *r; int64_t nr;
+    const vd *W = pre[N - 1];
+    vd *negG = cur; cur += de;
+    vd *r; int64_t nr;
     if (s->kind == 0) { /* completion: r = mask·(W − target) */
-        r = cur; cur += d * e; nr = d * e;
-        for (int64_t i = 0; i < d * e; i++) { r[i] = P0[i] * (W[i] - P1[i]); negG[i] = -r[i]; }
+        r = cur; cur += de; nr = de;
+        for (int64_t i = 0; i < de; i++) { r[i] = P0[i] * (W[i] - P1[i]); negG[i] = -r[i]; }
     } else { /* sensing: r_k = Σ A_k ⊙ W − b_k */
-        int64_t m = s->m;
+        const int64_t m = s->m;
         r = cur; cur += m; nr = m;
-        double *tmp = cur; cur += (d * e > m ? d * e : m);
-        double *negr = cur; cur += m;
+        vd *tmp = cur; cur += (de > m ? de : m);
+        vd *negr = cur; cur += m;
         for (int64_t k = 0; k < m; k++) {
-            for (int64_t i = 0; i < d * e; i++) tmp[i] = P0[k * d * e + i] * W[i];
-            r[k] = fsum(tmp, d * e) - P1[k];
+            for (int64_t i = 0; i < de; i++) tmp[i] = P0[k * de + i] * W[i];
+            r[k] = fsum(tmp, de) - P1[k];
             negr[k] = -r[k];
         }
-        for (int64_t i = 0; i < d * e; i++) {
-            for (int64_t k = 0; k < m; k++) tmp[k] = negr[k] * P0[k * d * e + i];
+        for (int64_t i = 0; i < de; i++) {
+            for (int64_t k = 0; k < m; k++) tmp[k] = negr[k] * P0[k * de + i];
             negG[i] = fsum(tmp, m);
         }
     }
     /* grads: left = −G; for j = N … 1: grad_{j−1} = left·pre_{j−2}ᵀ (left itself for j = 1), left ← W_{j−1}ᵀ·left */
-    double *left = negG;
+    const vd *left = negG;
     for (int64_t j = N; j >= 1; j--) {
-        double *g = dy + s->off[j - 1];
-        int64_t aj = s->a[j - 1];
+        vd *g = dy + s->off[j - 1];
+        const int64_t aj = s->a[j - 1];
         if (j == 1) {
-            memcpy(g, left, sizeof(double) * aj * e);
+            for (int64_t i = 0; i < aj * e; i++) g[i] = left[i];
         } else {
             mm(left, pre[j - 2], g, aj, e, s->a[j - 2], 0, 1);
-            double *nl = cur; cur += s->b[j - 1] * e;
+            vd *nl = cur; cur += s->b[j - 1] * e;
             mm(y + s->off[j - 1], left, nl, s->b[j - 1], aj, e, 1, 0);
             left = nl;
         }
     }
     if (want_loss) {
-        double *sq = cur;
+        vd *sq = cur;
         for (int64_t i = 0; i < nr; i++) sq[i] = r[i] * r[i];
         *loss = 0.5 * fsum(sq, nr);
     }
 }
 
-/* col_guard: is some det W_j within the rounding of the state (safety 10)? */
-static int guard(const Spec *s, const double *y, double err) {
+/* col_guard: is some det W_j within the rounding of the state (safety 10)? (a mask per lane) */
+INLINE vm guard(const Spec *s, const vd *y, vd err) {
     const double u = DBL_EPSILON, tiny = DBL_MIN;
-    int bad = 0;
+    vm bad = {0};
     for (int64_t j = 0; j < s->N; j++) {
-        int64_t k = s->a[j];
-        const double *W = y + s->off[j];
-        double R[4] = {0.0, 0.0, 0.0, 0.0}, row[4];
+        const int64_t k = s->a[j];
+        const vd *W = y + s->off[j];
+        vd R[4], row[4];
         for (int64_t i = 0; i < k; i++) {
             for (int64_t q = 0; q < k; q++) row[q] = W[i * k + q] * W[i * k + q];
             R[i] = fsum(row, k);
         }
-        double had = R[0], rmin = R[0];
+        vd had = R[0], rmin = R[0];
         for (int64_t i = 1; i < k; i++) had = had * R[i];
         for (int64_t i = 1; i < k; i++) rmin = nmin(rmin, R[i]);
-        if (!(rmin != rmin) && rmin < tiny) rmin = tiny;
-        double sk = 10.0 * (double)k;
-        double tau2 = ((2.0 * (sk * sk)) * ((((double)k * (err * err)) / rmin) + u * u)) * had;
-        double dt = det(W, k, k);
+        rmin = sel((rmin == rmin) & (rmin < tiny), splat(tiny), rmin);
+        const double sk = 10.0 * (double)k;
+        vd tau2 = ((2.0 * (sk * sk)) * ((((double)k * (err * err)) / rmin) + u * u)) * had;
+        vd dt = det(W, k, k);
         bad |= (dt * dt <= tau2);
     }
     return bad;
 }
 
-/* inv_root(msq, 2·order) with frexp: msq^(−1/(2·order)) */
-static double inv_root(const Spec *s, double x, const double *table) {
-    if (x != x) x = 1.0;
-    else if (x == INFINITY) x = DBL_MAX;
-    else if (x == -INFINITY) x = -DBL_MAX;
+/* inv_root(msq, 2·order) with frexp: msq^(−1/(2·order)), lane-wise.  After the clamp to [2⁻⁶⁰, 2⁶⁰] every x is
+   a positive normal number, so frexp is exact bit surgery: f has x's mantissa with the exponent of 0.5, and
+   x = f·2^(E − 1022) for x's biased exponent E. */
+INLINE vd inv_root(const double *c, int64_t nc, vd x, const double *table) {
+    x = sel(x != x, splat(1.0), x);
+    x = sel(x == INFINITY, splat(DBL_MAX), x);
+    x = sel(x == -INFINITY, splat(-DBL_MAX), x);
     const double lo = 0x1p-60, hi = 0x1p60;
-    if (x < lo) x = lo;
-    if (x > hi) x = hi;
-    int ei;
-    double f = frexp(x, &ei);
-    int64_t index = (int64_t)ei + 64;
-    if (index < 0) index = 0;
-    if (index > 127) index = 127;
-    double uu = (f - 0.75) * 4.0;
-    const double *c = s->poly;
-    int64_t nc = s->NC;
-    double acc = uu * c[nc - 1] + c[nc - 2];
+    x = sel(x < lo, splat(lo), x);
+    x = sel(x > hi, splat(hi), x);
+    const vm bits = (vm)x;
+    const vd f = (vd)((bits & ~(int64_t)0x7ff0000000000000LL) | (vm)splat(0.5));
+    const vd uu = (f - 0.75) * 4.0;
+    vd acc = uu * c[nc - 1] + c[nc - 2];
     for (int64_t q = nc - 3; q >= 0; q--) acc = acc * uu + c[q];
-    return acc * table[index];
+    vd scale;
+    for (int l = 0; l < V; l++) {
+        int64_t index = (int64_t)((bits[l] >> 52) & 0x7ff) - 1022 + 64;
+        if (index < 0) index = 0;
+        if (index > 127) index = 127;
+        scale[l] = table[index];
+    }
+    return acc * scale;
 }
+
+/* One attempted step for the V rows of a block (col_attempt, the field, the guard, inv_root, rk_post), from
+   state x into o; returns whether some active lane needs attention.  w: scratch. */
+CLONES static int block_step(const Spec *s, const State *x, Out *o, const uint8_t *active, const double *tm,
+                             const double *P0, const double *P1, const double *lv, const double *saves,
+                             const double *table, vd *w) {
+    const int64_t P = s->P, S = s->S, L = s->L, T = s->T;
+    const double u = DBL_EPSILON;
+    const double invP = 1.0 / (double)P;
+    vd *K = w, *yi = K + S * P, *eloc = yi + P, *q = eloc + P;
+    vm *moved = (vm *)(q + P);
+    vd *fw = q + 2 * P;
+    const vd *Y = (const vd *)x->y, *EA = (const vd *)x->ea, *K1 = (const vd *)x->k1;
+    const vd t0 = *(const vd *)x->t, h0 = *(const vd *)x->h, tmv = *(const vd *)tm;
+    const vd zero = {0};
+    /* ---- the attempt (col_attempt) ---- */
+    const vd rest = tmv - t0;
+    const vm lastm = h0 >= rest;
+    const vd hs = sel(lastm, rest, h0);
+    vd aux = zero;
+    for (int64_t p = 0; p < P; p++) K[p] = K1[p];
+    for (int64_t st = 1; st < S; st++) {
+        /* y_i = ((y + (h a_i0) k_0) + (h a_i1) k_1) + …, nonzero weights only; the same sum for each p, with the
+           loops swapped so that the P sums proceed side by side */
+        for (int64_t p = 0; p < P; p++) yi[p] = Y[p];
+        for (int64_t jj = 0; jj < st; jj++) {
+            const double wgt = s->A[st * S + jj];
+            if (wgt == 0.0) continue;
+            const vd hw = hs * wgt;
+            const vd *kj = K + jj * P;
+            for (int64_t p = 0; p < P; p++) yi[p] = yi[p] + hw * kj[p];
+        }
+        field(s, yi, (const vd *)P0, (const vd *)P1, K + st * P, st == S - 1, &aux, fw);
+    }
+    /* FSAL: y_new is the last stage's input */
+    vd *ynew = (vd *)o->y_new, *accr = (vd *)o->acc_err;
+    for (int64_t p = 0; p < P; p++) ynew[p] = yi[p];
+    /* the local error h·Σ_j e_j k_j (nonzero weights, first term alone), and which entries moved at all */
+    int first = 1;
+    for (int64_t p = 0; p < P; p++) { eloc[p] = zero; moved[p] = (vm)zero; }
+    for (int64_t jj = 0; jj < S; jj++) {
+        const vd *kj = K + jj * P;
+        for (int64_t p = 0; p < P; p++) moved[p] |= kj[p] != 0;
+        const double wgt = s->E[jj];
+        if (wgt == 0.0) continue;
+        if (first) for (int64_t p = 0; p < P; p++) eloc[p] = wgt * kj[p];
+        else for (int64_t p = 0; p < P; p++) eloc[p] = eloc[p] + wgt * kj[p];
+        first = 0;
+    }
+    for (int64_t p = 0; p < P; p++) eloc[p] = hs * eloc[p];
+    for (int64_t p = 0; p < P; p++) {
+        vd scl = s->atol + s->rtol * nmax(vabs(Y[p]), vabs(ynew[p]));
+        vd qq = sel(eloc[p] == 0, zero, eloc[p] / scl);
+        q[p] = qq * qq;
+    }
+    const vd msq = fsum(q, P) * invP;
+    vd ymax = vabs(ynew[0]);
+    for (int64_t p = 1; p < P; p++) ymax = nmax(ymax, vabs(ynew[p]));
+    vd amx = zero;
+    for (int64_t p = 0; p < P; p++) {
+        accr[p] = EA[p] + sel(moved[p], vabs(eloc[p]) + u * vabs(ynew[p]), zero);
+        if (p == 0) amx = accr[0]; else amx = nmax(amx, accr[p]);
+    }
+    const vd t_new = sel(lastm, tmv, t0 + hs);
+    vm bad = (vm)zero;
+    if (s->has_guard) bad = guard(s, ynew, amx);
+    /* ---- the step factor (rk_post): finite = isfinite(msq) ∧ isfinite(ymax); accept = finite ∧ msq ≤ 1 ---- */
+    const vm finite = (msq - msq == 0) & (ymax - ymax == 0);
+    const vm accept = finite & (msq <= 1.0);
+    const vd pf = inv_root(s->poly, s->NC, msq, table);
+    vd fac = 0.9 * pf;
+    fac = sel(fac < 0.2, splat(0.2), fac);
+    fac = sel(fac > 10.0, splat(10.0), fac);
+    fac = sel(finite, fac, splat(0.25));
+    fac = sel(~accept & (fac > 1.0), splat(1.0), fac);
+    const vd hn = hs * fac;
+    vd at = vabs(t0);
+    at = sel(at < 1.0, splat(1.0), at);
+    const vm too_small = ~accept & (hn <= s->tiny_step * at);
+    /* the new state: the attempt where accepted, else the old one (also in frozen lanes) */
+    vm take = accept;
+    for (int l = 0; l < V; l++) if (!active[l]) take[l] = 0;
+    vd *yo = (vd *)o->s.y, *k1o = (vd *)o->s.k1, *eao = (vd *)o->s.ea;
+    const vd *klast = K + (S - 1) * P;
+    for (int64_t p = 0; p < P; p++) {
+        yo[p] = sel(take, ynew[p], Y[p]);
+        k1o[p] = sel(take, klast[p], K1[p]);
+        eao[p] = sel(take, accr[p], EA[p]);
+    }
+    /* ---- events, levels, saves and the status, lane by lane ---- */
+    int any = 0;
+    for (int l = 0; l < V; l++) {
+        if (!active[l]) {
+            for (int64_t p = 0; p < P; p++) {
+                const int64_t k = p * V + l;
+                o->y_new[k] = x->y[k]; o->acc_err[k] = x->ea[k];
+            }
+            o->s.t[l] = x->t[l]; o->s.h[l] = x->h[l]; o->s.steps[l] = x->steps[l]; o->s.rej[l] = x->rej[l];
+            o->s.att[l] = x->att[l];
+            o->status[l] = 0; o->fired[l] = 0; o->record[l] = 0; o->attention[l] = 0; o->hs[l] = x->h[l];
+            for (int64_t c = 0; c < L; c++) { o->lev_new[c * V + l] = 0; o->s.ld[c * V + l] = x->ld[c * V + l]; }
+            for (int64_t c = 0; c < T; c++) o->save_in[c * V + l] = 0;
+            continue;
+        }
+        const int acc = accept[l] != 0;
+        const int64_t att = x->att[l] + 1;
+        o->s.t[l] = acc ? t_new[l] : x->t[l];
+        o->s.h[l] = hn[l]; o->hs[l] = hs[l];
+        o->s.steps[l] = x->steps[l] + acc; o->s.rej[l] = x->rej[l] + !acc; o->s.att[l] = att;
+        int64_t stt = too_small[l] ? 5 : 0;
+        int ok = acc, fr = 0;
+        if (s->has_event) {
+            fr = acc && (aux[l] - s->target <= 0);
+            ok = ok && !fr;
+            if (fr) stt = 2;
+        }
+        o->fired[l] = (uint8_t)fr;
+        const int big = ok && !(ymax[l] < s->limit);
+        if (big) stt = 4;
+        ok = ok && !big;
+        if (ok && lastm[l]) stt = 1;
+        if (s->has_guard && ok && bad[l]) stt = 6;
+        if (stt == 0 && att >= s->max_steps) stt = 3;
+        o->status[l] = stt;
+        int rec = fr;
+        for (int64_t c = 0; c < L; c++) {
+            const int done = x->ld[c * V + l];
+            const int nw = acc && (aux[l] - lv[c] <= 0) && !done;
+            o->lev_new[c * V + l] = (uint8_t)nw;
+            o->s.ld[c * V + l] = (uint8_t)(done | nw);
+            rec |= nw;
+        }
+        for (int64_t c = 0; c < T; c++) {
+            const int sv = acc && (saves[c] > x->t[l]) && (saves[c] <= t_new[l]);
+            o->save_in[c * V + l] = (uint8_t)sv;
+            rec |= sv;
+        }
+        o->record[l] = (uint8_t)rec;
+        o->attention[l] = (uint8_t)((stt != 0) | rec);
+        any |= o->attention[l];
+    }
+    return any;
+}
+
+/* ---- moving rows between the caller's row-major arrays and lane-minor blocks ---- */
+
+/* block b's lanes of a row-major (n × w) array into dst (w × V lane-minor); padding lanes copy the last row */
+#define GATHER(type, dst, src, w, b, n) do { \
+    for (int l = 0; l < V; l++) { \
+        int64_t i_ = (b) * V + l; if (i_ >= (n)) i_ = (n) - 1; \
+        for (int64_t k_ = 0; k_ < (w); k_++) (dst)[k_ * V + l] = (src)[i_ * (w) + k_]; \
+    } } while (0)
+#define SCATTER(type, dst, src, w, b, n) do { \
+    for (int l = 0; l < V; l++) { \
+        int64_t i_ = (b) * V + l; if (i_ >= (n)) break; \
+        for (int64_t k_ = 0; k_ < (w); k_++) (dst)[i_ * (w) + k_] = (src)[k_ * V + l]; \
+    } } while (0)
+
+/* lane-minor storage for nb blocks: one State (or Out) per block, carved from one allocation */
+typedef struct {
+    double *d; int64_t *i; uint8_t *u;
+} Pool;
+
+static int state_alloc(State *st, int64_t nb, int64_t P, int64_t L, Pool *pool) {
+    const int64_t nd = nb * V * (3 * P + 3), ni = nb * V * 3, nu = nb * V * (L ? L : 1);
+    pool->d = malloc(sizeof(double) * nd); pool->i = malloc(sizeof(int64_t) * ni); pool->u = malloc(nu);
+    if (!pool->d || !pool->i || !pool->u) return -1;
+    for (int64_t b = 0; b < nb; b++) {
+        double *dd = pool->d + b * V * (3 * P + 3);
+        int64_t *ii = pool->i + b * V * 3;
+        State *x = st + b;
+        x->y = dd; x->k1 = dd + P * V; x->ea = dd + 2 * P * V;
+        x->t = dd + 3 * P * V; x->h = x->t + V; x->steps = ii; x->rej = ii + V; x->att = ii + 2 * V;
+        x->ld = pool->u + b * V * (L ? L : 1);
+    }
+    return 0;
+}
+
+static void pool_free(Pool *p) { free(p->d); free(p->i); free(p->u); }
 
 int64_t implreg_dmf_steps(
     int64_t n, int64_t max_iter, const int64_t *ispec, const double *dspec, const double *coef,
@@ -188,7 +433,7 @@ int64_t implreg_dmf_steps(
     Spec s;
     s.N = ispec[0]; s.kind = ispec[1]; s.m = ispec[2]; s.P = ispec[3]; s.L = ispec[4]; s.T = ispec[5];
     s.has_event = ispec[6]; s.has_guard = ispec[7]; s.S = ispec[8]; s.NC = ispec[9]; s.max_steps = ispec[10];
-    if (s.N < 1 || s.N > MAXN || s.S < 2 || s.S > MAXS) return -1;
+    if (s.N < 1 || s.N > MAXN || s.S < 2 || s.S > MAXS || n < 1) return -1;
     int64_t off = 0;
     for (int64_t j = 0; j < s.N; j++) {
         s.a[j] = ispec[11 + 2 * j]; s.b[j] = ispec[12 + 2 * j]; s.off[j] = off; off += s.a[j] * s.b[j];
@@ -200,154 +445,84 @@ int64_t implreg_dmf_steps(
     s.p1_row = s.kind == 0 ? s.d * s.e : s.m;
     s.A = coef; s.E = coef + s.S * s.S; s.poly = coef + s.S * s.S + s.S;
     s.rtol = dspec[0]; s.atol = dspec[1]; s.target = dspec[2]; s.limit = dspec[3]; s.tiny_step = dspec[4];
-    const int64_t P = s.P, S = s.S, L = s.L, T = s.T;
-    const double u = DBL_EPSILON;
-    const double invP = 1.0 / (double)P;
-    int64_t m = s.m > 0 ? s.m : 1;
-    int64_t wsize = 8 * (4 * 4) * (s.N + 4) + 8 * m + 4 * 16 * 16 + 64;
-    double *buf = (double *)malloc(sizeof(double) * (S * P + 4 * P + wsize));
-    if (!buf) return -2;
-    double *K = buf, *yi = K + S * P, *eloc = yi + P, *q = eloc + P, *acc = q + P, *w = acc + P;
-    (void)acc;
+    const int64_t P = s.P, S = s.S, L = s.L, T = s.T, nb = (n + V - 1) / V;
+    const int64_t m = s.m > 0 ? s.m : 1;
+
+    /* lane-minor copies: the state (two sets, swapped on each quiet step), the outputs' extras, the inputs */
+    State *cur = calloc(nb, sizeof(State)), *nxt = calloc(nb, sizeof(State));
+    Out *outs = calloc(nb, sizeof(Out));
+    Pool pa = {0}, pb = {0};
+    const int64_t per_out = 3 * P + 1, per_u = 5 + L + T;
+    const int64_t wsize = S * P + 4 * P + 32 * (s.N + 4) + 8 * m + 64;
+    double *od = malloc(sizeof(double) * nb * V * per_out);
+    int64_t *oi = malloc(sizeof(int64_t) * nb * V);
+    uint8_t *ou = malloc(nb * V * per_u);
+    double *in_d = malloc(sizeof(double) * nb * V * (s.p0_row + s.p1_row + 1));
+    uint8_t *act = malloc(nb * V);
+    vd *w = malloc(sizeof(vd) * wsize);
+    int64_t rc = -2;
+    if (!cur || !nxt || !outs || !od || !oi || !ou || !in_d || !act || !w
+        || state_alloc(cur, nb, P, L, &pa) || state_alloc(nxt, nb, P, L, &pb)) goto done;
+    for (int64_t b = 0; b < nb; b++) {
+        State *x = cur + b;
+        GATHER(double, x->t, t, 1, b, n); GATHER(double, x->y, y, P, b, n); GATHER(double, x->k1, k1, P, b, n);
+        GATHER(double, x->h, h, 1, b, n); GATHER(double, x->ea, err_acc, P, b, n);
+        GATHER(int64_t, x->steps, steps, 1, b, n); GATHER(int64_t, x->rej, rej, 1, b, n);
+        GATHER(int64_t, x->att, attempts, 1, b, n);
+        if (L) GATHER(uint8_t, x->ld, lev_done, L, b, n);
+        double *ib = in_d + b * V * (s.p0_row + s.p1_row + 1);
+        GATHER(double, ib, p0, s.p0_row, b, n);
+        GATHER(double, ib + s.p0_row * V, p1, s.p1_row, b, n);
+        GATHER(double, ib + (s.p0_row + s.p1_row) * V, tm, 1, b, n);
+        for (int l = 0; l < V; l++) act[b * V + l] = (b * V + l < n) ? active[b * V + l] : 0;
+        Out *o = outs + b;
+        double *dd = od + b * V * per_out;
+        o->hs = dd; o->y_new = dd + V; o->acc_err = dd + V + P * V;
+        o->status = oi + b * V;
+        uint8_t *uu = ou + b * V * per_u;
+        o->fired = uu; o->record = uu + V; o->attention = uu + 2 * V; o->lev_new = uu + 5 * V;
+        o->save_in = uu + (5 + L) * V;
+    }
 
     int64_t it;
     int any = 0;
     for (it = 0; it < max_iter; it++) {
         any = 0;
-        for (int64_t i = 0; i < n; i++) {
-            const double *yr = y + i * P;
-            double *yo = y_o + i * P, *k1r = k1_o + i * P, *ear = ea_o + i * P;
-            double *ynew = y_new_o + i * P, *accr = acc_err_o + i * P;
-            uint8_t *lnew = lev_new ? lev_new + i * L : NULL;
-            uint8_t *ldone_o = lev_done_o ? lev_done_o + i * L : NULL;
-            uint8_t *sin = save_in ? save_in + i * T : NULL;
-            if (!active[i]) {
-                memcpy(yo, yr, sizeof(double) * P); memcpy(k1r, k1 + i * P, sizeof(double) * P);
-                memcpy(ear, err_acc + i * P, sizeof(double) * P);
-                t_o[i] = t[i]; h_o[i] = h[i]; steps_o[i] = steps[i]; rej_o[i] = rej[i]; att_o[i] = attempts[i];
-                status[i] = 0; if (fired) fired[i] = 0; record[i] = 0; attention[i] = 0; hs_o[i] = h[i];
-                for (int64_t l = 0; l < L; l++) { lnew[l] = 0; ldone_o[l] = lev_done[i * L + l]; }
-                for (int64_t c = 0; c < T; c++) sin[c] = 0;
-                memcpy(ynew, yr, sizeof(double) * P); memcpy(accr, err_acc + i * P, sizeof(double) * P);
-                continue;
-            }
-            const double *P0 = p0 + i * s.p0_row, *P1 = p1 + i * s.p1_row;
-            /* ---- the attempt (col_attempt) ---- */
-            double ti = t[i], hi = h[i], tmi = tm[i];
-            double rest = tmi - ti;
-            int last = hi >= rest;
-            double hs = last ? rest : hi;
-            memcpy(K, k1 + i * P, sizeof(double) * P);
-            double aux = 0.0;
-            for (int64_t st = 1; st < S; st++) {
-                for (int64_t p = 0; p < P; p++) {
-                    double out = yr[p];
-                    for (int64_t jj = 0; jj < st; jj++) {
-                        double wgt = s.A[st * S + jj];
-                        if (wgt != 0.0) out = out + (hs * wgt) * K[jj * P + p];
-                    }
-                    yi[p] = out;
-                }
-                int want = st == S - 1;
-                field(&s, yi, P0, P1, K + st * P, want, &aux, w);
-            }
-            /* FSAL: y_new is the last stage's input */
-            for (int64_t p = 0; p < P; p++) ynew[p] = yi[p];
-            for (int64_t p = 0; p < P; p++) {
-                double es = 0.0; int first = 1;
-                for (int64_t jj = 0; jj < S; jj++) {
-                    double wgt = s.E[jj];
-                    if (wgt != 0.0) {
-                        double term = wgt * K[jj * P + p];
-                        es = first ? term : es + term; first = 0;
-                    }
-                }
-                eloc[p] = hs * es;
-            }
-            for (int64_t p = 0; p < P; p++) {
-                double sc = s.atol + s.rtol * nmax(fabs(yr[p]), fabs(ynew[p]));
-                double qq = eloc[p] == 0 ? 0.0 : eloc[p] / sc;
-                q[p] = qq * qq;
-            }
-            double msq = fsum(q, P) * invP;
-            double ymax = fabs(ynew[0]);
-            for (int64_t p = 1; p < P; p++) ymax = nmax(ymax, fabs(ynew[p]));
-            int finite = isfinite(msq) && isfinite(ymax);
-            double amx = 0.0;
-            for (int64_t p = 0; p < P; p++) {
-                int moved = 0;
-                for (int64_t jj = 0; jj < S; jj++) moved |= K[jj * P + p] != 0;
-                double ya = fabs(ynew[p]);
-                accr[p] = err_acc[i * P + p] + (moved ? fabs(eloc[p]) + u * ya : 0.0);
-                amx = p == 0 ? accr[0] : nmax(amx, accr[p]);
-            }
-            double t_new = last ? tmi : ti + hs;
-            int bad = s.has_guard ? guard(&s, ynew, amx) : 0;
-            /* ---- the step factor and rk_post ---- */
-            double pf = inv_root(&s, msq, table);
-            int accept = finite && (msq <= 1.0);
-            double fac;
-            if (finite) { fac = 0.9 * pf; fac = fac < 0.2 ? 0.2 : fac; fac = fac > 10.0 ? 10.0 : fac; }
-            else fac = 0.25;
-            if (!accept && fac > 1.0) fac = 1.0;
-            double hn = hs * fac;
-            int rejected = !accept;
-            double at = fabs(ti); at = at < 1.0 ? 1.0 : at;
-            int too_small = rejected && (hn <= s.tiny_step * at);
-            int64_t att = attempts[i] + 1;
-            if (accept) {
-                memcpy(yo, ynew, sizeof(double) * P);
-                memcpy(k1r, K + (S - 1) * P, sizeof(double) * P);
-                memcpy(ear, accr, sizeof(double) * P);
-                t_o[i] = t_new;
-            } else {
-                memcpy(yo, yr, sizeof(double) * P);
-                memcpy(k1r, k1 + i * P, sizeof(double) * P);
-                memcpy(ear, err_acc + i * P, sizeof(double) * P);
-                t_o[i] = ti;
-            }
-            h_o[i] = hn; hs_o[i] = hs;
-            steps_o[i] = steps[i] + accept; rej_o[i] = rej[i] + rejected; att_o[i] = att;
-            int64_t stt = too_small ? 5 : 0;
-            int ok = accept, fr = 0;
-            if (s.has_event) {
-                fr = accept && (aux - s.target <= 0);
-                ok = ok && !fr;
-                if (fr) stt = 2;
-                fired[i] = (uint8_t)fr;
-            }
-            int big = ok && !(ymax < s.limit);
-            if (big) stt = 4;
-            ok = ok && !big;
-            if (ok && last) stt = 1;
-            if (s.has_guard && ok && bad) stt = 6;
-            if (stt == 0 && att >= s.max_steps) stt = 3;
-            status[i] = stt;
-            int rec = fr;
-            for (int64_t l = 0; l < L; l++) {
-                int nw = accept && (aux - lv[l] <= 0) && !lev_done[i * L + l];
-                lnew[l] = (uint8_t)nw;
-                ldone_o[l] = (uint8_t)(lev_done[i * L + l] | nw);
-                rec |= nw;
-            }
-            for (int64_t c = 0; c < T; c++) {
-                int sv = accept && (saves[c] > ti) && (saves[c] <= t_new);
-                sin[c] = (uint8_t)sv;
-                rec |= sv;
-            }
-            record[i] = (uint8_t)rec;
-            attention[i] = (uint8_t)((stt != 0) | rec);
-            any |= attention[i];
+        for (int64_t b = 0; b < nb; b++) {
+            const double *ib = in_d + b * V * (s.p0_row + s.p1_row + 1);
+            outs[b].s = nxt[b];
+            any |= block_step(&s, cur + b, outs + b, act + b * V, ib + (s.p0_row + s.p1_row) * V, ib,
+                              ib + s.p0_row * V, lv, saves, table, w);
         }
         if (any) break;
         /* a quiet step: commit it and go on */
-        memcpy(t, t_o, sizeof(double) * n); memcpy(y, y_o, sizeof(double) * n * P);
-        memcpy(k1, k1_o, sizeof(double) * n * P); memcpy(h, h_o, sizeof(double) * n);
-        memcpy(err_acc, ea_o, sizeof(double) * n * P);
-        memcpy(steps, steps_o, sizeof(int64_t) * n); memcpy(rej, rej_o, sizeof(int64_t) * n);
-        memcpy(attempts, att_o, sizeof(int64_t) * n);
-        if (L) memcpy(lev_done, lev_done_o, n * L);
+        State *sw = cur; cur = nxt; nxt = sw;
     }
-    free(buf);
-    return any ? 1 : 0;
+    /* write back: the state the last step started from, and that step's results */
+    for (int64_t b = 0; b < nb; b++) {
+        const State *x = cur + b, *r = &outs[b].s;
+        const Out *o = outs + b;
+        SCATTER(double, t, x->t, 1, b, n); SCATTER(double, y, x->y, P, b, n); SCATTER(double, k1, x->k1, P, b, n);
+        SCATTER(double, h, x->h, 1, b, n); SCATTER(double, err_acc, x->ea, P, b, n);
+        SCATTER(int64_t, steps, x->steps, 1, b, n); SCATTER(int64_t, rej, x->rej, 1, b, n);
+        SCATTER(int64_t, attempts, x->att, 1, b, n);
+        if (L) SCATTER(uint8_t, lev_done, x->ld, L, b, n);
+        SCATTER(double, t_o, r->t, 1, b, n); SCATTER(double, y_o, r->y, P, b, n);
+        SCATTER(double, k1_o, r->k1, P, b, n); SCATTER(double, h_o, r->h, 1, b, n);
+        SCATTER(double, ea_o, r->ea, P, b, n);
+        SCATTER(int64_t, steps_o, r->steps, 1, b, n); SCATTER(int64_t, rej_o, r->rej, 1, b, n);
+        SCATTER(int64_t, att_o, r->att, 1, b, n);
+        if (L) { SCATTER(uint8_t, lev_done_o, r->ld, L, b, n); SCATTER(uint8_t, lev_new, o->lev_new, L, b, n); }
+        if (T) SCATTER(uint8_t, save_in, o->save_in, T, b, n);
+        if (fired) SCATTER(uint8_t, fired, o->fired, 1, b, n);
+        SCATTER(int64_t, status, o->status, 1, b, n);
+        SCATTER(uint8_t, record, o->record, 1, b, n); SCATTER(uint8_t, attention, o->attention, 1, b, n);
+        SCATTER(double, hs_o, o->hs, 1, b, n); SCATTER(double, y_new_o, o->y_new, P, b, n);
+        SCATTER(double, acc_err_o, o->acc_err, P, b, n);
+    }
+    rc = any ? 1 : 0;
+done:
+    pool_free(&pa); pool_free(&pb);
+    free(cur); free(nxt); free(outs); free(od); free(oi); free(ou); free(in_d); free(act); free(w);
+    return rc;
 }
