@@ -261,34 +261,39 @@ CLONES static int block_step(const Spec *s, const State *x, Out *o, const uint8_
     vd aux = zero;
     for (int64_t p = 0; p < P; p++) K[p] = K1[p];
     for (int64_t st = 1; st < S; st++) {
-        /* y_i = ((y + (h a_i0) k_0) + (h a_i1) k_1) + …, nonzero weights only; the same sum for each p, with the
-           loops swapped so that the P sums proceed side by side */
-        for (int64_t p = 0; p < P; p++) yi[p] = Y[p];
+        /* y_i = ((y + (h a_i0) k_0) + (h a_i1) k_1) + …, over the nonzero weights, in that order for each p */
+        vd hw[MAXS];
+        const vd *kz[MAXS];
+        int64_t nz = 0;
         for (int64_t jj = 0; jj < st; jj++) {
             const double wgt = s->A[st * S + jj];
-            if (wgt == 0.0) continue;
-            const vd hw = hs * wgt;
-            const vd *kj = K + jj * P;
-            for (int64_t p = 0; p < P; p++) yi[p] = yi[p] + hw * kj[p];
+            if (wgt != 0.0) { hw[nz] = hs * wgt; kz[nz] = K + jj * P; nz++; }
+        }
+        for (int64_t p = 0; p < P; p++) {
+            vd out = Y[p];
+            for (int64_t z = 0; z < nz; z++) out = out + hw[z] * kz[z][p];
+            yi[p] = out;
         }
         field(s, yi, (const vd *)P0, (const vd *)P1, K + st * P, st == S - 1, &aux, fw);
     }
     /* FSAL: y_new is the last stage's input */
     vd *ynew = (vd *)o->y_new, *accr = (vd *)o->acc_err;
     for (int64_t p = 0; p < P; p++) ynew[p] = yi[p];
-    /* the local error h·Σ_j e_j k_j (nonzero weights, first term alone), and which entries moved at all */
-    int first = 1;
-    for (int64_t p = 0; p < P; p++) { eloc[p] = zero; moved[p] = (vm)zero; }
-    for (int64_t jj = 0; jj < S; jj++) {
-        const vd *kj = K + jj * P;
-        for (int64_t p = 0; p < P; p++) moved[p] |= kj[p] != 0;
-        const double wgt = s->E[jj];
-        if (wgt == 0.0) continue;
-        if (first) for (int64_t p = 0; p < P; p++) eloc[p] = wgt * kj[p];
-        else for (int64_t p = 0; p < P; p++) eloc[p] = eloc[p] + wgt * kj[p];
-        first = 0;
+    /* the local error h·Σ_j e_j k_j (nonzero weights, the first term alone), and which entries moved at all */
+    double ew[MAXS];
+    const vd *ez[MAXS];
+    int64_t ne = 0;
+    for (int64_t jj = 0; jj < S; jj++)
+        if (s->E[jj] != 0.0) { ew[ne] = s->E[jj]; ez[ne] = K + jj * P; ne++; }
+    for (int64_t p = 0; p < P; p++) {
+        vd es = zero;
+        if (ne > 0) es = ew[0] * ez[0][p];
+        for (int64_t z = 1; z < ne; z++) es = es + ew[z] * ez[z][p];
+        eloc[p] = hs * es;
+        vm mv = K[p] != 0;
+        for (int64_t jj = 1; jj < S; jj++) mv |= K[jj * P + p] != 0;
+        moved[p] = mv;
     }
-    for (int64_t p = 0; p < P; p++) eloc[p] = hs * eloc[p];
     for (int64_t p = 0; p < P; p++) {
         vd scl = s->atol + s->rtol * nmax(vabs(Y[p]), vabs(ynew[p]));
         vd qq = sel(eloc[p] == 0, zero, eloc[p] / scl);
