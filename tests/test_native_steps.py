@@ -206,3 +206,13 @@ def test_the_generic_copy_gives_the_same_bits(monkeypatch, tmp_path) -> None:
             x, y = x[active], y[active]
         assert same(x, y), f"result {i} differs"
     monkeypatch.setattr(native, "_LIB", {})  # the next test loads the usual library again
+
+
+def test_the_report_says_which_step_ran() -> None:
+    """The run header's environment names the step the simulators used in this process."""
+    from implreg.harness.results import build_results, process_environment
+
+    native.library()
+    env = process_environment()
+    assert env["steps"] == "C step library"
+    assert build_results([], {}, [env])["run"]["steps"] == "C step library"

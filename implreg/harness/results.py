@@ -146,7 +146,10 @@ def environment() -> dict[str, Any]:
 
 def process_environment() -> dict[str, Any]:
     """What a worker process knows after running claims: the torch device(s) and thread count."""
-    info: dict[str, Any] = {"device": "cpu", "torch_threads": None}
+    info: dict[str, Any] = {"device": "cpu", "torch_threads": None, "steps": None}
+    native = sys.modules.get("implreg.matrix.flow.native")  # imported by the simulators, not here
+    if native is not None:
+        info["steps"] = native.status()
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
@@ -171,6 +174,7 @@ def build_results(records: Iterable[dict[str, Any]], run: dict[str, Any],
     findings = [r["id"] for r in records if r.get("finding") and r.get("matches_expect")]
     devices = sorted({e.get("device", "cpu") for e in envs}) or ["cpu"]
     threads = sorted({e.get("torch_threads") for e in envs if e.get("torch_threads")})
+    steps = sorted({e["steps"] for e in envs if e.get("steps")})
     run = dict(run)
     run.update({
         "counts": counts,
@@ -185,6 +189,8 @@ def build_results(records: Iterable[dict[str, Any]], run: dict[str, Any],
         "passed": not mismatches and bool(records) and run.get("pytest_exit") in (None, 0, 1),
         "device": ", ".join(devices),
         "torch_threads": threads[0] if len(threads) == 1 else threads or None,
+        # which step the float64 CPU simulators ran (the same bits either way; tests/test_native_steps.py)
+        "steps": "; ".join(steps) or None,
     })
     return {"schema": SCHEMA, "run": run, "claims": records}
 

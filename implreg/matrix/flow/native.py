@@ -40,7 +40,7 @@ from torch import Tensor
 from implreg.errors import ImplregError
 from implreg.matrix.flow.kernels import RKCoefficients, _root_poly, compile_mode
 
-__all__ = ["NativeSteps", "library", "native_mode", "serves"]
+__all__ = ["NativeSteps", "library", "native_mode", "serves", "status"]
 
 SOURCE = Path(__file__).with_name("csrc") / "dmf_steps.c"
 # -std=c99 (not gnu99): ISO mode, where GCC does not contract a·b + c into an FMA; -ffp-contract=off says so
@@ -160,6 +160,15 @@ def serves(y: Tensor) -> bool:
     if mode == "never" or (mode == "auto" and compile_mode() == "always"):
         return False
     return library() is not None
+
+
+def status() -> str | None:
+    """What this process's simulators got, for the report: None if no float64 CPU solve has asked for the C steps
+    yet, else "C step library" or the torch kernels with the reason."""
+    if "lib" not in _LIB:
+        return None
+    why = unavailable_reason()
+    return "C step library" if why is None else f"torch kernels (no C step library: {why})"
 
 
 def _ptr(x: Tensor | None) -> int | None:
