@@ -219,40 +219,6 @@ def test_an_edited_claim_file_is_run_as_edited_on_a_long_lived_cluster(cluster, 
     assert "x=0" in second["claims"][0]["counterexample"]["falsifying_example"]
 
 
-def test_workers_running_an_older_implreg_are_restarted_before_any_claim(cluster, tmp_path):
-    """A long-lived worker keeps the implreg modules (and C library) it loaded; once the checkout changes it would
-    run old code.  Its loaded source digest is compared with the client's before anything is sent, and stale
-    workers are restarted (the run header says how many), so they re-import the files on disk."""
-    from distributed import Client
-
-    def pretend_stale():
-        import implreg.harness.cluster as c
-        c._LOADED_DIGEST = "0" * 64
-
-    with Client(cluster.scheduler_address) as client:
-        harness_cluster.wait_for_workers(client, 2)
-        client.run(pretend_stale)
-        assert all(v["loaded"] != v["disk"] for v in client.run(harness_cluster._worker_library).values())
-    path = _write(tmp_path, "cluster_restart.py", IDENTITIES.replace('"cl/', '"rs/'))
-    res = _verify(path, "--id", "rs/square-nonneg", "--cluster", cluster.scheduler_address,
-                  report=tmp_path / "r" / "index.html")
-    assert res["run"]["cluster"]["workers_restarted"] == 2 and res["claims"][0]["verdict"] == "holds"
-    with Client(cluster.scheduler_address) as client:
-        want = harness_cluster.library_digest()
-        assert all(v == {"loaded": want, "disk": want} for v in client.run(harness_cluster._worker_library).values())
-
-
-def test_workers_with_other_implreg_files_are_refused_by_name(cluster, monkeypatch):
-    """Workers whose implreg files differ from the client's (another checkout or version) are a usage error that
-    names them; no claim runs on them."""
-    from distributed import Client
-
-    monkeypatch.setattr(harness_cluster, "library_digest", lambda root=None: "f" * 64)
-    with Client(cluster.scheduler_address) as client, \
-            pytest.raises(harness_cluster.ClusterError, match=r"different implreg files .*install this checkout"):
-        harness_cluster.ensure_current_library(client)
-
-
 def test_map_groups_over_the_cluster_keeps_order_and_reports_failures(cluster):
     from distributed import Client
 

@@ -227,14 +227,10 @@ def _verify_on_cluster(args: argparse.Namespace, profile: Any, seed: int, paths:
     try:
         try:
             workers = cluster.wait_for_workers(client)
-            restarted = cluster.ensure_current_library(client)
         except cluster.ClusterError as exc:
             raise UsageError(str(exc)) from None
         print(f"implreg verify: {', '.join(paths)} · profile {profile.name} · seed {seed} · cluster "
               f"{client.scheduler.address} ({workers} worker{'s' if workers > 1 else ''})", flush=True)
-        if restarted:
-            print(f"implreg verify: restarted {restarted} worker(s) that ran an older implreg than this checkout",
-                  flush=True)
         tasks = cluster.tasks_from_collection(claims, profile=profile.name, seed=seed)
         done = [0]
 
@@ -246,7 +242,6 @@ def _verify_on_cluster(args: argparse.Namespace, profile: Any, seed: int, paths:
 
         records, envs, info = cluster.run_on_cluster(client, tasks, retries=args.cluster_retries,
                                                      progress=progress)
-        info["workers_restarted"] = restarted
         for r in [*records, *collection_errors]:
             write_record(run_dir, r, prefix="collect" if r.get("kind") == "collection-error" else "claim")
         for i, env in enumerate({dumps(e) for e in envs}):

@@ -46,8 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ClaimTask", "ClusterError", "ClusterMap", "WorkerMap", "connect", "ensure_current_library",
-           "library_digest", "run_claim_task", "run_on_cluster"]
+__all__ = ["ClaimTask", "ClusterError", "ClusterMap", "WorkerMap", "connect", "run_claim_task", "run_on_cluster"]
 
 # Dask re-runs a task that *raised* this many more times (retries=); worker deaths are counted separately by the
 # scheduler's allowed-failures.  Two: a transient failure (a worker's disk or memory) is retried, a claim file that
@@ -84,58 +83,6 @@ class ClaimTask:
     seed: int
     meta: dict[str, Any]        # the collected metadata (statement, expectation, …), for an error record
     env: dict[str, str | None]  # the client's values of FORWARDED_ENV (None: unset), in force during the task
-
-
-def library_digest(root: Path | None = None) -> str:
-    """sha256 of the implreg package's source as it is on disk here: every ``.py`` and ``.c`` file under the
-    package, by relative path and bytes (the C step library is built from ``csrc``)."""
-    root = root or Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".c") and "__pycache__" not in p.parts):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-# The digest of the implreg source when this process first imported implreg's cluster module, i.e. the code a
-# worker process has loaded: a long-lived worker keeps its modules (and its loaded C library) after the files on
-# disk change, and would silently run the old code.
-_LOADED_DIGEST = library_digest()
-
-
-def _worker_library() -> dict[str, str]:
-    """On a worker: the implreg it has loaded and the one now on its disk."""
-    return {"loaded": _LOADED_DIGEST, "disk": library_digest()}
-
-
-def ensure_current_library(client: Any, timeout_s: float = 60.0) -> int:
-    """Check that every worker runs the client's implreg (the same source digest) before any claim is sent.
-
-    A worker whose loaded implreg is older than the files on its disk (the client's, edited since it started) is
-    restarted with ``client.restart()``, which re-imports the current code; the number of restarted workers is
-    returned.  A worker whose files differ from the client's is a :class:`ClusterError` naming it: its verdicts
-    would come from other code."""
-    want = library_digest()
-
-    def stale(states: dict[str, dict[str, str]]) -> tuple[list[str], list[str]]:
-        other = [w for w, st in states.items() if st["disk"] != want]
-        old = [w for w, st in states.items() if st["disk"] == want and st["loaded"] != want]
-        return other, old
-
-    other, old = stale(client.run(_worker_library))
-    restarted = 0
-    if old and not other:
-        n = len(client.scheduler_info()["workers"])
-        client.restart(timeout=timeout_s, wait_for_workers=False)
-        wait_for_workers(client, n, timeout_s)
-        restarted = len(old)
-        other, old = stale(client.run(_worker_library))
-    if other or old:
-        bad = ", ".join(sorted(other or old))
-        why = ("has different implreg files from this client's" if other else
-               "still runs an older implreg after a restart")
-        raise ClusterError(f"worker(s) {bad} {why} (source sha256 {want[:12]} here): install this checkout of "
-                           "implreg on every worker and restart them (`dask worker` again, or Client.restart())")
-    return restarted
 
 
 def connect(address: str, timeout_s: float = 30.0) -> Any:
