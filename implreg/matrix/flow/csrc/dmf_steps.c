@@ -391,12 +391,12 @@ CLONES static int block_step(const Spec *s, const State *x, Out *o, const uint8_
 /* ---- moving rows between the caller's row-major arrays and lane-minor blocks ---- */
 
 /* block b's lanes of a row-major (n × w) array into dst (w × V lane-minor); padding lanes copy the last row */
-#define GATHER(type, dst, src, w, b, n) do { \
+#define GATHER(dst, src, w, b, n) do { \
     for (int l = 0; l < V; l++) { \
         int64_t i_ = (b) * V + l; if (i_ >= (n)) i_ = (n) - 1; \
         for (int64_t k_ = 0; k_ < (w); k_++) (dst)[k_ * V + l] = (src)[i_ * (w) + k_]; \
     } } while (0)
-#define SCATTER(type, dst, src, w, b, n) do { \
+#define SCATTER(dst, src, w, b, n) do { \
     for (int l = 0; l < V; l++) { \
         int64_t i_ = (b) * V + l; if (i_ >= (n)) break; \
         for (int64_t k_ = 0; k_ < (w); k_++) (dst)[i_ * (w) + k_] = (src)[k_ * V + l]; \
@@ -457,7 +457,7 @@ int64_t implreg_dmf_steps(
     State *cur = calloc(nb, sizeof(State)), *nxt = calloc(nb, sizeof(State));
     Out *outs = calloc(nb, sizeof(Out));
     Pool pa = {0}, pb = {0};
-    const int64_t per_out = 3 * P + 1, per_u = 5 + L + T;
+    const int64_t per_out = 2 * P + 1, per_u = 3 + L + T;  /* hs, y_new, acc_err; fired, record, attention, … */
     const int64_t wsize = S * P + 4 * P + 32 * (s.N + 4) + 8 * m + 64;
     double *od = malloc(sizeof(double) * nb * V * per_out);
     int64_t *oi = malloc(sizeof(int64_t) * nb * V);
@@ -470,23 +470,23 @@ int64_t implreg_dmf_steps(
         || state_alloc(cur, nb, P, L, &pa) || state_alloc(nxt, nb, P, L, &pb)) goto done;
     for (int64_t b = 0; b < nb; b++) {
         State *x = cur + b;
-        GATHER(double, x->t, t, 1, b, n); GATHER(double, x->y, y, P, b, n); GATHER(double, x->k1, k1, P, b, n);
-        GATHER(double, x->h, h, 1, b, n); GATHER(double, x->ea, err_acc, P, b, n);
-        GATHER(int64_t, x->steps, steps, 1, b, n); GATHER(int64_t, x->rej, rej, 1, b, n);
-        GATHER(int64_t, x->att, attempts, 1, b, n);
-        if (L) GATHER(uint8_t, x->ld, lev_done, L, b, n);
+        GATHER(x->t, t, 1, b, n); GATHER(x->y, y, P, b, n); GATHER(x->k1, k1, P, b, n);
+        GATHER(x->h, h, 1, b, n); GATHER(x->ea, err_acc, P, b, n);
+        GATHER(x->steps, steps, 1, b, n); GATHER(x->rej, rej, 1, b, n);
+        GATHER(x->att, attempts, 1, b, n);
+        if (L) GATHER(x->ld, lev_done, L, b, n);
         double *ib = in_d + b * V * (s.p0_row + s.p1_row + 1);
-        GATHER(double, ib, p0, s.p0_row, b, n);
-        GATHER(double, ib + s.p0_row * V, p1, s.p1_row, b, n);
-        GATHER(double, ib + (s.p0_row + s.p1_row) * V, tm, 1, b, n);
+        GATHER(ib, p0, s.p0_row, b, n);
+        GATHER(ib + s.p0_row * V, p1, s.p1_row, b, n);
+        GATHER(ib + (s.p0_row + s.p1_row) * V, tm, 1, b, n);
         for (int l = 0; l < V; l++) act[b * V + l] = (b * V + l < n) ? active[b * V + l] : 0;
         Out *o = outs + b;
         double *dd = od + b * V * per_out;
         o->hs = dd; o->y_new = dd + V; o->acc_err = dd + V + P * V;
         o->status = oi + b * V;
         uint8_t *uu = ou + b * V * per_u;
-        o->fired = uu; o->record = uu + V; o->attention = uu + 2 * V; o->lev_new = uu + 5 * V;
-        o->save_in = uu + (5 + L) * V;
+        o->fired = uu; o->record = uu + V; o->attention = uu + 2 * V; o->lev_new = uu + 3 * V;
+        o->save_in = uu + (3 + L) * V;
     }
 
     int64_t it;
@@ -507,23 +507,23 @@ int64_t implreg_dmf_steps(
     for (int64_t b = 0; b < nb; b++) {
         const State *x = cur + b, *r = &outs[b].s;
         const Out *o = outs + b;
-        SCATTER(double, t, x->t, 1, b, n); SCATTER(double, y, x->y, P, b, n); SCATTER(double, k1, x->k1, P, b, n);
-        SCATTER(double, h, x->h, 1, b, n); SCATTER(double, err_acc, x->ea, P, b, n);
-        SCATTER(int64_t, steps, x->steps, 1, b, n); SCATTER(int64_t, rej, x->rej, 1, b, n);
-        SCATTER(int64_t, attempts, x->att, 1, b, n);
-        if (L) SCATTER(uint8_t, lev_done, x->ld, L, b, n);
-        SCATTER(double, t_o, r->t, 1, b, n); SCATTER(double, y_o, r->y, P, b, n);
-        SCATTER(double, k1_o, r->k1, P, b, n); SCATTER(double, h_o, r->h, 1, b, n);
-        SCATTER(double, ea_o, r->ea, P, b, n);
-        SCATTER(int64_t, steps_o, r->steps, 1, b, n); SCATTER(int64_t, rej_o, r->rej, 1, b, n);
-        SCATTER(int64_t, att_o, r->att, 1, b, n);
-        if (L) { SCATTER(uint8_t, lev_done_o, r->ld, L, b, n); SCATTER(uint8_t, lev_new, o->lev_new, L, b, n); }
-        if (T) SCATTER(uint8_t, save_in, o->save_in, T, b, n);
-        if (fired) SCATTER(uint8_t, fired, o->fired, 1, b, n);
-        SCATTER(int64_t, status, o->status, 1, b, n);
-        SCATTER(uint8_t, record, o->record, 1, b, n); SCATTER(uint8_t, attention, o->attention, 1, b, n);
-        SCATTER(double, hs_o, o->hs, 1, b, n); SCATTER(double, y_new_o, o->y_new, P, b, n);
-        SCATTER(double, acc_err_o, o->acc_err, P, b, n);
+        SCATTER(t, x->t, 1, b, n); SCATTER(y, x->y, P, b, n); SCATTER(k1, x->k1, P, b, n);
+        SCATTER(h, x->h, 1, b, n); SCATTER(err_acc, x->ea, P, b, n);
+        SCATTER(steps, x->steps, 1, b, n); SCATTER(rej, x->rej, 1, b, n);
+        SCATTER(attempts, x->att, 1, b, n);
+        if (L) SCATTER(lev_done, x->ld, L, b, n);
+        SCATTER(t_o, r->t, 1, b, n); SCATTER(y_o, r->y, P, b, n);
+        SCATTER(k1_o, r->k1, P, b, n); SCATTER(h_o, r->h, 1, b, n);
+        SCATTER(ea_o, r->ea, P, b, n);
+        SCATTER(steps_o, r->steps, 1, b, n); SCATTER(rej_o, r->rej, 1, b, n);
+        SCATTER(att_o, r->att, 1, b, n);
+        if (L) { SCATTER(lev_done_o, r->ld, L, b, n); SCATTER(lev_new, o->lev_new, L, b, n); }
+        if (T) SCATTER(save_in, o->save_in, T, b, n);
+        if (fired) SCATTER(fired, o->fired, 1, b, n);
+        SCATTER(status, o->status, 1, b, n);
+        SCATTER(record, o->record, 1, b, n); SCATTER(attention, o->attention, 1, b, n);
+        SCATTER(hs_o, o->hs, 1, b, n); SCATTER(y_new_o, o->y_new, P, b, n);
+        SCATTER(acc_err_o, o->acc_err, P, b, n);
     }
     rc = any ? 1 : 0;
 done:
