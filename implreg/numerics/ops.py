@@ -164,9 +164,18 @@ def _monotone(a: Certified, op: str, f: Callable[[Tensor], Tensor], domain: str,
     fmax = R.libm_up(torch.maximum(fa, fb))
     fmin = R.libm_dn(torch.minimum(fa, fb))
     if center == "enclosure":
+        if domain == "nonneg":
+            # sqrt and x^p map [0, ∞) into [0, ∞) exactly, so the libm allowance below 0 is not needed
+            fmin = fmin.clamp(min=0.0)
         mid = fmin + 0.5 * (fmax - fmin)  # any float in [F⁻, F⁺]: the error below is measured from it
         z = torch.where(torch.isfinite(mid), mid, z)
     err = torch.maximum(R.up(fmax - z), R.up(z - fmin)).clamp(min=0.0)
+    if center == "enclosure" and domain == "nonneg":
+        # Enclosure [0, F⁺]: the ball h ± h with h = up(F⁺/2) ≥ F⁺/2 covers it exactly and keeps its lower
+        # end at exactly 0 (the general rounding above would put it a few ulps below 0).
+        at0 = (fmin == 0) & torch.isfinite(fmax)
+        half = R.up(0.5 * fmax)
+        z, err = torch.where(at0, half, z), torch.where(at0, half, err)
     err = R.nan_to_inf(err)
     err = torch.where(torch.isfinite(z), err, torch.full_like(err, INF))
     z = torch.where(bad, nan, z)
