@@ -300,3 +300,57 @@ def test_worker_drops_hypothesis_false_random_warning_only():
                stacklevel=1)
         w.warn("some other deprecation", HypothesisDeprecationWarning, stacklevel=1)
     assert [str(x.message) for x in seen] == ["some other deprecation"]
+
+
+def _pretend_loaded(code):
+    """Run on a worker: make it look as if it had loaded implreg ``code`` (None: what it really loaded)."""
+    from implreg.harness import cluster as c
+
+    if not hasattr(c, "_REAL_LOADED_CODE"):
+        c._REAL_LOADED_CODE = c._LOADED_CODE
+    c._LOADED_CODE = c._REAL_LOADED_CODE if code is None else code
+
+
+def test_workers_that_loaded_another_implreg_are_refused_by_name(cluster, tmp_path, capsys):
+    """A long-lived worker keeps the implreg it imported: after implreg changes (or on another checkout) the run is
+    refused up front, naming the worker and what to do; nothing is restarted behind the user's back."""
+    from distributed import Client
+
+    path = _write(tmp_path, "cluster_stale.py", IDENTITIES.replace('"cl/', '"stale/'))
+    with Client(cluster.scheduler_address) as client:
+        (stale, fresh) = sorted(client.scheduler_info()["workers"])
+        client.run(_pretend_loaded, "0" * 64, workers=[stale])
+        try:
+            rc = main(["verify", str(path), "--cluster", cluster.scheduler_address,
+                       "--report", str(tmp_path / "index.html")])
+            err = capsys.readouterr().err
+            assert rc == 2, err
+            # its files are this client's: it loaded them before they changed
+            assert f"1 of 2 workers cannot run this implreg: worker {stale} loaded implreg 000000000000" in err
+            assert "it is stale, restart it" in err and "dask worker" in err and fresh not in err
+            assert "Traceback" not in err and not (tmp_path / "index.html").exists()
+            # a task that reaches a stale worker anyway (one that joined after the check) refuses to run there
+            task = harness_cluster.tasks_from_collection(
+                [{"nodeid": f"{path}::square_nonneg", "id": "stale/square-nonneg", "file": str(path)}],
+                profile="ci", seed=0)[0]
+            fut = client.submit(harness_cluster.run_claim_task, task, 0, workers=[stale], pure=False)
+            with pytest.raises(harness_cluster.ClusterError, match=f"worker {stale} loaded implreg 000000000000"):
+                fut.result()
+        finally:
+            client.run(_pretend_loaded, None, workers=[stale])
+
+
+def test_the_implreg_digest_follows_the_files_not_their_place(tmp_path):
+    for root in (tmp_path / "a", tmp_path / "b"):
+        (root / "sub" / "__pycache__").mkdir(parents=True)
+        (root / "sub" / "m.py").write_text("x = 1\n")
+        (root / "sub" / "__pycache__" / "m.cpython-311.pyc").write_bytes(bytes([len(str(root))]))
+    a, b = harness_cluster.implreg_digest(tmp_path / "a"), harness_cluster.implreg_digest(tmp_path / "b")
+    assert a == b  # same files elsewhere, byte code aside
+    (tmp_path / "b" / "sub" / "m.py").write_text("x = 2\n")
+    assert harness_cluster.implreg_digest(tmp_path / "b") != a
+    # a stale worker (its disk now has the client's code) is told to restart; a foreign one to install this one
+    have = {"loaded": "1" * 64, "disk": "2" * 64}
+    assert "stale, restart it" in harness_cluster._stale_reason("tcp://w", have, "2" * 64)
+    assert "another checkout" in harness_cluster._stale_reason("tcp://w", have, "3" * 64)
+    assert harness_cluster._stale_reason("tcp://w", have, "1" * 64) is None

@@ -227,6 +227,7 @@ def _verify_on_cluster(args: argparse.Namespace, profile: Any, seed: int, paths:
     try:
         try:
             workers = cluster.wait_for_workers(client)
+            cluster.check_workers(client, cluster.implreg_digest())
         except cluster.ClusterError as exc:
             raise UsageError(str(exc)) from None
         print(f"implreg verify: {', '.join(paths)} · profile {profile.name} · seed {seed} · cluster "

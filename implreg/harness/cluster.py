@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ClaimTask", "ClusterError", "ClusterMap", "WorkerMap", "connect", "run_claim_task", "run_on_cluster"]
+__all__ = ["ClaimTask", "ClusterError", "ClusterMap", "WorkerMap", "check_workers", "connect", "implreg_digest",
+           "run_claim_task", "run_on_cluster"]
 
 # Dask re-runs a task that *raised* this many more times (retries=); worker deaths are counted separately by the
 # scheduler's allowed-failures.  Two: a transient failure (a worker's disk or memory) is retried, a claim file that
@@ -83,6 +84,7 @@ class ClaimTask:
     seed: int
     meta: dict[str, Any]        # the collected metadata (statement, expectation, …), for an error record
     env: dict[str, str | None]  # the client's values of FORWARDED_ENV (None: unset), in force during the task
+    code: str = ""              # implreg_digest() on the client: the worker must have loaded the same implreg
 
 
 def connect(address: str, timeout_s: float = 30.0) -> Any:
@@ -118,6 +120,73 @@ def _import(path: Path) -> Any:
 
 def _digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def implreg_digest(root: str | Path | None = None) -> str:
+    """sha256 of the implreg package's source tree as it is on disk now: every file under ``root`` (default: the
+    installed package) but byte code, by path relative to ``root`` and content, so two checkouts of the same
+    commit agree wherever they sit."""
+    base = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        rel = f.relative_to(base).as_posix().encode()
+        h.update(len(rel).to_bytes(8, "little") + rel)
+        data = f.read_bytes()
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+# The implreg this process loaded: taken when this module is first imported, which on a worker is when it unpickles
+# its first implreg task (implreg itself is imported in the same breath).  Python does not reload a changed
+# module, so a long-lived worker keeps running the implreg of that moment; a client whose implreg differs must not
+# use it (issue 12: it would give verdicts of the old code under the new code's name).
+_LOADED_CODE = implreg_digest()
+
+
+def worker_code() -> dict[str, str]:
+    """This process's implreg: the digest it loaded and the one now on its disk (``client.run`` target)."""
+    return {"loaded": _LOADED_CODE, "disk": implreg_digest()}
+
+
+def _stale_reason(address: str, have: dict[str, str], want: str) -> str | None:
+    """Why the worker at ``address`` (``worker_code()`` there) cannot run for a client whose implreg is ``want``;
+    None if it can."""
+    if have["loaded"] == want:
+        return None
+    if have["disk"] == want:
+        return (f"worker {address} loaded implreg {have['loaded'][:12]} before its files changed to this client's "
+                f"{want[:12]}: it is stale, restart it")
+    return (f"worker {address} runs implreg {have['loaded'][:12]}, this client {want[:12]} (its disk has "
+            f"{have['disk'][:12]}): it is another checkout or version; install this one there and restart it")
+
+
+def check_code(task_code: str) -> None:
+    """On a worker, before any task: refuse to run for a client whose implreg is not the one loaded here."""
+    if not task_code or task_code == _LOADED_CODE:
+        return
+    from distributed import get_worker
+
+    why = _stale_reason(get_worker().address, worker_code(), task_code)
+    if why is not None:
+        raise ClusterError(why)
+
+
+def check_workers(client: Any, want: str) -> None:
+    """On the client, before submitting: every worker must have loaded the client's implreg (``ClusterError``
+    listing the ones that have not, with what to do)."""
+    found = client.run(worker_code)
+    bad = [why for addr, have in sorted(found.items()) if (why := _stale_reason(addr, have, want)) is not None]
+    if bad:
+        raise ClusterError(f"{len(bad)} of {len(found)} workers cannot run this implreg: " + "; ".join(bad)
+                           + ".  Python does not reload a changed package, so workers must be restarted after "
+                           "implreg changes (stop and start `dask worker`, or `Client(ADDRESS).restart()`); "
+                           "claim files are re-read per run and need no restart.")
+
+
+def _checked(fn: Callable[[Any], Any], item: Any, code: str) -> Any:
+    """``fn(item)`` on a worker that has loaded implreg ``code`` (a pooled claim's group task)."""
+    check_code(code)
+    return fn(item)
 
 
 # sha256 of each claim file as this worker process imported it: a long-lived worker keeps modules in sys.modules,
@@ -206,6 +275,7 @@ def run_claim_task(task: ClaimTask, retries: int = DEFAULT_RETRIES) -> dict[str,
     from implreg.harness.results import process_environment
     from implreg.harness.runner import claim_record
 
+    check_code(task.code)
     _one_torch_thread()
     _quiet_dask_random()
     if os.path.isdir(task.cwd):
@@ -224,7 +294,7 @@ def run_claim_task(task: ClaimTask, retries: int = DEFAULT_RETRIES) -> dict[str,
     if spec is None or spec.id != task.claim_id:
         raise ClusterError(f"{task.nodeid}: no claim {task.claim_id!r} in {module.__file__} on this worker "
                            "(a different version of the file?)")
-    wmap = WorkerMap(retries)
+    wmap = WorkerMap(retries, code=task.code)
     # A group may land in the driver's own worker process (on a thread, while the driver waits): the group task
     # calls the claim's body (``__implreg_body__``), not the wrapper the driver has installed meanwhile.
     kwargs = {"map_groups": wmap} if SPREAD_GROUPS and _accepts_map_groups() else {}
@@ -273,10 +343,11 @@ class ClusterMap:
     Raises ``ClusterError`` naming the first item that could not be run: a caller never gets a partial list.
     """
 
-    def __init__(self, client: Any, retries: int = DEFAULT_RETRIES, prefix: str = "implreg-group"):
+    def __init__(self, client: Any, retries: int = DEFAULT_RETRIES, prefix: str = "implreg-group", code: str = ""):
         self.client = client
         self.retries = retries
         self.prefix = prefix
+        self.code = code  # the client's implreg_digest(): each task checks its worker loaded it ("": no check)
         self.retries_total = 0
         self.calls = 0
 
@@ -287,8 +358,8 @@ class ClusterMap:
         self.calls += 1
         # unique per call: Dask shares the result of equal keys, and other runs may use the same cluster
         tag = f"{self.prefix}-{uuid.uuid4().hex}"
-        futures = [self.client.submit(fn, item, key=f"{tag}-{i}", retries=self.retries, pure=False)
-                   for i, item in enumerate(items)]
+        futures = [self.client.submit(_checked, fn, item, self.code, key=f"{tag}-{i}", retries=self.retries,
+                                      pure=False) for i, item in enumerate(items)]
         try:
             wait(futures)
             self.retries_total += sum(_retry_counts(self.client, [f.key for f in futures], self.retries).values())
@@ -312,8 +383,9 @@ class WorkerMap:
     no core runs two things at once.  Outside a call nothing is seceded: a claim that never maps runs as before.
     """
 
-    def __init__(self, retries: int = DEFAULT_RETRIES):
+    def __init__(self, retries: int = DEFAULT_RETRIES, code: str = ""):
         self.retries = retries
+        self.code = code
         self.retries_total = 0
         self.groups = 0
 
@@ -322,7 +394,7 @@ class WorkerMap:
 
         items = list(items)
         with worker_client() as client:
-            cmap = ClusterMap(client, self.retries)
+            cmap = ClusterMap(client, self.retries, code=self.code)
             try:
                 return cmap(fn, items)
             finally:
@@ -394,13 +466,14 @@ def tasks_from_collection(claims: Sequence[dict[str, Any]], *, profile: str, see
     files = tuple(dict.fromkeys(str(Path(c["file"]).resolve()) for c in claims))
     digests = {f: _digest(f) for f in files}
     env = {k: os.environ.get(k) for k in FORWARDED_ENV}
+    code = implreg_digest()
     out = []
     for c in claims:
         meta = {k: v for k, v in c.items() if k not in ("nodeid", "problems")}
         f = str(Path(c["file"]).resolve())
         out.append(ClaimTask(nodeid=c["nodeid"], claim_id=c["id"], file=f, relfile=os.path.relpath(f, cwd),
                              cwd=cwd, files=files, digests=digests, profile=profile, seed=seed,
-                             meta=meta, env=env))
+                             meta=meta, env=env, code=code))
     return out
 
 
