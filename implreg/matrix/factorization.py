@@ -7,7 +7,7 @@ end-to-end matrix has shape (B, d_N, d_0).  ``dims = (d_0, d_1, …, d_N)``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -135,21 +135,21 @@ def end_to_end_velocity(problem: Problem, W: Tensor, depth: int) -> Tensor:
     G = problem.grad(W)
     N = depth
 
-    def power(M: Tensor, a: float) -> Tensor:
-        if a == 0:
-            return torch.eye(M.shape[-1], dtype=M.dtype, device=M.device).expand_as(M)
+    def powers(M: Tensor) -> Callable[[float], Tensor]:
+        # one eigendecomposition serves every exponent (eigh is deterministic: the same bits as one call each)
         lam, Q = torch.linalg.eigh(M)
         # Eigenvalues below n·u·λ_max are rounding noise of exact zeros (a rank-deficient Gram matrix):
         # eigh's backward error is ~n·u·‖M‖, and a fractional power would amplify that noise (1e-16^(1/3)).
         n = M.shape[-1]
         floor = n * torch.finfo(M.dtype).eps * lam.abs().amax(-1, keepdim=True)
-        lam = torch.where(lam <= floor, torch.zeros_like(lam), lam)
-        return (Q * torch.exp(a * torch.log(lam)).unsqueeze(-2)) @ Q.transpose(-1, -2)
+        log_lam = torch.log(torch.where(lam <= floor, torch.zeros_like(lam), lam))
+        eye = torch.eye(n, dtype=M.dtype, device=M.device).expand_as(M)
+        return lambda a: eye if a == 0 else (Q * torch.exp(a * log_lam).unsqueeze(-2)) @ Q.transpose(-1, -2)
 
-    WWt, WtW = W @ W.transpose(-1, -2), W.transpose(-1, -2) @ W
+    left, right = powers(W @ W.transpose(-1, -2)), powers(W.transpose(-1, -2) @ W)
     out = torch.zeros_like(W)
     for j in range(1, N + 1):
-        out = out + power(WWt, (j - 1) / N) @ G @ power(WtW, (N - j) / N)
+        out = out + left((j - 1) / N) @ G @ right((N - j) / N)
     return -out
 
 
