@@ -284,10 +284,12 @@ def singular_values(k: int, *, scale: float | tuple[float, float] = (1e-3, 1e-1)
     if not (0 < rlo <= rhi <= 1):
         raise InvalidInputError(f"ratio range must lie in (0, 1], got {ratio}")
 
+    first, ratios = _log_uniform(lo, hi), _log_uniform(rlo, rhi)  # built once, drawn from many times
+
     @st.composite
     def draw(draw_) -> tuple[float, ...]:
-        s1 = draw_(_log_uniform(lo, hi))
-        rest = sorted((draw_(_log_uniform(rlo, rhi)) for _ in range(k - 1)), reverse=True)
+        s1 = draw_(first)
+        rest = sorted((draw_(ratios) for _ in range(k - 1)), reverse=True)
         return (s1, *(s1 * r for r in rest))
 
     return draw()
@@ -309,17 +311,24 @@ def balanced_inits(*, depth: int | st.SearchStrategy[int] = (2, 5),
     if det_sign not in (None, 1, -1):
         raise InvalidInputError(f"det_sign must be +1, −1 or None, got {det_sign}")
     depth = _int_range(depth)
+    # one singular-value strategy per k, built once: building it per draw cost 1.3 ms of each init's 3.8 ms
+    # (razin-cohen-2020/det-sign-preserved, 3,079 draws)
+    sv: dict[int, st.SearchStrategy[tuple[float, ...]]] = {}
+
+    depth_s, shape_s, seeds = _lift(depth), _lift(shape), haar_seeds()
 
     @st.composite
     def draw(draw_) -> BalancedInit:
-        N = draw_(_lift(depth))
-        d, e = draw_(_lift(shape))
+        N = draw_(depth_s)
+        d, e = draw_(shape_s)
         k = min(d, e)
         h = k if width is None else int(width)
-        sig = draw_(singular_values(k, scale=scale, ratio=ratio))
-        zu = _gaussian(draw_(haar_seeds()), d, d)
-        zv = _gaussian(draw_(haar_seeds()), e, e)
-        zr = tuple(_gaussian(draw_(haar_seeds()), h, h) for _ in range(N - 1))
+        if k not in sv:
+            sv[k] = singular_values(k, scale=scale, ratio=ratio)
+        sig = draw_(sv[k])
+        zu = _gaussian(draw_(seeds), d, d)
+        zv = _gaussian(draw_(seeds), e, e)
+        zr = tuple(_gaussian(draw_(seeds), h, h) for _ in range(N - 1))
         init = BalancedInit(N, tuple(sig), zu, zv, zr, False, width)
         if det_sign is not None:
             if d != e:
@@ -416,12 +425,12 @@ def gaussian_inits(*, dims: Sequence[int] | st.SearchStrategy[Sequence[int]] = (
     (a deterministic, not a filtering, step)."""
     if det_sign not in (None, 1, -1):
         raise InvalidInputError(f"det_sign must be +1, −1 or None, got {det_sign}")
-    lo, hi = _pair(scale)
+    dims_s, scale_s = _lift(dims), _log_uniform(*_pair(scale))  # built once, drawn from many times
 
     @st.composite
     def draw(draw_) -> GaussianInit:
-        ds = tuple(int(x) for x in draw_(_lift(dims)))
-        s = draw_(_log_uniform(lo, hi))
+        ds = tuple(int(x) for x in draw_(dims_s))
+        s = draw_(scale_s)
         seed = draw_(st.integers(0, 2**32 - 1))
         while True:
             rng = np.random.default_rng(seed)
@@ -509,13 +518,14 @@ def low_rank_completions(*, d: int | tuple[int, int] | st.SearchStrategy[int] = 
         raise InvalidInputError(f"observation fraction must lie in (0, 1], got {fraction}")
     slo, shi = _pair(init_scale)
     d, rank = _int_range(d), _int_range(rank)
+    scale_s = _log_uniform(slo, shi)  # built once, drawn from many times
 
     @st.composite
     def draw(draw_) -> LowRankCompletion:
         n = draw_(_lift(d))
         r = min(draw_(_lift(rank)), n)
         frac = draw_(st.floats(flo, fhi)) if flo < fhi else flo
-        scale = draw_(_log_uniform(slo, shi))
+        scale = draw_(scale_s)
         seed = draw_(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
         while True:
