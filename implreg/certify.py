@@ -462,10 +462,49 @@ def _raise_if_false(cmp: _Comparison, false: np.ndarray, escalated: int | None =
 # ------------------------------------------------------------------------------------------------
 # the module is callable: certify(a >= b, what=...)
 # ------------------------------------------------------------------------------------------------
+_ARG_TEXT: dict[tuple[Any, int], str | None] = {}
+
+
+def _first_argument_text(frame: types.FrameType) -> str | None:
+    """The source text of the first argument of the call ``frame`` is making (``certify(loss[:, 1] <= loss[:, 0])``
+    → ``"loss[:, 1] <= loss[:, 0]"``, whitespace collapsed), read from the call's own source positions
+    (``co_positions``, Python ≥ 3.11); None where there is no source (an interactive session, exec of a string)
+    or the call is not a plain call with an argument.  Cached per call site."""
+    import ast
+    import linecache
+
+    key = (frame.f_code, frame.f_lasti)
+    if key in _ARG_TEXT:
+        return _ARG_TEXT[key]
+    text = None
+    try:
+        pos = list(frame.f_code.co_positions())[frame.f_lasti // 2]
+        lo, hi, c0, c1 = pos
+        lines = linecache.getlines(frame.f_code.co_filename, frame.f_globals)
+        if None not in pos and lines and hi <= len(lines):
+            # column offsets are UTF-8 byte offsets
+            raw = [ln.encode() for ln in lines[lo - 1 : hi]]
+            raw[-1] = raw[-1][:c1]
+            raw[0] = raw[0][c0:]
+            segment = b"".join(raw).decode()
+            call = ast.parse(segment.strip(), mode="eval").body
+            if isinstance(call, ast.Call) and call.args:
+                arg = ast.get_source_segment(segment.strip(), call.args[0])
+                text = " ".join(arg.split()) if arg else None
+    except (SyntaxError, ValueError, IndexError, UnicodeDecodeError):
+        text = None
+    _ARG_TEXT[key] = text
+    return text
+
+
 class _CallableModule(types.ModuleType):
-    """``implreg.certify`` as a module that can be called: ``certify(cmp, what=None)``."""
+    """``implreg.certify`` as a module that can be called: ``certify(cmp, what=None)``; without ``what`` the
+    comparison is named by the source text of its argument (what the claim's author wrote), else by the
+    expression the certified values were built from."""
 
     def __call__(self, cmp: Comparison, what: str | None = None) -> None:
+        if what is None and isinstance(cmp, Comparison):
+            what = _first_argument_text(sys._getframe(1))
         _certify_cmp(cmp, what)
 
 

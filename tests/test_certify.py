@@ -152,3 +152,26 @@ def test_largest_error_margin_ratio_is_recorded(rec):
     rec.end_example_valid()
     assert rec.max_ratio == pytest.approx(0.5) and rec.max_ratio_what == "a"
     assert rec.certified == 2 and rec.comparisons == 1
+
+
+def test_a_comparison_without_what_is_named_by_its_source_text():
+    """``certify(cmp)`` with no ``what=``: failures name the comparison as the author wrote it (one line or many),
+    not the expression tree the certified values were built from."""
+    import torch
+
+    from implreg.numerics import Certified
+
+    loss = Certified.exact(torch.tensor([[1.0, 0.75]], dtype=torch.float64))
+    with pytest.raises(AssertionError, match=r"^loss\[:, 1\] <= 0\.5 \* loss\[:, 0\]: value ≤ bound is false"):
+        certify(loss[:, 1] <= 0.5 * loss[:, 0])
+    with pytest.raises(AssertionError, match=r"^loss\[:, 1\] <= 0\.25 \* loss\[:, 0\]: value"):
+        certify(
+            loss[:, 1]
+            <= 0.25 * loss[:, 0]
+        )
+    with pytest.raises(AssertionError, match=r"^ℓ₁ ≤ ℓ₀/2: value"):  # an explicit what= wins
+        certify(loss[:, 1] <= 0.5 * loss[:, 0], what="ℓ₁ ≤ ℓ₀/2")
+    # no source to read (code made by exec): the expression tree names it, as before
+    scope = {"certify": certify, "loss": loss}
+    with pytest.raises(AssertionError, match=r"^indexing\(.*≤.*: value"):
+        exec("certify(loss[:, 1] <= 0.5 * loss[:, 0])", scope)
