@@ -95,6 +95,18 @@ def test_pooled_claim_checks_the_target_count_in_few_bodies():
     p = r["pooling"]
     assert p["target_instances"] == 400 and p["bodies"] == p["groups"] == 1 and p["examples"] > 20
     assert f"({r['instances']} instance(s))" in r["explanation"]
+    # generation stopped because the target was reached (not "Hypothesis gave up early"), and the report says so
+    assert p["collected_instances"] >= 400
+    assert r["hypothesis"]["stopped_because"] == f"{p['collected_instances']} distinct instances collected (target 400)"
+    from implreg.harness.report.render import render_html
+    from implreg.harness.results import build_results
+
+    run = {"profile": "ci", "seed": 0, "paths": ["x"], "workers": 1, "command": "implreg verify x",
+           "versions": {"implreg": "0.1.0", "torch": "x"}, "platform": "Linux", "cpu_count": 2,
+           "timing": {"wall_s": 1.0, "started": "-"}}
+    html = render_html(build_results([r], run, [{"device": "cpu", "torch_threads": 1}]))
+    assert f"valid of {p['examples']} examples, checked in 1 pooled body" in html
+    assert "distinct instances collected (target 400)" in html
 
 
 def test_pooled_and_normal_runs_see_the_same_examples():

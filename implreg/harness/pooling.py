@@ -213,11 +213,20 @@ class Pooled:
     splits: int = 0
     failing_example: int | None = None
     interaction: bool = False
+    collected: int = 0   # distinct instances held when the collect pass ended
+
+    @property
+    def stopped_because(self) -> str | None:
+        """Why generation stopped, where the pooled run stopped it (Hypothesis' own reason otherwise)."""
+        if self.target and self.collected >= self.target:
+            return f"{self.collected} distinct instances collected (target {self.target})"
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         return {"target_instances": self.target, "pool_size": self.pool_size, "examples": self.examples,
                 "groups": self.groups, "bodies": self.bodies, "splits": self.splits,
-                "failing_example": self.failing_example, "not_row_wise": self.interaction}
+                "failing_example": self.failing_example, "not_row_wise": self.interaction,
+                "collected_instances": self.collected}
 
 
 class _Snapshot:
@@ -241,7 +250,7 @@ def run_pooled(test: Callable[[], None], handle: Any, orig: Callable[..., Any], 
     """Run the @given ``test`` pooled (module docstring); with ``map_groups``, the groups' bodies run through it
     (``where``: the claim's module, file and id, from which a worker imports it).  ``handle.inner_test`` is
     replaced for each pass and left as the caller set it.  Raises what a normal run raises."""
-    examples = _collect(test, handle, rec, info.target)
+    examples, info.collected = _collect(test, handle, rec, info.target)
     info.examples = len(examples)
     groups = merge_groups(examples, info.pool_size)
     info.groups = len(groups)
@@ -337,7 +346,10 @@ def _load_claim(module: str, file: str, claim_id: str) -> Any:
     return found[0]
 
 
-def _collect(test: Callable[[], None], handle: Any, rec: _record.Recorder, target: int) -> list[Example]:
+def _collect(test: Callable[[], None], handle: Any, rec: _record.Recorder,
+             target: int) -> tuple[list[Example], int]:
+    """The examples Hypothesis generates (the body not called) until they hold ``target`` distinct instances or
+    generation ends, and how many distinct instances they hold."""
     from hypothesis.control import current_build_context
 
     examples: list[Example] = []
@@ -374,7 +386,7 @@ def _collect(test: Callable[[], None], handle: Any, rec: _record.Recorder, targe
         test()
     except _Collected:
         pass
-    return examples
+    return examples, state["distinct"]
 
 
 def _check(group: Group, orig: Callable[..., Any], rec: _record.Recorder, tally: MutableMapping[str, int],

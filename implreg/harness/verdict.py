@@ -444,7 +444,7 @@ def run_claim(spec: ClaimSpec, *, profile: Profile | str | None = None, seed: in
         "undecided_examples": rec.undecided_examples,
         "failing": rec.failures,
         "by_phase": counts,
-        "stopped_because": stats.get("stopped-because"),
+        "stopped_because": stats.get("stopped-because") or (pooled.stopped_because if pooled is not None else None),
         "budget_s": spec.budget_s,
         "budget_exhausted": rec.budget_exhausted,
         "shrink_cut": rec.shrink_cut,
