@@ -273,3 +273,17 @@ def test_groups_mapped_through_another_process_give_the_same_record(tmp_path, mo
             assert mapped == local, cid
         sys.modules.pop("mapped_claims", None)
     assert len(calls) == 2 and min(calls) > 1
+
+
+def test_a_control_names_its_comparison_by_source_text_without_what():
+    """``refuted_by=`` matches a comparison that has no ``what=`` by its source text, pooled or not."""
+    def define():
+        @claim("pool/small-src", statement="x < 900", instances=300, expect="refuted", refuted_by="x < 900")
+        @given(b=batches(st.floats(-1e3, 1e3, allow_nan=False), max_size=16))
+        def small(b):
+            x = Certified.exact(torch.tensor(b, dtype=torch.float64))
+            certify(x < 900)
+
+    r = run_one(define)
+    assert r["verdict"] == "refuted" and r["matches_expect"] and not r["warnings"]
+    assert r["refutation"]["failed_check"] == "x < 900" and r["refutation"]["matches"]

@@ -473,7 +473,8 @@ def _refuted_by(value: Any, shown: str, expect: Any, statistical: bool, finding:
             role = "catalogue finding" if finding else "negative control"
             warnings.append(
                 f"{role} {shown!r} names no refuted_by: any failing comparison (or plain assert) counts as its "
-                "refutation; name the comparison that must fail, refuted_by='<the what= of that certify call>'")
+                "refutation; name the comparison that must fail, refuted_by='<the what= of that certify call, or "
+                "its source text, e.g. 'loss[:, 1] <= loss[:, 0]', where it has no what=>'")
         return (), warnings
     items = [value] if isinstance(value, (str, re.Pattern)) else value
     try:
