@@ -211,3 +211,42 @@ def test_depth_sweep_is_reproducible_per_problem_and_recovers_an_observed_truth(
     assert float(error.max()) <= 4.8e-4 and float(erank.max()) < 1.05
     again, _ = dynamics.depth_sweep((p, p), (1, 2), loss_target=1e-6)
     assert torch.equal(again[0], erank[0]) and torch.equal(again[1], erank[0])
+
+
+def _near_rank_deficient() -> tuple:
+    """A 2×2 completion whose depth-2 balanced flow nears rank deficiency (σ_min(W(0)) = 1e-3): the end-to-end
+    ODE's loose run wanders there (the end-to-end claim at 1,000 instances met the same at σ_min(W(10)) = 5e-8)."""
+    from implreg.matrix.factorization import end_to_end
+    from implreg.strategies.matrix import BalancedInit, stack_linear_batch
+
+    init = BalancedInit(depth=2, sigma=(1.0, 1e-3),
+                        zu=((2.299116474294362, -0.9020611855305841), (-0.5415346011073109, -0.06851531446436128)),
+                        zv=((0.17752685844397367, 0.04641418407589614), (1.1353707063664398, 1.7698647460878612)),
+                        zr=(((-0.13214543161149211, -1.119091204521394, -0.24564496147596243),
+                             (1.4052979959960032, 1.4434828625392826, 1.8490887771805977),
+                             (0.18214475190696913, -0.2246791544930039, 0.4294987230217361)),), width=3)
+    P, factors = stack_linear_batch([(LinearProblem("completion", (2, 2), 16504), init)])
+    return P, end_to_end(factors)
+
+
+def test_an_undecided_end_to_end_comparison_is_decided_by_tighter_re_solves() -> None:
+    from flint import arb
+
+    from implreg.numerics import Certified, close
+
+    P, W0 = _near_rank_deficient()
+    saves = [1.5, 3.0]
+    W = dynamics.solve_end_to_end(P, W0, 2, t_max=3.0, save_at=saves, rtol=1e-10)
+    ref = dynamics.solve_end_to_end(P, W0, 2, t_max=3.0, save_at=saves, rtol=1e-12)
+    assert float(W.error[0, -1].max()) > 1e-6 > 1e-7 > float(ref.error[0, -1].max())
+    # the first round's re-solve (rtol 1e-11) is tighter, and its balls hold the rtol 1e-12 solution
+    ball = W._p["refine"]([0], 64)
+    assert "re-solved at rtol 1e-11" in ball.note and not ball.rigorous
+    for i, b in enumerate(ball.mid.reshape(-1)):
+        assert b.rad() < 2e-7 and b.overlaps(arb(float(ref.value.reshape(-1)[i]), float(ref.error.reshape(-1)[i])))
+    # so a comparison that float64 leaves undecided at tol 1e-6 is decided (it raised Undecided before)
+    certify(close(W, Certified.exact(ref.value), tol=1e-6), what="W(rtol 1e-10) = W(rtol 1e-12)")
+    # the rounds stop at the floor: 1e-11, 1e-12, then nothing more to try
+    steps = [dynamics.end_to_end_refinement_rtol(1e-10, b) for b in (64, 128, 256, 1024)]
+    assert steps[0] == pytest.approx(1e-11, rel=1e-12) and steps[1] == 1e-12 and steps[2:] == [None, None]
+    assert dynamics.end_to_end_refinement_rtol(1e-12, 64) is None  # already at the floor
