@@ -205,3 +205,21 @@ def test_linear_flow_batches_share_depth_shape_kind_and_width_and_stack():
 
     check()
     assert seen
+
+
+def test_strategy_factories_reuse_what_they_built():
+    """Claims build strategies inside flatmap on every draw; the same arguments give the same (immutable)
+    strategy, so Hypothesis does not re-read a composite's source each time; other or unhashable arguments
+    still build their own."""
+    from implreg.strategies.matrix import balanced_inits, gaussian_inits, singular_values
+
+    a = balanced_inits(depth=3, det_sign=1, scale=(0.1, 1.0))
+    assert balanced_inits(depth=3, det_sign=1, scale=(0.1, 1.0)) is a
+    assert balanced_inits(depth=3, det_sign=-1, scale=(0.1, 1.0)) is not a
+    assert singular_values(2) is singular_values(2)
+    g = gaussian_inits(dims=[2, 3, 2])  # a list: unhashable, built anew (and still valid)
+    assert g is not gaussian_inits(dims=[2, 3, 2]) and g.example().dims == (2, 3, 2)
+    with pytest.raises(InvalidInputError, match="det_sign"):
+        balanced_inits(det_sign=2)  # a malformed call is refused every time, never cached
+    with pytest.raises(InvalidInputError, match="det_sign"):
+        balanced_inits(det_sign=2)
