@@ -227,12 +227,13 @@ def _verify_on_cluster(args: argparse.Namespace, profile: Any, seed: int, paths:
     try:
         try:
             workers = cluster.wait_for_workers(client)
-            cluster.check_workers(client, cluster.implreg_digest())
+            code = cluster.implreg_digest()
+            cluster.check_workers(client, code)
         except cluster.ClusterError as exc:
             raise UsageError(str(exc)) from None
         print(f"implreg verify: {', '.join(paths)} · profile {profile.name} · seed {seed} · cluster "
               f"{client.scheduler.address} ({workers} worker{'s' if workers > 1 else ''})", flush=True)
-        tasks = cluster.tasks_from_collection(claims, profile=profile.name, seed=seed)
+        tasks = cluster.tasks_from_collection(claims, profile=profile.name, seed=seed, code=code)
         done = [0]
 
         def progress(record: dict[str, Any]) -> None:

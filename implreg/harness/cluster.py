@@ -460,13 +460,15 @@ def run_on_cluster(client: Any, tasks: Sequence[ClaimTask], *, retries: int = DE
     return records, envs, info
 
 
-def tasks_from_collection(claims: Sequence[dict[str, Any]], *, profile: str, seed: int) -> list[ClaimTask]:
-    """One task per collected claim row (``cli.collect_claims``), in collection order."""
+def tasks_from_collection(claims: Sequence[dict[str, Any]], *, profile: str, seed: int,
+                          code: str | None = None) -> list[ClaimTask]:
+    """One task per collected claim row (``cli.collect_claims``), in collection order; ``code`` the client's
+    :func:`implreg_digest` where the caller has it already."""
     cwd = os.getcwd()
     files = tuple(dict.fromkeys(str(Path(c["file"]).resolve()) for c in claims))
     digests = {f: _digest(f) for f in files}
     env = {k: os.environ.get(k) for k in FORWARDED_ENV}
-    code = implreg_digest()
+    code = implreg_digest() if code is None else code
     out = []
     for c in claims:
         meta = {k: v for k, v in c.items() if k not in ("nodeid", "problems")}

@@ -24,7 +24,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +34,7 @@ from implreg.matrix.flow.integrate import integrate
 from implreg.matrix.measures import effective_rank, frobenius, singular_values
 from implreg.matrix.problems import Problem, stack_problems
 from implreg.numerics import Certified, Refinement, lift
+from implreg.numerics.balls import _to_ball as to_ball  # value ± error → Arb balls, as measured leaves get them
 
 __all__ = [
     "balancedness",
@@ -253,7 +253,8 @@ def solve_end_to_end(problem: Problem, W0: Tensor, depth: int, *, t_max: float, 
         if key not in made:
             idx = torch.as_tensor(rows, dtype=torch.long, device=W0.device)
             v, err = solve_rows(problem.select(idx), W0[idx], r, atol * r / rtol)
-            made[key] = Refinement(_balls(v, err), rigorous=False, note=f"end-to-end ODE re-solved at rtol {r:g} "
+            balls = to_ball(v.detach().cpu().numpy(), err.detach().cpu().numpy()).astype(object)
+            made[key] = Refinement(balls, rigorous=False, note=f"end-to-end ODE re-solved at rtol {r:g} "
                                    "(two-tolerance error estimate, not rigorous)")
         return made[key]
 
@@ -280,14 +281,3 @@ def end_to_end_refinement_rtol(rtol: float, prec_bits: int) -> float | None:
     r = max(rtol / 10.0**rounds, END_TO_END_RTOL_FLOOR)
     return r if r <= rtol / 2 else None
 
-
-def _balls(value: Tensor, err: Tensor) -> np.ndarray:
-    """value ± err as an object array of ``flint.arb`` (radius rounded up; ``[±∞]`` where err is infinite)."""
-    from flint import arb
-
-    v, e = value.detach().to("cpu").numpy(), err.detach().to("cpu").numpy()
-    out = np.empty(v.shape, dtype=object)
-    for i in np.ndindex(*v.shape):
-        ei = float(e[i])
-        out[i] = arb(0, math.inf) if not math.isfinite(ei) else arb(float(v[i])) + arb(0, math.nextafter(ei, math.inf))
-    return out
