@@ -25,7 +25,12 @@ RESULT_FIELDS = ("t", "y", "status", "error", "entry_error", "n_steps", "n_rejec
                  "level_t", "level_y", "level_error")
 
 
-@pytest.mark.parametrize("shapes,kind,guard", LAYOUTS)
+#: Every 2×2 layout the library has a constant-shape copy of (csrc/dmf_steps.c: pick_step) beyond LAYOUTS' depth 3
+SQUARE_2X2 = [(((2, 2),) * n, kind, guard) for n, kind, guard in
+              ((2, "completion", False), (2, "sensing", True), (4, "completion", True), (4, "sensing", False))]
+
+
+@pytest.mark.parametrize("shapes,kind,guard", LAYOUTS + SQUARE_2X2)
 def test_one_step_equals_the_torch_kernel(shapes, kind, guard) -> None:
     """One step in C returns the eager kernel's results bit for bit (rows frozen by ``active`` are skipped in
     C, so their step size and attempted state are not compared: the integrator never reads them)."""
@@ -72,7 +77,7 @@ def test_solve_equals_torch_razin_cohen(monkeypatch, depth: int) -> None:
     assert len(set(a.status.tolist())) >= 1 and bool(torch.isfinite(a.result.level_t).any())
 
 
-@pytest.mark.parametrize("shapes,kind,guard", LAYOUTS)
+@pytest.mark.parametrize("shapes,kind,guard", LAYOUTS + SQUARE_2X2)
 def test_solve_equals_torch_every_layout(monkeypatch, shapes, kind, guard) -> None:
     """Rectangular and square factorizations, completion and sensing, t_max and max_steps stops."""
     Ws, problem = layout_instances(shapes, kind, 6, scale=0.6, observed=0.7, seeds=(3, 4))
@@ -188,15 +193,16 @@ def test_a_damaged_cached_library_is_rebuilt(monkeypatch, tmp_path) -> None:
     assert path.stat().st_size > 1000
 
 
-def test_the_generic_copy_gives_the_same_bits(monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize("shapes,kind,guard", [LAYOUTS[0], LAYOUTS[1], SQUARE_2X2[0]])
+def test_the_generic_copy_gives_the_same_bits(monkeypatch, tmp_path, shapes, kind, guard) -> None:
     """The library holds one copy of the block step per instruction set (AVX2 and the x86-64 baseline), picked
-    at load time; this machine runs one of them, so the generic copy (as a compiler without ``target_clones``
-    builds it) is built alone here and compared with eager torch too."""
+    at load time, and constant-shape copies for 2×2 factors; this machine runs one of each, so the generic copy
+    (as a compiler without ``target_clones`` builds it, with no constant-shape copies) is built alone here and
+    compared with eager torch too, on layouts that the usual library serves from a constant-shape copy."""
     monkeypatch.setenv("IMPLREG_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_LIB", {})
-    monkeypatch.setattr(native, "CFLAGS", (*native.CFLAGS, "-DIMPLREG_NO_CLONES"))
+    monkeypatch.setattr(native, "CFLAGS", (*native.CFLAGS, "-DIMPLREG_NO_CLONES", "-DIMPLREG_GENERIC_ONLY"))
     assert native.library() is not None
-    shapes, kind, guard = LAYOUTS[0]
     args = step_inputs(23, shapes, kind, seed=2)
     want = K.dmf_step_kernel(CO, shapes, kind, guard, "test").fn(*args)
     _, got = native.NativeSteps(CO, shapes, kind, guard)(*args, max_iter=1)
