@@ -178,10 +178,12 @@ def _ptr(x: Tensor | None) -> int | None:
 class NativeSteps:
     """The fused step of ``dmf_step_kernel(co, shapes, kind, with_guard)`` run for many steps per call in C.
 
-    Called with the step kernel's arguments, it returns ``(olds, results)``: ``results`` is the step kernel's
-    tuple for the last step taken (the one where some row needs attention, or the last of a call's quota of
-    quiet steps), and ``olds = (y, t, k1, h, err_acc)`` the state that step started from (what the integrator
-    records to recompute the step's dense output).
+    Called with the step kernel's arguments, it returns ``(olds, results)``, row by row: ``results`` is the step
+    kernel's tuple for the row's last step (the one where it needs attention, or the last of the call's quiet
+    steps), and ``olds = (y, t, k1, h, err_acc)`` the state that step started from (what the integrator records
+    to recompute the step's dense output; for a row that needs no attention, whose step is committed, the state
+    after it).  Rows advance independently: a row that needs attention waits while the others go on, until a
+    32nd of them wait (csrc/dmf_steps.c: PARK_SHARE), so one call may return rows at different step counts.
     """
 
     def __init__(self, co: RKCoefficients, shapes: Sequence[tuple[int, int]], kind: str, with_guard: bool):
