@@ -247,6 +247,54 @@ def test_a_pooled_claim_on_the_cluster_gives_the_local_record(cluster, tmp_path,
     assert all(r["pooling"]["groups"] > 1 for r in remote["claims"])
 
 
+
+# a pooled claim whose first merged body on the worker without the claim's task kills that worker process; the
+# body only runs in group tasks (the driver collects the examples without calling it)
+POOLED_DIES_ONCE = '''
+import os
+from pathlib import Path
+
+import torch
+from hypothesis import given, strategies as st
+
+from implreg import certify
+from implreg.harness.claims import batches, claim
+from implreg.numerics import Certified
+
+MARKER = Path(__file__).with_suffix(".died")
+
+
+@claim("pooled-dies/square", statement="x² ≥ 0; the first group's worker dies", instances=300)
+@given(b=batches(st.floats(-1e3, 1e3, allow_nan=False), max_size=16))
+def square(b):
+    from distributed import get_worker
+
+    # only on a worker that does not hold the claim's own task (seceded while it waits for its groups: a
+    # long-running task), so that what dies is a group alone
+    if not MARKER.exists() and not get_worker().state.long_running:
+        MARKER.write_text("a group's first attempt died here")
+        os._exit(19)
+    x = torch.tensor(b, dtype=torch.float64)
+    certify(Certified.exact(x * x) >= 0, what="x² ≥ 0")
+'''
+
+
+def test_a_killed_workers_group_is_run_again_and_no_instance_is_lost(cluster, tmp_path, monkeypatch):
+    """Issue 12: a worker that dies in the middle of one of a claim's batches loses none of its instances: the
+    batch is run again elsewhere, the record equals the local run's, instances included, and the re-run is
+    counted in the record (``timing.group_retries``), the run header and the report."""
+    monkeypatch.setenv("IMPLREG_POOL_SIZE", "64")
+    path = _write(tmp_path, "cluster_pooled_dies.py", POOLED_DIES_ONCE)
+    remote = _verify(path, "--cluster", cluster.scheduler_address, report=tmp_path / "cluster" / "index.html")
+    assert path.with_suffix(".died").exists()  # a body did kill its worker
+    local = _verify(path, "-n", "1", report=tmp_path / "local" / "index.html")
+    (rec,) = remote["claims"]
+    assert rec["verdict"] == "holds" and rec["instances"] >= 300 and rec["pooling"]["groups"] > 1
+    assert strip_timing(remote["claims"]) == strip_timing(local["claims"])
+    assert rec["timing"]["group_retries"] >= 1  # the group was run again, not the whole claim
+    assert remote["run"]["cluster"]["retries"] >= 1
+    assert "retried" in (tmp_path / "cluster" / "index.html").read_text()
+
 def _map_on_a_worker(items):
     from implreg.harness.cluster import WorkerMap
 
