@@ -228,3 +228,45 @@ def test_the_report_says_which_step_ran() -> None:
     env = process_environment()
     assert env["steps"] == "C step library"
     assert build_results([], {}, [env])["run"]["steps"] == "C step library"
+
+
+@pytest.mark.parametrize("P", [1, 2, 3, 5, 8, 12])
+def test_the_rosenbrock_inverse_in_c_gives_the_torch_bits(P) -> None:
+    """spectral._inverse runs the C Gauss–Jordan on float64 CPU batches: the same bits as its torch form on
+    random matrices, on integer ones (pivot ties, exact zeros), singular ones (a zero column: ±inf and NaN), and
+    ones holding NaN and ±inf (the pivot search takes a NaN as the largest, as torch.argmax does)."""
+    from implreg.matrix.flow.spectral import _inverse, _inverse_torch
+
+    gen = torch.Generator().manual_seed(P)
+    M = torch.randn(4, 40, P, P, generator=gen, dtype=f64)
+    M[1] = (3 * M[1]).round()
+    M[2, ::3, :, 0] = 0.0
+    M[3, ::5, 0, 0] = math.nan
+    M[3, 1::7, -1, -1] = -math.inf
+    M[3, 2::9] = 0.0
+    M = M.reshape(-1, P, P)
+    want = _inverse_torch(M)
+    assert same(native.gauss_jordan_inverse(M), want)
+    assert same(_inverse(M), want)
+    assert bool(torch.isfinite(want).any()) and bool((~torch.isfinite(want)).any())
+    assert _inverse(M[:0]).shape == (0, P, P)
+
+
+def test_a_balanced_solve_is_bit_identical_with_and_without_the_c_inverse(monkeypatch) -> None:
+    """The hybrid solver's Rosenbrock phase (depth 2 past its switch: det W near 0) gives the same bits whether
+    its inverses run in C or in torch."""
+    from implreg.matrix.flow import spectral
+    from implreg.matrix.flow.spectral import solve_balanced
+
+    gen = torch.Generator().manual_seed(7)
+    W0 = with_det_sign(1e-2 * torch.randn(3, 2, 2, generator=gen, dtype=f64), 1)
+    kw = dict(loss_target=1e-3, t_max=1e5, loss_levels=[1e-1, 1e-2], save_at=[1.0, 50.0])
+    calls = []
+    real = native.gauss_jordan_inverse
+    monkeypatch.setattr(native, "gauss_jordan_inverse", lambda M: calls.append(1) or real(M))
+    a = solve_balanced(razin_cohen_2x2(3), balanced_init(W0, 2), 2, **kw)
+    assert calls, "the C inverse did not run"
+    monkeypatch.setattr(spectral, "_inverse", spectral._inverse_torch)
+    b = solve_balanced(razin_cohen_2x2(3), balanced_init(W0, 2), 2, **kw)
+    for name in ("t", "end_to_end", "status", "error", "level_t", "level_end_to_end", "save_end_to_end"):
+        assert same(getattr(a, name), getattr(b, name)), name

@@ -40,7 +40,7 @@ from torch import Tensor
 from implreg.errors import ImplregError
 from implreg.matrix.flow.kernels import RKCoefficients, _root_poly, compile_mode
 
-__all__ = ["NativeSteps", "library", "native_mode", "serves", "status"]
+__all__ = ["NativeSteps", "gauss_jordan_inverse", "library", "native_mode", "serves", "status"]
 
 SOURCE = Path(__file__).with_name("csrc") / "dmf_steps.c"
 # -std=c99 (not gnu99): ISO mode, where GCC does not contract a·b + c into an FMA; -ffp-contract=off says so
@@ -134,6 +134,9 @@ def library() -> ctypes.CDLL | None:
                 fn = lib.implreg_dmf_steps
                 fn.restype = ctypes.c_int64
                 fn.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 37
+                gj = lib.implreg_gauss_jordan
+                gj.restype = ctypes.c_int64
+                gj.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
             except (OSError, subprocess.SubprocessError) as exc:
                 lib, why = None, f"{type(exc).__name__}: {exc}"
         if lib is None:
@@ -160,6 +163,20 @@ def serves(y: Tensor) -> bool:
     if mode == "never" or (mode == "auto" and compile_mode() == "always"):
         return False
     return library() is not None
+
+
+def gauss_jordan_inverse(M: Tensor) -> Tensor:
+    """The inverse of each of a batch of small matrices (n, P, P), float64 on CPU, by the C library's Gauss–Jordan
+    elimination: the same bits as ``implreg.matrix.flow.spectral._inverse`` in torch (which calls this where
+    :func:`serves` says so)."""
+    lib = library()
+    assert lib is not None
+    A = M.contiguous()
+    out = torch.empty_like(A)
+    rc = lib.implreg_gauss_jordan(A.shape[0], A.shape[-1], _ptr(A), _ptr(out))
+    if rc < 0:
+        raise ImplregError(f"the C step library rejected a batch of {tuple(A.shape)} matrices to invert (code {rc})")
+    return out
 
 
 def status() -> str | None:

@@ -473,6 +473,15 @@ def _inverse(M: Tensor) -> Tensor:
     Per column: the pivot row swapped in (the old row k written to row piv, a no-op copy where piv = k), scaled
     by its pivot, and subtracted from every other row (the pivot row's multiplier is 0).
     """
+    from implreg.matrix.flow import native
+
+    if native.serves(M) and M.shape[0]:  # the same operations in C (float64 CPU): one call, not 12 per column
+        return native.gauss_jordan_inverse(M)
+    return _inverse_torch(M)
+
+
+def _inverse_torch(M: Tensor) -> Tensor:
+    """:func:`_inverse` in elementwise torch operations (any dtype and device)."""
     n, P, _ = M.shape
     A = torch.cat([M, torch.eye(P, dtype=M.dtype, device=M.device).expand(n, P, P)], dim=-1)
     rows = torch.arange(n, device=M.device)
