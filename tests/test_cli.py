@@ -172,3 +172,17 @@ def test_list(tmp_path):
     # controls say what refutes them, and one that names nothing is warned about
     assert "[refuted by: x ≥ 5]" in p.stdout
     assert "reasons/control-unnamed" in p.stdout and "[warning: negative control" in p.stdout
+
+
+def test_the_summary_table_marks_agreement_with_the_expectation_not_the_verdict():
+    """A refuted control that was expected refuted gets ✓ (as its progress line does), a mismatch ✗, a documented
+    deviation ~: the glyph says whether the run is fine with the verdict, the word says the verdict."""
+    from implreg.harness.cli import format_table
+
+    rows = [dict(id="a/control", verdict="refuted", expect="refuted", matches_expect=True),
+            dict(id="a/broken", verdict="holds", expect="refuted", matches_expect=False),
+            dict(id="a/toy", verdict="refuted", expect="holds", matches_expect=False, deviation_documented=True)]
+    control, broken, toy = format_table(rows)[2:]
+    assert control.lstrip().startswith("✓ refuted") and "◀" not in control
+    assert broken.lstrip().startswith("✗ holds") and broken.endswith("◀ MISMATCH")
+    assert toy.lstrip().startswith("~ refuted") and toy.endswith("◀ deviates from the paper (documented)")

@@ -94,11 +94,10 @@ def _pytest_base(paths: Sequence[str]) -> list[str]:
             "--continue-on-collection-errors", "-o", "console_output_style=classic"]
 
 
-_ICON = {"holds": "✓", "refuted": "✗", "inconclusive": "?", "error": "!"}
-
-
 def format_table(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Summary table lines: verdict, expectation, id, instances in passing examples, escalations, time."""
+    from implreg.harness.results import expectation_mark
+
     rows = list(rows)
     if not rows:
         return ["(no claims)"]
@@ -110,7 +109,7 @@ def format_table(rows: Iterable[dict[str, Any]]) -> list[str]:
             "  ◀ deviates from the paper (documented)" if r.get("deviation_documented") else "  ◀ MISMATCH")
         cid = r["id"] if len(r["id"]) <= idw else r["id"][: idw - 1] + "…"
         lines.append(
-            f"  {_ICON.get(r['verdict'], ' ')} {r['verdict']:<11} {r['expect']:<9} {cid:<{idw}} "
+            f"  {expectation_mark(r)} {r['verdict']:<11} {r['expect']:<9} {cid:<{idw}} "
             f"{r.get('instances') or 0:>9} {r.get('escalations') or 0:>6} {r.get('wall_s') or 0:>7.1f}s{ok}"
         )
     return lines
@@ -212,7 +211,7 @@ def _verify_on_cluster(args: argparse.Namespace, profile: Any, seed: int, paths:
                        report: Path) -> tuple[dict[str, Any], float, int]:
     """The same claims as one Dask task each on the cluster at ``args.cluster`` (implreg.harness.cluster)."""
     from implreg.harness import cluster
-    from implreg.harness.results import atomic_write_text, dumps, write_record
+    from implreg.harness.results import atomic_write_text, dumps, expectation_mark, write_record
 
     started, t0 = _now(), time.time()
     claims, collection_errors = collect_claims(paths, k=args.k, ids=args.id or ())
@@ -238,7 +237,7 @@ def _verify_on_cluster(args: argparse.Namespace, profile: Any, seed: int, paths:
 
         def progress(record: dict[str, Any]) -> None:
             done[0] += 1
-            mark = "✓" if record.get("matches_expect") else "✗"
+            mark = expectation_mark(record)
             print(f"[{done[0]:>{len(str(len(tasks)))}}/{len(tasks)}] {mark} {record['verdict']:<12} {record['id']}"
                   f"  {record['timing'].get('wall_s', 0.0):.1f}s", flush=True)
 

@@ -262,7 +262,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     st = _state(pyfuncitem.config)
     record = _run(spec, st, pyfuncitem.nodeid)
-    summary = {k: record.get(k) for k in ("id", "verdict", "expect", "matches_expect", "instances", "group")}
+    summary = {k: record.get(k) for k in ("id", "verdict", "expect", "matches_expect", "deviation_documented",
+                                          "instances", "group")}
     summary["wall_s"] = record["timing"]["wall_s"]
     summary["escalations"] = (record.get("certification") or {}).get("escalation_count", 0)
     pyfuncitem.user_properties.append((_KEY, summary))
@@ -326,13 +327,16 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     total = st.total or st.done
     width = len(str(total))
-    mark = "✓" if summary["matches_expect"] else "✗"
+    from implreg.harness.results import expectation_mark
+
+    mark = expectation_mark(summary)
     so_far = " · ".join(f"{st.verdicts[v]} {v}" for v in ("holds", "refuted", "inconclusive", "error")
                         if st.verdicts[v])
     tr.ensure_newline()
     tr.write(f"[{st.done:>{width}}/{total}] {mark} ")
     tr.write(f"{summary['verdict']:<12}", bold=True, **_COLORS.get(summary["verdict"], {}))
-    expect = "" if summary["matches_expect"] else f"  (expected {summary['expect']})"
+    expect = "" if summary["matches_expect"] else f"  (expected {summary['expect']}" + (
+        "; the deviation is documented)" if summary.get("deviation_documented") else ")")
     tr.write(f" {summary['id']}{expect}  {summary['wall_s']:.1f}s  [{so_far}]")
     tr.line("")
 

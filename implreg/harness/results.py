@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_text",
     "build_results",
     "environment",
+    "expectation_mark",
     "load_results",
     "merge",
     "record_path",
@@ -37,6 +38,14 @@ __all__ = [
 ]
 
 SCHEMA = "implreg-results/1"
+
+
+def expectation_mark(record: dict[str, Any]) -> str:
+    """The one glyph every terminal line puts before a verdict: ✓ it is the claim's expectation (a refuted
+    control included), ~ it differs but the claim documents the deviation, ✗ it differs (the run fails)."""
+    if record.get("matches_expect"):
+        return "✓"
+    return "~" if record.get("deviation_documented") else "✗"
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
