@@ -270,3 +270,18 @@ def test_a_balanced_solve_is_bit_identical_with_and_without_the_c_inverse(monkey
     b = solve_balanced(razin_cohen_2x2(3), balanced_init(W0, 2), 2, **kw)
     for name in ("t", "end_to_end", "status", "error", "level_t", "level_end_to_end", "save_end_to_end"):
         assert same(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("max_iter", [1, 5])
+def test_a_call_with_every_row_frozen_returns_them_unchanged(max_iter) -> None:
+    """No active row (every row frozen by ``active``): the call still steps once, so every row comes back as the
+    eager kernel returns a frozen row, its state unchanged and nothing needing attention."""
+    shapes, kind, guard = LAYOUTS[0]
+    args = list(step_inputs(9, shapes, kind, seed=5))
+    args[9] = torch.zeros_like(args[9])
+    want = K.dmf_step_kernel(CO, shapes, kind, guard, "test").fn(*args)
+    olds, got = native.NativeSteps(CO, shapes, kind, guard)(*args, max_iter=max_iter)
+    for i in (0, 1, 2, 3, 4, 5, 7, 8, 14):  # y, t, err_acc, k1, steps, rej, attempts, status, attention
+        assert same(want[i], got[i]), f"result {i} differs"
+    assert not bool(got[14].any()) and not got[-1]
+    assert same(got[0], args[1]) and same(olds[0], args[1])

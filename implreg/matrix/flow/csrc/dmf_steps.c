@@ -504,7 +504,7 @@ int64_t implreg_dmf_steps(
     Spec s;
     s.N = ispec[0]; s.kind = ispec[1]; s.m = ispec[2]; s.P = ispec[3]; s.L = ispec[4]; s.T = ispec[5];
     s.has_event = ispec[6]; s.has_guard = ispec[7]; s.S = ispec[8]; s.NC = ispec[9]; s.max_steps = ispec[10];
-    if (s.N < 1 || s.N > MAXN || s.S < 2 || s.S > MAXS || n < 1) return -1;
+    if (s.N < 1 || s.N > MAXN || s.S < 2 || s.S > MAXS || n < 1 || max_iter < 1) return -1;
     int64_t off = 0;
     for (int64_t j = 0; j < s.N; j++) {
         s.a[j] = ispec[11 + 2 * j]; s.b[j] = ispec[12 + 2 * j]; s.off[j] = off; off += s.a[j] * s.b[j];
@@ -583,7 +583,8 @@ int64_t implreg_dmf_steps(
     const int64_t quota = live / PARK_SHARE > 1 ? live / PARK_SHARE : 1;
     uint8_t *gone = calloc(nb * V, 1);   /* parked rows (already written back) */
     if (!gone) goto done;
-    for (int64_t it = 0; it < max_iter && live > 0 && parked < quota; it++) {
+    /* the first step runs even with no active row: every lane then has results to write back (frozen copies) */
+    for (int64_t it = 0; it < max_iter && (it == 0 || (live > 0 && parked < quota)); it++) {
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *ab = act + b * V;
             int on = 0;
