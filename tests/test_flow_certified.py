@@ -291,3 +291,20 @@ def test_a_lopsided_quasi_norm_enclosure_is_decided_on_refined_leaves() -> None:
     assert float(n.lo[0]) < bound  # float64 alone cannot decide it
     certify(n >= bound, what="Schatten-¼ ≥ just below σ₁")
     assert run.certified.runs.cache, "the decision must have come from the refined leaves"
+
+
+def test_a_failed_integration_is_an_error_that_names_it_not_a_reference_run() -> None:
+    """An instance whose float64 run stopped at max_steps (stiff: depth 4, every factor entry 15) has no state at
+    t_max; a comparison that needs it raises NumericalError with the solver's message at once, instead of spending
+    the mpmath reference's budget on the same stiffness (which took minutes per example); an instance that ran
+    to t_max in the same batch is decided as usual."""
+    from implreg.errors import NumericalError
+
+    W = torch.stack([torch.full((2, 2), 15.0, dtype=torch.float64), 0.3 * torch.eye(2, dtype=torch.float64)])
+    run = flow.solve(razin_cohen_2x2(2), (W, W, W, W), t_max=100.0, max_steps=20_000)
+    assert [int(s) for s in run.result.status] == [3, 1]  # MAX_STEPS, REACHED_T_MAX
+    loss = run.certified.loss
+    certify(loss[1:] >= 0, what="the finished instance")  # decided (raises otherwise)
+    with pytest.raises(NumericalError, match=r"instance 0: stopped after the maximum number of steps.*run\.ok"):
+        certify(loss >= 0, what="ℓ ≥ 0")
+    assert not run.certified.runs.cache  # no reference was run

@@ -47,7 +47,7 @@ import torch
 from mpmath import mp, mpf
 from torch import Tensor
 
-from implreg.errors import ImplregError, InvalidInputError
+from implreg.errors import ImplregError, InvalidInputError, NumericalError
 from implreg.matrix import reference
 from implreg.matrix.problems import Problem
 from implreg.numerics import Certified, Refinement, where
@@ -278,10 +278,26 @@ def _intersect_own(ref: np.ndarray, value: Tensor, error: Tensor) -> tuple[np.nd
     return out.reshape(ref.shape), consistent
 
 
+def _failed_rows(status: Tensor, messages: Sequence[str]) -> dict[int, str]:
+    """Rows whose float64 run failed as an integrator (too many steps, diverged, step underflow), with their
+    messages; the det guard's UNRESOLVED stop is not a failure (the reference is its continuation)."""
+    from implreg.matrix.flow.result import Status
+
+    failed = (int(Status.MAX_STEPS), int(Status.DIVERGED), int(Status.STEP_TOO_SMALL))
+    return {i: messages[i] for i, st in enumerate(status.tolist()) if st in failed}
+
+
 def _refiner(runs: ReferenceRuns, spec: _LeafSpec, item_shape: tuple[int, ...], label: str,
-             own: tuple[Tensor, Tensor] | None = None):
+             own: tuple[Tensor, Tensor] | None = None, failed: dict[int, str] | None = None):
     def refine(rows: list[int], prec_bits: int) -> Refinement | None:
         from flint import ctx
+
+        bad = [failed[int(r)] for r in rows if failed and int(r) in failed]
+        if bad:  # the reference would meet the same stiffness at 30+ digits: say so, never spend its budget
+            raise NumericalError(
+                f"{label}: a comparison needs instances whose float64 gradient flow failed, and an integrator "
+                f"failure is not sent to the mpmath reference: {'; '.join(bad[:3])}. Check run.ok (or call "
+                "run.raise_on_failure()) before using its certified values, or raise max_steps / shorten t_max")
 
         if runs.exhausted and not any((int(r), dps_for(prec_bits)) in runs.cache for r in rows):
             return None
@@ -487,8 +503,11 @@ def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | N
     e_level = _bcast_err(r.level_error, getattr(r, "level_entry_error", None), P)
     e_save = _bcast_err(r.save_error, getattr(r, "save_entry_error", None), P)
 
+    failed = _failed_rows(r.status, sol.messages())
+
     def leaf(value, err, spec: _LeafSpec, label: str) -> Certified:
-        return _leaf(value, err, _refiner(runs, spec, tuple(value.shape[1:]), label, own=(value, err)), label)
+        return _leaf(value, err, _refiner(runs, spec, tuple(value.shape[1:]), label, own=(value, err),
+                                          failed=failed), label)
 
     y = leaf(r.y, e_final, _LeafSpec("final", "factors", 0), "flow state")
     ly = leaf(r.level_y, e_level, _LeafSpec("level", "factors", L), "flow state at loss levels")
@@ -557,9 +576,12 @@ def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[
                          view_budget_s(len(t_end)) if total_budget_s is None else total_budget_s)
     L, T = len(lv), len(saves)
 
+    failed = _failed_rows(sol.status, sol.messages())
+
     def leaf(value, err, spec: _LeafSpec, label: str) -> Certified:
         e = err.reshape(*err.shape, 1, 1).expand_as(value) if err.shape != value.shape else err
-        return _leaf(value, e, _refiner(runs, spec, tuple(value.shape[1:]), label, own=(value, e)), label)
+        return _leaf(value, e, _refiner(runs, spec, tuple(value.shape[1:]), label, own=(value, e),
+                                        failed=failed), label)
 
     def per_entry(entry: Tensor | None, bound: Tensor) -> Tensor:
         return entry if entry is not None else bound   # two-tolerance per entry when formed, else the (…) bound
