@@ -463,8 +463,9 @@ def _hermite(y0: Tensor, f0: Tensor, y1: Tensor, f1: Tensor, h: Tensor, theta: T
 
 
 def _inverse(M: Tensor) -> Tensor:
-    """Inverse of a batch of small matrices (n, P, P) by Gauss–Jordan elimination with partial pivoting, in
-    elementwise torch operations.
+    """Inverse of a batch of small matrices (n, P, P) by Gauss–Jordan elimination with partial pivoting: in the C
+    step library for float64 CPU batches (``native.gauss_jordan_inverse``), else in elementwise torch operations
+    (:func:`_inverse_torch`); the same operations in the same order either way, so the same bits.
 
     Why not LAPACK (torch.linalg.inv_ex): batched LAPACK calls parallelize over the batch, and on a busy CPU the
     parallel region waits for descheduled workers (measured 8 ms vs 0.03 ms for 64 inverses of 11×11 on two
