@@ -278,26 +278,34 @@ def _intersect_own(ref: np.ndarray, value: Tensor, error: Tensor) -> tuple[np.nd
     return out.reshape(ref.shape), consistent
 
 
-def _failed_rows(status: Tensor, messages: Sequence[str]) -> dict[int, str]:
-    """Rows whose float64 run failed as an integrator (too many steps, diverged, step underflow), with their
-    messages; the det guard's UNRESOLVED stop is not a failure (the reference is its continuation)."""
-    from implreg.matrix.flow.result import Status
+@dataclass(frozen=True)
+class _Failures:
+    """The rows of a solve whose float64 run failed as an integrator (``Status.failed``), and the solve's
+    per-row messages, formed only when a refinement asks for one of those rows."""
 
-    failed = (int(Status.MAX_STEPS), int(Status.DIVERGED), int(Status.STEP_TOO_SMALL))
-    return {i: messages[i] for i, st in enumerate(status.tolist()) if st in failed}
+    rows: frozenset[int]
+    messages: Callable[[], Sequence[str]]
+
+    @staticmethod
+    def of(sol: Any, status: Tensor) -> _Failures:
+        from implreg.matrix.flow.result import Status
+
+        return _Failures(frozenset(i for i, st in enumerate(status.tolist()) if Status(st).failed), sol.messages)
 
 
 def _refiner(runs: ReferenceRuns, spec: _LeafSpec, item_shape: tuple[int, ...], label: str,
-             own: tuple[Tensor, Tensor] | None = None, failed: dict[int, str] | None = None):
+             own: tuple[Tensor, Tensor] | None = None, failed: _Failures | None = None):
     def refine(rows: list[int], prec_bits: int) -> Refinement | None:
         from flint import ctx
 
-        bad = [failed[int(r)] for r in rows if failed and int(r) in failed]
+        bad = [int(r) for r in rows if failed is not None and int(r) in failed.rows]
         if bad:  # the reference would meet the same stiffness at 30+ digits: say so, never spend its budget
+            msgs = failed.messages()
             raise NumericalError(
                 f"{label}: a comparison needs instances whose float64 gradient flow failed, and an integrator "
-                f"failure is not sent to the mpmath reference: {'; '.join(bad[:3])}. Check run.ok (or call "
-                "run.raise_on_failure()) before using its certified values, or raise max_steps / shorten t_max")
+                f"failure is not sent to the mpmath reference: {'; '.join(msgs[r] for r in bad[:3])}. Check "
+                "run.ok (or call run.raise_on_failure()) before using its certified values, or raise max_steps / "
+                "shorten t_max")
 
         if runs.exhausted and not any((int(r), dps_for(prec_bits)) in runs.cache for r in rows):
             return None
@@ -503,7 +511,7 @@ def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | N
     e_level = _bcast_err(r.level_error, getattr(r, "level_entry_error", None), P)
     e_save = _bcast_err(r.save_error, getattr(r, "save_entry_error", None), P)
 
-    failed = _failed_rows(r.status, sol.messages())
+    failed = _Failures.of(sol, r.status)
 
     def leaf(value, err, spec: _LeafSpec, label: str) -> Certified:
         return _leaf(value, err, _refiner(runs, spec, tuple(value.shape[1:]), label, own=(value, err),
@@ -576,7 +584,7 @@ def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[
                          view_budget_s(len(t_end)) if total_budget_s is None else total_budget_s)
     L, T = len(lv), len(saves)
 
-    failed = _failed_rows(sol.status, sol.messages())
+    failed = _Failures.of(sol, sol.status)
 
     def leaf(value, err, spec: _LeafSpec, label: str) -> Certified:
         e = err.reshape(*err.shape, 1, 1).expand_as(value) if err.shape != value.shape else err

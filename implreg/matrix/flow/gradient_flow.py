@@ -269,8 +269,7 @@ class FlowSolution:
         """Raise NumericalError naming every instance that diverged or was stopped (not unresolved)."""
         from implreg.errors import NumericalError
 
-        bad = [m for m, s in zip(self.messages(), self.result.statuses(), strict=True)
-               if s in (Status.DIVERGED, Status.STEP_TOO_SMALL, Status.MAX_STEPS)]
+        bad = [m for m, s in zip(self.messages(), self.result.statuses(), strict=True) if s.failed]
         if bad:
             raise NumericalError("gradient flow failed: " + "; ".join(bad[:5]))
 

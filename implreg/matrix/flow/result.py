@@ -32,6 +32,12 @@ class Status(IntEnum):
         """True for outcomes that are results (reached the final time or the event)."""
         return self in (Status.REACHED_T_MAX, Status.REACHED_EVENT)
 
+    @property
+    def failed(self) -> bool:
+        """True for integrator failures (too many steps, diverged, step underflow); the det guard's UNRESOLVED
+        stop is not one (the high-precision reference is its continuation)."""
+        return self in (Status.MAX_STEPS, Status.DIVERGED, Status.STEP_TOO_SMALL)
+
 
 _MESSAGES = {
     Status.RUNNING: "still running (the integration was interrupted)",

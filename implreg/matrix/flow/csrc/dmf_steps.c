@@ -417,8 +417,8 @@ INLINE int block_body(const Spec *s, const State *x, Out *o, const uint8_t *acti
    benchmark) and the 7-stage tableau as compile-time constants, so that the compiler unrolls the small loops
    over factors, entries and stages.  Same operations in the same order, hence the same bits (tested against the
    eager torch kernel and against the generic copy, built alone with -DIMPLREG_GENERIC_ONLY).  Measured on W1
-   (B = 1024, min of 5 runs alternating in one process): 1.17× faster, with the straight stage sums below; the
-   library takes about 4 s to build instead of 1 (once, into the cache). */
+   (B = 1024, min of 7 runs alternating in one process): 1.16× faster, with block_body's straight stage and
+   error sums; the library takes about 4 s to build instead of 1 (once, into the cache). */
 #define STEP_ARGS const Spec *s, const State *x, Out *o, const uint8_t *active, const double *tm, \
     const double *P0, const double *P1, const double *lv, const double *saves, const double *table, vd *w
 #define STEP_PASS x, o, active, tm, P0, P1, lv, saves, table, w
@@ -426,13 +426,9 @@ typedef int (*step_fn)(STEP_ARGS);
 CLONES static int block_step(STEP_ARGS) { return block_body(s, STEP_PASS); }
 #define SQUARE_STEP(NAME, KK, NN, KIND) \
 CLONES static int NAME(STEP_ARGS) { \
-    Spec c; \
+    Spec c = *s;  /* the caller's Spec, with its shapes replaced by the same values as constants */ \
     c.N = NN; c.kind = KIND; c.P = NN * KK * KK; c.d = KK; c.e = KK; c.S = 7; \
     for (int j = 0; j < NN; j++) { c.a[j] = KK; c.b[j] = KK; c.off[j] = j * KK * KK; } \
-    c.m = s->m; c.L = s->L; c.T = s->T; c.has_event = s->has_event; c.has_guard = s->has_guard; c.NC = s->NC; \
-    c.max_steps = s->max_steps; c.p0_row = s->p0_row; c.p1_row = s->p1_row; c.A = s->A; c.E = s->E; \
-    c.poly = s->poly; c.rtol = s->rtol; c.atol = s->atol; c.target = s->target; c.limit = s->limit; \
-    c.tiny_step = s->tiny_step; \
     return block_body(&c, STEP_PASS); }
 SQUARE_STEP(step_2x2_n2_completion, 2, 2, 0)
 SQUARE_STEP(step_2x2_n3_completion, 2, 3, 0)
@@ -456,16 +452,12 @@ static step_fn pick_step(const Spec *s) {
 
 /* ---- moving rows between the caller's row-major arrays and lane-minor blocks ---- */
 
-/* block b's lanes of a row-major (n × w) array into dst (w × V lane-minor); padding lanes copy the last row */
+/* block b's lanes of a row-major (n × w) array into dst (w × V lane-minor); padding lanes copy the last row
+   (the way back is implreg_dmf_steps' WRITE_ROW, one row at a time) */
 #define GATHER(dst, src, w, b, n) do { \
     for (int l = 0; l < V; l++) { \
         int64_t i_ = (b) * V + l; if (i_ >= (n)) i_ = (n) - 1; \
         for (int64_t k_ = 0; k_ < (w); k_++) (dst)[k_ * V + l] = (src)[i_ * (w) + k_]; \
-    } } while (0)
-#define SCATTER(dst, src, w, b, n) do { \
-    for (int l = 0; l < V; l++) { \
-        int64_t i_ = (b) * V + l; if (i_ >= (n)) break; \
-        for (int64_t k_ = 0; k_ < (w); k_++) (dst)[i_ * (w) + k_] = (src)[k_ * V + l]; \
     } } while (0)
 
 /* lane-minor storage for nb blocks: one State (or Out) per block, carved from one allocation */
@@ -612,8 +604,7 @@ int64_t implreg_dmf_steps(
 #undef WRITE_ROW
 #undef PUT
     free(gone);
-    const int any = parked > 0;
-    rc = any ? 1 : 0;
+    rc = parked > 0;
 done:
     pool_free(&pa); pool_free(&pb);
     free(cur); free(nxt); free(outs); free(od); free(oi); free(ou); free(in_d); free(act); free(w);
