@@ -213,10 +213,12 @@ def depth_sweep(problems: Sequence[Any], depths: Sequence[int], *, loss_target: 
     return erank, error
 
 
-def solve_end_to_end(problem: Problem, W0: Tensor, depth: int, *, t_max: float, save_at: Sequence[float],
+def solve_end_to_end(problem: Problem, W0: Tensor, depth: int | Tensor, *, t_max: float, save_at: Sequence[float],
                      rtol: float = 1e-10, atol: float = 1e-13, max_steps: int = 100_000) -> Certified:
     """W(t) at the times ``save_at`` (B, T, d, d') from the end-to-end ODE of balanced init,
-    Ẇ = −Σ_{j=1}^{N} (WWᵀ)^{(j−1)/N} ∇ℓ(W) (WᵀW)^{(N−j)/N} (Arora et al. 2018, Theorem 1), W(0) = W0 (B, d, d').
+    Ẇ = −Σ_{j=1}^{N} (WWᵀ)^{(j−1)/N} ∇ℓ(W) (WᵀW)^{(N−j)/N} (Arora et al. 2018, Theorem 1), W(0) = W0 (B, d, d'),
+    ``depth`` one N or a (B,) tensor of per-instance depths (instances of several depths in one solve: each row
+    has the bits it has alone).
 
     Dormand–Prince at (rtol, atol) and at ``TWO_TOL_FACTOR``× both; the per-entry error is the two-tolerance
     estimate e_tight + e_loose + |W_tight − W_loose| (as ``flow.solve``'s certified view; ``rigorous=False``).
@@ -225,15 +227,23 @@ def solve_end_to_end(problem: Problem, W0: Tensor, depth: int, *, t_max: float, 
     """
     d, e = problem.shape
     names = list(problem.tensors())
+    per_row = isinstance(depth, Tensor)
+    if per_row and (depth.shape != (W0.shape[0],) or bool((depth < 1).any())):
+        raise InvalidInputError(f"depth must be an int or a (B,) = ({W0.shape[0]},) tensor of depths ≥ 1, "
+                                f"got shape {tuple(depth.shape)}")
 
     def field(t: Tensor, y: Tensor, *data: Tensor) -> Tensor:
-        p = Problem(problem.name, **dict(zip(names, data, strict=True)))
-        return end_to_end_velocity(p, y.reshape(-1, d, e), depth).reshape(y.shape[0], -1)
+        # the per-row depths travel as the last parameter, so batch compaction keeps them with their rows
+        N = data[-1] if per_row else depth
+        p = Problem(problem.name, **dict(zip(names, data[:len(names)], strict=True)))
+        return end_to_end_velocity(p, y.reshape(-1, d, e), N).reshape(y.shape[0], -1)
 
-    def solve_rows(prob: Problem, W: Tensor, r: float, a: float) -> tuple[Tensor, Tensor]:
+    def solve_rows(prob: Problem, W: Tensor, r: float, a: float, N: Tensor | None) -> tuple[Tensor, Tensor]:
+        params = [*prob.tensors().values(), *([N] if per_row else [])]
+
         def run(scale: float):
             return integrate(field, W.reshape(W.shape[0], -1), t_max=t_max, save_at=save_at, rtol=scale * r,
-                             atol=scale * a, max_steps=max_steps, params=list(prob.tensors().values()))
+                             atol=scale * a, max_steps=max_steps, params=params)
 
         tight, loose = run(1.0), run(TWO_TOL_FACTOR)
         err = two_tolerance_combine_entries(tight.save_entry_error + torch.nan_to_num(loose.save_entry_error),
@@ -252,13 +262,13 @@ def solve_end_to_end(problem: Problem, W0: Tensor, depth: int, *, t_max: float, 
         key = (tuple(int(i) for i in rows), r)
         if key not in made:
             idx = torch.as_tensor(rows, dtype=torch.long, device=W0.device)
-            v, err = solve_rows(problem.select(idx), W0[idx], r, atol * r / rtol)
+            v, err = solve_rows(problem.select(idx), W0[idx], r, atol * r / rtol, depth[idx] if per_row else None)
             balls = to_ball(v.detach().cpu().numpy(), err.detach().cpu().numpy()).astype(object)
             made[key] = Refinement(balls, rigorous=False, note=f"end-to-end ODE re-solved at rtol {r:g} "
                                    "(two-tolerance error estimate, not rigorous)")
         return made[key]
 
-    value, err = solve_rows(problem, W0, rtol, atol)
+    value, err = solve_rows(problem, W0, rtol, atol, depth if per_row else None)
     return Certified.measured(value, err, rigorous=False, refine=refine, label="end-to-end ODE solution W(t)")
 
 

@@ -126,31 +126,46 @@ def factor_grads(problem: Problem, factors: Sequence[Tensor]) -> tuple[Tensor, F
     return value, tuple(grads)
 
 
-def end_to_end_velocity(problem: Problem, W: Tensor, depth: int) -> Tensor:
+def end_to_end_velocity(problem: Problem, W: Tensor, depth: int | Tensor) -> Tensor:
     """``Ẇ = −Σ_{j=1}^{N} (WWᵀ)^{(j−1)/N} ∇ℓ(W) (WᵀW)^{(N−j)/N}`` (Arora et al. 2018, Theorem 1).
 
-    Valid for balanced init; fractional powers of the PSD matrices via a symmetric eigendecomposition
-    (eigenvalues clipped at 0, where rounding can make them slightly negative).
+    Valid for balanced init.  With WWᵀ = U diag(λ) Uᵀ and WᵀW = V diag(μ) Vᵀ (symmetric eigendecompositions,
+    eigenvalues clipped at 0 where rounding makes them slightly negative) the sum is
+    ``U ((UᵀGV) ∘ K) Vᵀ``, ``K_ab = Σ_j λ_a^{(j−1)/N} μ_b^{(N−j)/N}`` (0⁰ = 1): two eigendecompositions and four
+    products for any N.  ``depth`` is one N for the batch or a (B,) tensor of per-instance depths; a row's result
+    has the same bits either way (its K sums its own j = 1 … N in the same order; other rows' extra terms do not
+    touch it).
     """
     G = problem.grad(W)
-    N = depth
+    log_lam, U = _log_eigh(W @ W.transpose(-1, -2))
+    log_mu, V = _log_eigh(W.transpose(-1, -2) @ W)
+    per_row = isinstance(depth, Tensor)
+    N = depth.to(W.dtype).reshape(-1, 1) if per_row else float(depth)
+    K = torch.zeros_like(W)
+    for j in range(1, (int(depth.max()) if per_row else depth) + 1):
+        # tensor ÷ tensor, as Python's float division: rounded once (torch's scalar ÷ tensor multiplies by a
+        # rounded reciprocal, which would give a per-row depth other bits than the same depth as an int)
+        a = torch.full_like(N, j - 1) / N if per_row else (j - 1) / N
+        term = _power(log_lam, a).unsqueeze(-1) * _power(log_mu, (N - j) / N).unsqueeze(-2)
+        K = torch.where((j <= N).unsqueeze(-1), K + term, K) if per_row else K + term
+    return -(U @ ((U.transpose(-1, -2) @ G @ V) * K) @ V.transpose(-1, -2))
 
-    def powers(M: Tensor) -> Callable[[float], Tensor]:
-        # one eigendecomposition serves every exponent (eigh is deterministic: the same bits as one call each)
-        lam, Q = torch.linalg.eigh(M)
-        # Eigenvalues below n·u·λ_max are rounding noise of exact zeros (a rank-deficient Gram matrix):
-        # eigh's backward error is ~n·u·‖M‖, and a fractional power would amplify that noise (1e-16^(1/3)).
-        n = M.shape[-1]
-        floor = n * torch.finfo(M.dtype).eps * lam.abs().amax(-1, keepdim=True)
-        log_lam = torch.log(torch.where(lam <= floor, torch.zeros_like(lam), lam))
-        eye = torch.eye(n, dtype=M.dtype, device=M.device).expand_as(M)
-        return lambda a: eye if a == 0 else (Q * torch.exp(a * log_lam).unsqueeze(-2)) @ Q.transpose(-1, -2)
 
-    left, right = powers(W @ W.transpose(-1, -2)), powers(W.transpose(-1, -2) @ W)
-    out = torch.zeros_like(W)
-    for j in range(1, N + 1):
-        out = out + left((j - 1) / N) @ G @ right((N - j) / N)
-    return -out
+def _log_eigh(M: Tensor) -> tuple[Tensor, Tensor]:
+    """log of the eigenvalues (ascending) and the eigenvectors of the PSD matrices M (B, n, n); eigenvalues below
+    n·u·λ_max count as 0 (log −∞): they are rounding noise of exact zeros (a rank-deficient Gram matrix; eigh's
+    backward error is ~n·u·‖M‖), which a fractional power would amplify (1e-16^(1/3))."""
+    lam, Q = torch.linalg.eigh(M)
+    floor = M.shape[-1] * torch.finfo(M.dtype).eps * lam.abs().amax(-1, keepdim=True)
+    return torch.log(torch.where(lam <= floor, torch.zeros_like(lam), lam)), Q
+
+
+def _power(log_lam: Tensor, a: float | Tensor) -> Tensor:
+    """``λ^a = exp(a·log λ)`` entrywise (B, n), ``a`` a float or a (B, 1) tensor, with 0⁰ = 1: an exponent 0 gives
+    exactly 1 (0·log 0 would be NaN)."""
+    if not isinstance(a, Tensor):
+        return torch.ones_like(log_lam) if a == 0 else torch.exp(a * log_lam)
+    return torch.where(a == 0, 1.0, torch.exp(a * log_lam))
 
 
 def balancedness_defect(factors: Sequence[Tensor]) -> Tensor:

@@ -50,9 +50,11 @@ __all__ = [
     "PerturbedObservations",
     "balanced_inits",
     "depth_batches",
+    "factorizations",
     "gaussian_inits",
     "haar_seeds",
     "linear_flow_batches",
+    "linear_flow_families",
     "linear_problems",
     "low_rank_completions",
     "orthogonal_from_gaussian",
@@ -61,6 +63,7 @@ __all__ = [
     "perturbed_problems",
     "same_depth_batches",
     "singular_values",
+    "stack_end_to_end_batch",
     "stack_factors",
     "stack_linear_batch",
     "stack_problems",
@@ -623,7 +626,10 @@ class LinearProblem:
     seed: int
     m: int = 0
 
-    def problem(self, dtype: torch.dtype = torch.float64) -> Problem:
+    def problem(self, dtype: torch.dtype = torch.float64, *, padded: bool = False) -> Problem:
+        """The problem; ``padded`` gives a sensing problem d·d′ measurements, the m drawn ones then zero ones
+        (A_k = 0, y_k = 0: a residual of exactly 0, so the same loss and gradient), so that sensing problems
+        with different m stack; a completion problem is the same either way."""
         from implreg.matrix.problems import sensing
 
         rng = np.random.default_rng(self.seed)
@@ -636,6 +642,9 @@ class LinearProblem:
                               name=f"random-completion-{d}x{e}")
         A = rng.standard_normal((self.m, d, e)) / math.sqrt(d * e)
         y = rng.standard_normal(self.m)
+        if padded:
+            A = np.concatenate([A, np.zeros((d * e - self.m, d, e))])
+            y = np.concatenate([y, np.zeros(d * e - self.m)])
         return sensing(torch.as_tensor(A, dtype=dtype), torch.as_tensor(y, dtype=dtype), name=f"random-sensing-{d}x{e}")
 
 
@@ -675,6 +684,57 @@ def linear_flow_batches(instance: Callable[[int, tuple[int, int], int], st.Searc
         return batch
 
     return draw()
+
+
+def linear_flow_families(instance: Callable[[int, tuple[int, int], int], st.SearchStrategy[Any]], *,
+                         depths: tuple[int, int], shapes: Sequence[tuple[int, int]],
+                         kinds: Sequence[str] = ("completion", "sensing"), max_width: int = 3,
+                         max_size: int = 8) -> st.SearchStrategy[Any]:
+    """Like :func:`linear_flow_batches`, but only the shape (d, d′) and the kind are shared by a batch: each
+    instance draws its own depth N, hidden width h ∈ [min(d, d′), max_width] and (sensing) m.  A pooled run then
+    merges a claim's instances into one group per shape and kind (8 families, not ~140), for bodies that solve
+    the whole group at once (an ODE in W alone) and split it by :func:`factorizations` where the factors must
+    stack."""
+    from implreg.harness.claims import batches
+
+    @st.composite
+    def one(draw_, shape: tuple[int, int], kind: str) -> tuple[LinearProblem, Any]:
+        N = draw_(st.integers(*depths))
+        m = draw_(st.integers(1, shape[0] * shape[1])) if kind == "sensing" else 0
+        h = draw_(st.integers(min(shape), max(max_width, min(shape))))
+        return LinearProblem(kind, shape, draw_(st.integers(0, 2**32 - 1)), m), draw_(instance(N, shape, h))
+
+    @st.composite
+    def draw(draw_) -> Any:
+        shape, kind = draw_(st.sampled_from(list(shapes))), draw_(st.sampled_from(list(kinds)))
+        batch = draw_(batches(one(shape, kind), max_size=max_size))
+        batch.key = (shape, kind)  # what the batch shares: pooled runs merge batches of one family
+        return batch
+
+    return draw()
+
+
+def factorizations(batch: Sequence[tuple[LinearProblem, Any]]
+                   ) -> list[tuple[torch.Tensor, Problem, list[torch.Tensor]]]:
+    """A :func:`linear_flow_families` batch split into sub-batches whose factors stack (one depth, one list of
+    widths, one m): ``[(rows, problem, factors)]``, ``rows`` the batch positions (ascending) of each."""
+    shapes: dict[tuple, list[int]] = {}
+    factors = [init.factors(torch.float64) for _, init in batch]
+    for i, ((p, _), f) in enumerate(zip(batch, factors, strict=True)):
+        shapes.setdefault((p.m, tuple(tuple(w.shape[1:]) for w in f)), []).append(i)
+    return [(torch.tensor(rows), stack_problems([batch[i][0].problem() for i in rows]),
+             [torch.cat([factors[i][j] for i in rows]) for j in range(len(factors[rows[0]]))])
+            for rows in shapes.values()]
+
+
+def stack_end_to_end_batch(batch: Sequence[tuple[LinearProblem, Any]]) -> tuple[Problem, torch.Tensor, torch.Tensor]:
+    """The end-to-end view of a :func:`linear_flow_families` batch: its problems (sensing ones ``padded``, so that
+    every m stacks), W(0) = W_N(0)⋯W_1(0) (B, d, d′) and the depths N (B,)."""
+    from implreg.matrix.factorization import end_to_end
+
+    W0 = torch.cat([end_to_end(init.factors(torch.float64)) for _, init in batch])
+    depth = torch.tensor([len(init.factors(torch.float64)) for _, init in batch])
+    return stack_problems([p.problem(padded=True) for p, _ in batch]), W0, depth
 
 
 def stack_linear_batch(batch: Sequence[tuple[LinearProblem, Any]]) -> tuple[Problem, list[torch.Tensor]]:
