@@ -135,20 +135,35 @@ def end_to_end_simulation(batch):
                             xlabel="t", log_y=True)
 
 
+#: Each instance is checked until its loss first reaches this floor (or t = 10).  Below it an interpolating
+#: completion's loss keeps falling exponentially, and ℓ(t_k) ≥ ℓ(t_{k+1}) there is decided only by a state
+#: accurate to ≪ √ℓ: float64's loss is noise there (5.8e-19 computed where the 40-digit reference gives 3.2e-26,
+#: at t = 8), so it takes the mpmath reference at ever more digits (measured without the floor: 300 instances sent
+#: 84 reference solves, 163 s, and the claim stayed inconclusive).  From 1e-10 up, the float64 loss error
+#: ‖r‖·δ + δ² (δ ≈ 1e-9, the two-tolerance state error, ‖r‖ = √(2ℓ) ≥ 1.4e-5) is ≲ 1e-14, far below the drop
+#: between saves 0.25 apart, so the float tier decides (1,000 instances: 12 pairs escalated, all certified).
+LOSS_FLOOR = 1e-10
+
+
 @claim("arora-2018/loss-non-increasing", kind="theorem", expect="holds",
        source=ARORA_2018.at("§3 (gradient flow; sanity claim)", confirmed=False),
        statement="Along gradient flow dℓ/dt = −Σ_j ‖∂ℓ/∂W_j‖² ≤ 0: the loss never increases.  Checked between "
-                 f"consecutive times {list(SAVE_T)}: ℓ(t_k) − ℓ(t_{{k+1}}) ≥ 0 on certified losses (the "
-                 "simulator's two-tolerance error carried into ℓ; undecided pairs re-solved by the mpmath reference).",
+                 f"consecutive times {list(SAVE_T)}, up to the first time ℓ ≤ {LOSS_FLOOR:g}: "
+                 "ℓ(t_k) − ℓ(t_{k+1}) ≥ 0 on certified losses (the simulator's two-tolerance error carried into ℓ; "
+                 "undecided pairs re-solved by the mpmath reference).  Below the floor the loss of an interpolating "
+                 "completion falls exponentially, and no fixed precision decides the order of such losses.",
        latex=r"\frac{d}{dt}\ell(W(t)) = -\sum_{j=1}^N \left\|\frac{\partial \ell}{\partial W_j}\right\|_F^2 \le 0",
-       hypotheses=("depth 1–4, shapes 2×2 … 3×3", "Gaussian or balanced init", "random completion problems"),
-       budget_s=90, max_examples=6)
+       hypotheses=("depth 1–4, shapes 2×2 … 3×3", "Gaussian or balanced init", "random completion problems",
+                   f"saves up to the first time ℓ ≤ {LOSS_FLOOR:g}"),
+       budget_s=300, instances=1000)
 @given(batch=st.booleans().flatmap(lambda bal: _cases(balanced=bal, depths=(1, 4), kinds=("completion",))))
 def loss_non_increasing(batch):
     P, factors = stack_linear_batch(batch)
-    sol = flow.solve(P, factors, t_max=max(SAVE_T), save_at=SAVE_T)
+    sol = flow.solve(P, factors, t_max=max(SAVE_T), save_at=SAVE_T, loss_target=LOSS_FLOOR)
     sol.raise_on_failure()
     loss = sol.certified.save_loss  # (B, T), errors carried from the states; escalates to the reference itself
-    certify(loss[:, :-1] >= loss[:, 1:], what="ℓ(t_k) − ℓ(t_{k+1}) ≥ 0")
+    saved = torch.isfinite(sol.save_end_to_end).flatten(-2).all(-1)  # saves after ℓ reached the floor are not made
+    pairs = saved[:, :-1] & saved[:, 1:]
+    certify(loss[:, :-1][pairs] >= loss[:, 1:][pairs], what="ℓ(t_k) − ℓ(t_{k+1}) ≥ 0")
     evidence.series("loss along gradient flow", x=torch.tensor(SAVE_T), y=loss.value[:6],
                     group=f"depth {len(factors)}", xlabel="t", ylabel="ℓ", log_y=True)
