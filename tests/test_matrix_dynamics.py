@@ -61,6 +61,29 @@ def test_loss_gradient_encloses_the_exact_gradient(kind: str) -> None:
                     assert abs(exact[i][j] - G.value[b, t, i, j].item()) <= G.error[b, t, i, j].item()
 
 
+@pytest.mark.parametrize("kind", ["completion", "sensing"])
+def test_loss_encloses_the_exact_loss(kind: str) -> None:
+    """Certified ℓ(W) of exact W (B, T, d, d') encloses the 50-digit loss, is rigorous, and matches Problem.loss."""
+    P = _problems(kind, 3)
+    W = torch.randn(3, 2, 2, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    L = dynamics.loss(P, W)
+    assert L.shape == (3, 2) and L.rigorous
+    torch.testing.assert_close(L.value, torch.stack([P.loss(W[:, t]) for t in range(2)], 1), rtol=1e-14, atol=0)
+    for b in range(3):
+        for t in range(2):
+            Wbt = W[b, t].tolist()
+            with mpmath.workdps(50):
+                if kind == "completion":
+                    m, tg = P.mask[b].tolist(), P.target[b].tolist()
+                    r = [m[i][j] * (mpmath.mpf(Wbt[i][j]) - tg[i][j]) for i in range(2) for j in range(3)]
+                else:
+                    A, y = P.A[b].tolist(), P.y[b].tolist()
+                    r = [mpmath.fsum(mpmath.mpf(A[k][i][j]) * Wbt[i][j] for i in range(2) for j in range(3)) - y[k]
+                         for k in range(len(y))]
+                exact = mpmath.fsum(x * x for x in r) / 2
+            assert abs(exact - L.value[b, t].item()) <= L.error[b, t].item()
+
+
 def test_balancedness_vanishes_at_balanced_init_and_encloses_the_exact_gram_difference() -> None:
     """D_j = 0 at a balanced init (up to its float64 rounding, ≤ 1e-14 here); at Gaussian factors the certified
     D_j encloses the 50-digit value."""

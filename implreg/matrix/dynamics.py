@@ -5,7 +5,7 @@ shape (B, …, a, b) and be plain tensors (exact inputs: a float64 is a dyadic r
 results are ``Certified`` (but for a mask and the depth sweep's plain states), their rounding and the inputs'
 errors carried by certified arithmetic, so claims hand them to ``certify`` directly:
 
-* :func:`loss_gradient` — ∇ℓ(W);
+* :func:`loss` and :func:`loss_gradient` — ℓ(W) and ∇ℓ(W);
 * :func:`balancedness` and :func:`balancedness_drift` — D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ, conserved by the flow,
   and its drift along a solve against the drift the integrator's local errors allow;
 * :func:`end_to_end` and :func:`end_to_end_rate` — W and Ẇ formed from the factor velocities (any init);
@@ -29,6 +29,7 @@ from torch import Tensor
 
 from implreg.errors import InvalidInputError
 from implreg.matrix.factorization import balanced_init, end_to_end_velocity
+from implreg.matrix.flow.certified import certified_loss
 from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR, FlowSolution, solve, two_tolerance_combine_entries
 from implreg.matrix.flow.integrate import integrate
 from implreg.matrix.measures import effective_rank, frobenius, singular_values
@@ -42,6 +43,7 @@ __all__ = [
     "depth_sweep",
     "end_to_end",
     "end_to_end_rate",
+    "loss",
     "loss_gradient",
     "simple_singular_values",
     "singular_value_rates",
@@ -57,6 +59,12 @@ def _batched(problem: Problem, name: str, extra: int, tail: int) -> Tensor:
     """A problem tensor (B, *tail dims) reshaped to (B, 1 × extra, *tail dims) to broadcast over W's extra dims."""
     t = getattr(problem, name)
     return t.reshape(t.shape[0], *([1] * extra), *t.shape[t.ndim - tail:])
+
+
+def loss(problem: Problem, W: Matrix) -> Certified:
+    """ℓ(W) = ½ Σ_k (⟨A_k, W⟩ − y_k)² (completion: ½‖mask ⊙ (W − b)‖²) of matrices W (B, …, d, d') → (B, …), by
+    certified arithmetic: a plain W is exact, a certified one (a simulator's ``W(t)``) carries its error."""
+    return certified_loss(problem, lift(W))
 
 
 def loss_gradient(problem: Problem, W: Matrix) -> Certified:
