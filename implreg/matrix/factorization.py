@@ -7,7 +7,7 @@ end-to-end matrix has shape (B, d_N, d_0).  ``dims = (d_0, d_1, …, d_N)``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
