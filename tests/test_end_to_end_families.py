@@ -63,6 +63,8 @@ def test_a_malformed_depth_tensor_is_named():
         dynamics.solve_end_to_end(P, W0, torch.tensor([2, 3, 4]), t_max=1.0, save_at=(1.0,))
     with pytest.raises(InvalidInputError, match="depths ≥ 1"):
         dynamics.solve_end_to_end(P, W0, torch.tensor([2, 0]), t_max=1.0, save_at=(1.0,))
+    with pytest.raises(InvalidInputError, match="integer tensor"):
+        dynamics.solve_end_to_end(P, W0, torch.tensor([2.0, 2.5]), t_max=1.0, save_at=(1.0,))
 
 
 @pytest.mark.parametrize("m", [1, 4, 9])
@@ -140,3 +142,16 @@ def test_a_wrong_end_to_end_rule_is_refuted_by_the_comparison_and_shrunk_to_one_
     args = r["counterexample"]["arguments"]
     assert args.count("LinearProblem(") == 1 and args.count("BalancedInit(") == 1, args  # one instance
     assert r["counterexample"]["reproduce_failure"].startswith("@reproduce_failure(")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device available")
+def test_a_mixed_depth_solve_runs_on_cuda_and_agrees_with_cpu():
+    shape, B = (3, 2), 4
+    P = stack_problems([LinearProblem("sensing", shape, s, 2 + s).problem(padded=True) for s in range(B)])
+    W0 = 0.5 * torch.randn(B, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    depth = torch.tensor([2, 3, 4, 3])
+    cpu = dynamics.solve_end_to_end(P, W0, depth, t_max=1.0, save_at=(1.0,))
+    Pc = type(P)(P.name, **{k: v.cuda() for k, v in P.tensors().items()})
+    gpu = dynamics.solve_end_to_end(Pc, W0.cuda(), depth, t_max=1.0, save_at=(1.0,))
+    assert gpu.value.device.type == "cuda"
+    assert bool(((gpu.value.cpu() - cpu.value).abs() <= cpu.error + gpu.error.cpu()).all())

@@ -236,9 +236,12 @@ def solve_end_to_end(problem: Problem, W0: Tensor, depth: int | Tensor, *, t_max
     d, e = problem.shape
     names = list(problem.tensors())
     per_row = isinstance(depth, Tensor)
-    if per_row and (depth.shape != (W0.shape[0],) or bool((depth < 1).any())):
-        raise InvalidInputError(f"depth must be an int or a (B,) = ({W0.shape[0]},) tensor of depths ≥ 1, "
-                                f"got shape {tuple(depth.shape)}")
+    if per_row and (depth.shape != (W0.shape[0],) or depth.is_floating_point() or depth.is_complex()
+                    or bool((depth < 1).any())):
+        raise InvalidInputError(f"depth must be an int or a (B,) = ({W0.shape[0]},) integer tensor of depths ≥ 1, "
+                                f"got {depth.dtype} of shape {tuple(depth.shape)}")
+    if per_row:
+        depth = depth.to(W0.device)
 
     def field(t: Tensor, y: Tensor, *data: Tensor) -> Tensor:
         # the per-row depths travel as the last parameter, so batch compaction keeps them with their rows

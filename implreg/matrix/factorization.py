@@ -140,7 +140,7 @@ def end_to_end_velocity(problem: Problem, W: Tensor, depth: int | Tensor) -> Ten
     log_lam, U = _log_eigh(W @ W.transpose(-1, -2))
     log_mu, V = _log_eigh(W.transpose(-1, -2) @ W)
     per_row = isinstance(depth, Tensor)
-    N = depth.to(W.dtype).reshape(-1, 1) if per_row else float(depth)
+    N = depth.to(dtype=W.dtype, device=W.device).reshape(-1, 1) if per_row else float(depth)
     K = torch.zeros_like(W)
     for j in range(1, (int(depth.max()) if per_row else depth) + 1):
         # tensor ÷ tensor, as Python's float division: rounded once (torch's scalar ÷ tensor multiplies by a
