@@ -627,7 +627,7 @@ class LinearProblem:
     m: int = 0
 
     def problem(self, dtype: torch.dtype = torch.float64, *, padded: bool = False) -> Problem:
-        """The problem; ``padded`` gives a sensing problem d·d′ measurements, the m drawn ones then zero ones
+        """The problem; ``padded`` gives a sensing problem with d·d′ measurements, the m drawn ones then zero ones
         (A_k = 0, y_k = 0: a residual of exactly 0, so the same loss and gradient), so that sensing problems
         with different m stack; a completion problem is the same either way."""
         from implreg.matrix.problems import sensing
