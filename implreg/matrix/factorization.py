@@ -7,6 +7,7 @@ end-to-end matrix has shape (B, d_N, d_0).  ``dims = (d_0, d_1, …, d_N)``.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,43 +130,49 @@ def factor_grads(problem: Problem, factors: Sequence[Tensor]) -> tuple[Tensor, F
 def end_to_end_velocity(problem: Problem, W: Tensor, depth: int | Tensor) -> Tensor:
     """``Ẇ = −Σ_{j=1}^{N} (WWᵀ)^{(j−1)/N} ∇ℓ(W) (WᵀW)^{(N−j)/N}`` (Arora et al. 2018, Theorem 1).
 
-    Valid for balanced init.  With WWᵀ = U diag(λ) Uᵀ and WᵀW = V diag(μ) Vᵀ (symmetric eigendecompositions,
-    eigenvalues clipped at 0 where rounding makes them slightly negative) the sum is
-    ``U ((UᵀGV) ∘ K) Vᵀ``, ``K_ab = Σ_j λ_a^{(j−1)/N} μ_b^{(N−j)/N}`` (0⁰ = 1): two eigendecompositions and four
-    products for any N.  ``depth`` is one N for the batch or a (B,) tensor of per-instance depths; a row's result
-    has the same bits either way (its K sums its own j = 1 … N in the same order; other rows' extra terms do not
-    touch it).
+    Valid for balanced init.  With W = U diag(s) Vᵀ (a full SVD), WWᵀ = U diag(λ) Uᵀ and WᵀW = V diag(μ) Vᵀ with
+    λ, μ = s² (zero-padded), and the sum is ``U ((UᵀGV) ∘ K) Vᵀ``, ``K_ab = Σ_j λ_a^{(j−1)/N} μ_b^{(N−j)/N}``
+    (0⁰ = 1): one SVD and four products for any N.  ``depth`` is one N for the batch or a (B,) tensor of
+    per-instance depths; a row's result has the same bits either way (its K sums its own j = 1 … N in the same
+    order; other rows' extra terms do not touch it).
     """
     G = problem.grad(W)
-    log_lam, U = _log_eigh(W @ W.transpose(-1, -2))
-    log_mu, V = _log_eigh(W.transpose(-1, -2) @ W)
-    per_row = isinstance(depth, Tensor)
-    N = depth.to(dtype=W.dtype, device=W.device).reshape(-1, 1) if per_row else float(depth)
+    log_lam, U, log_mu, V = _gram_spectra(W)
+    if isinstance(depth, Tensor):
+        N = depth.to(dtype=W.dtype, device=W.device).reshape(-1, 1)
+        n_max = int(depth.max())
+    else:
+        N, n_max = torch.full((W.shape[0], 1), float(depth), dtype=W.dtype, device=W.device), int(depth)
+    j = torch.arange(n_max, dtype=W.dtype, device=W.device)  # j − 1 for j = 1 … n_max
+    # exponents (j − 1)/N and (N − j)/N, (B, n_max): tensor ÷ tensor, rounded once like Python's float division
+    left, right, valid = _powers(log_lam, j / N), _powers(log_mu, (N - 1 - j) / N), j < N
     K = torch.zeros_like(W)
-    for j in range(1, (int(depth.max()) if per_row else depth) + 1):
-        # tensor ÷ tensor, as Python's float division: rounded once (torch's scalar ÷ tensor multiplies by a
-        # rounded reciprocal, which would give a per-row depth other bits than the same depth as an int)
-        a = torch.full_like(N, j - 1) / N if per_row else (j - 1) / N
-        term = _power(log_lam, a).unsqueeze(-1) * _power(log_mu, (N - j) / N).unsqueeze(-2)
-        K = torch.where((j <= N).unsqueeze(-1), K + term, K) if per_row else K + term
+    for i in range(n_max):  # in order of j, each row over its own j ≤ N only
+        K = torch.where(valid[:, i, None, None], K + left[:, i, :, None] * right[:, i, None, :], K)
     return -(U @ ((U.transpose(-1, -2) @ G @ V) * K) @ V.transpose(-1, -2))
 
 
-def _log_eigh(M: Tensor) -> tuple[Tensor, Tensor]:
-    """log of the eigenvalues (ascending) and the eigenvectors of the PSD matrices M (B, n, n); eigenvalues below
-    n·u·λ_max count as 0 (log −∞): they are rounding noise of exact zeros (a rank-deficient Gram matrix; eigh's
-    backward error is ~n·u·‖M‖), which a fractional power would amplify (1e-16^(1/3))."""
-    lam, Q = torch.linalg.eigh(M)
-    floor = M.shape[-1] * torch.finfo(M.dtype).eps * lam.abs().amax(-1, keepdim=True)
-    return torch.log(torch.where(lam <= floor, torch.zeros_like(lam), lam)), Q
+def _gram_spectra(W: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """log λ and eigenvectors U of WWᵀ (B, d), (B, d, d), and log μ and V of WᵀW (B, e), (B, e, e), from one full
+    SVD W = U diag(s) Vᵀ: λ = s² padded with zeros to d, μ = s² padded to e (log 0 = −∞).  Singular values at or
+    below max(d, e)·u·s_max count as 0: they are rounding noise of exact zeros (the SVD's backward error is
+    ~u·‖W‖), which a fractional power would amplify (1e-16^(1/3))."""
+    U, s, Vh = torch.linalg.svd(W)
+    d, e = W.shape[-2], W.shape[-1]
+    floor = max(d, e) * torch.finfo(W.dtype).eps * s.amax(-1, keepdim=True)
+    log_s2 = 2.0 * torch.log(torch.where(s <= floor, torch.zeros_like(s), s))
+
+    def padded(n: int) -> Tensor:
+        return torch.cat([log_s2, log_s2.new_full((*s.shape[:-1], n - s.shape[-1]), -math.inf)], -1)
+
+    return padded(d), U, padded(e), Vh.transpose(-1, -2)
 
 
-def _power(log_lam: Tensor, a: float | Tensor) -> Tensor:
-    """``λ^a = exp(a·log λ)`` entrywise (B, n), ``a`` a float or a (B, 1) tensor, with 0⁰ = 1: an exponent 0 gives
-    exactly 1 (0·log 0 would be NaN)."""
-    if not isinstance(a, Tensor):
-        return torch.ones_like(log_lam) if a == 0 else torch.exp(a * log_lam)
-    return torch.where(a == 0, 1.0, torch.exp(a * log_lam))
+def _powers(log_lam: Tensor, a: Tensor) -> Tensor:
+    """``λ^a = exp(a·log λ)`` (B, J, n) for eigenvalue logs (B, n) and exponents (B, J), with 0⁰ = 1: an exponent 0
+    gives exactly 1 (0·log 0 would be NaN)."""
+    a = a.unsqueeze(-1)
+    return torch.where(a == 0, 1.0, torch.exp(a * log_lam.unsqueeze(-2)))
 
 
 def balancedness_defect(factors: Sequence[Tensor]) -> Tensor:
