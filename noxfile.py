@@ -51,15 +51,12 @@ def _install(session: nox.Session, extras: str = "") -> None:
     if os.environ.get("IMPLREG_TORCH", "") == "skip":
         session.install("-e", f".{extras}")  # no constraint: keep the venv's torch, whatever build it is
         return
-    # --no-compile: pip would byte-compile every one of torch's Python modules (measured: 13 of the 19 s the
-    # install takes); Python compiles the ones a run imports when it imports them (~2 s per process where
-    # PYTHONDONTWRITEBYTECODE keeps it from caching them, as on CI)
     try:
-        session.install("--no-compile", "-c", CPU, "torch")
+        session.install("-c", CPU, "torch")
     except CommandFailed:
         session.log(f"torch==2.13.0+cpu is not available locally; trying the PyTorch CPU index {TORCH_CPU_INDEX}")
         try:
-            session.install("--no-compile", "-c", CPU, "--extra-index-url", TORCH_CPU_INDEX, "torch")
+            session.install("-c", CPU, "--extra-index-url", TORCH_CPU_INDEX, "torch")
         except CommandFailed:
             session.error(_NO_CPU_TORCH.format(py=sys.version.split()[0], plat=sys.platform, index=TORCH_CPU_INDEX,
                                                session=session.name))
