@@ -205,3 +205,12 @@ def test_reference_agreement_rows_compare_the_simulator_with_the_reference(depth
         assert r["ratio |Δ| / (sum of estimates)"] < 1
     other = _balanced(depth, (0.05, 0.03), seed=depth)  # the reference on a different init
     assert max(r["ratio |Δ| / (sum of estimates)"] for r in reference_agreement(sol, other, dps=30)) > 1
+
+
+def test_the_embedding_bound_is_positive_exactly_below_its_threshold():
+    """δ = √(2ℓ) < 2^{1/d} − 1, i.e. ℓ < 0.03378 (d = 3) and ℓ < 0.01790 (d = 4), decided on the exact levels."""
+    from implreg.matrix.levels import embedding_bound_positive
+
+    levels = (0.1, 0.034, 0.0337, 0.018, 0.0178, 1e-3)
+    assert embedding_bound_positive(levels, 3).tolist() == [False, False, True, True, True, True]
+    assert embedding_bound_positive(levels, 4).tolist() == [False, False, False, False, True, True]

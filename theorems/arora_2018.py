@@ -14,15 +14,7 @@ from implreg import certify, evidence, flow
 from implreg.claims import Source, claim
 from implreg.matrix import dynamics
 from implreg.matrix import symbolic as sym
-from implreg.strategies.matrix import (
-    balanced_inits,
-    factorizations,
-    gaussian_inits,
-    linear_flow_batches,
-    linear_flow_families,
-    stack_end_to_end_batch,
-    stack_linear_batch,
-)
+from implreg.strategies import matrix as ms
 
 ARORA_2018 = Source(key="arora-2018", title="On the Optimization of Deep Networks: Implicit Acceleration by "
                     "Overparameterization", authors="S. Arora, N. Cohen, E. Hazan", year=2018, arxiv="1802.06509",
@@ -32,13 +24,15 @@ SHAPES = [(2, 2), (2, 3), (3, 2), (3, 3)]
 SAVE_T = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)
 
 
+def _balanced(N, shape, h):
+    return ms.balanced_inits(depth=N, shape=shape, width=h, scale=(0.3, 1.5))
+
+
 def _cases(balanced: bool, depths: tuple[int, int], kinds=("completion", "sensing")):
     """A batch of (problem, init) sharing depth, shape, kind and hidden width h ∈ [min(d, d′), 3]."""
-    def init(N, shape, h):
-        if balanced:
-            return balanced_inits(depth=N, shape=shape, width=h, scale=(0.3, 1.5))
-        return gaussian_inits(dims=(shape[1], *([h] * (N - 1)), shape[0]), scale=(0.3, 1.0))
-    return linear_flow_batches(init, depths=depths, shapes=SHAPES, kinds=kinds)
+    def gaussian(N, shape, h):
+        return ms.gaussian_inits(dims=(shape[1], *([h] * (N - 1)), shape[0]), scale=(0.3, 1.0))
+    return ms.linear_flow_batches(_balanced if balanced else gaussian, depths=depths, shapes=SHAPES, kinds=kinds)
 
 
 @claim("arora-2018/balancedness-conserved", kind="identity", expect="holds",
@@ -76,7 +70,7 @@ DRIFT_T = tuple(0.25 * k for k in range(1, 41))
 def balancedness_drift(batch):
     """The allowance is an estimate (the summed local estimates stand for the local errors), the drift's rounding
     is carried rigorously.  Measured allowance/drift ≥ 25, median 4.6e3 (ci draws)."""
-    P, factors = stack_linear_batch(batch)
+    P, factors = ms.stack_linear_batch(batch)
     sol = flow.solve(P, factors, t_max=max(DRIFT_T), save_at=DRIFT_T)
     sol.raise_on_failure()
     for j, (drift, allowed) in enumerate(dynamics.balancedness_drift(sol), start=1):
@@ -116,14 +110,11 @@ RTOL, E2E_TOL = 1e-10, 1e-5
        latex=r"W_N(t)\cdots W_1(t) = W(t) \text{ solving the end-to-end ODE from } W(0)",
        hypotheses=("depth 2–4, shapes 2×2 … 3×3, hidden width ≥ min(d, d')", "balanced init (σ₁ ∈ [0.3, 1.5])",
                    "random completion or sensing problems"), budget_s=300, instances=1000)
-@given(batch=linear_flow_families(lambda N, shape, h: balanced_inits(depth=N, shape=shape, width=h, scale=(0.3, 1.5)),
-                                  depths=(2, 4), shapes=SHAPES))
+@given(batch=ms.linear_flow_families(_balanced, depths=(2, 4), shapes=SHAPES))
 def end_to_end_simulation(batch):
-    """One batch shares a shape and a kind; the end-to-end ODE is solved for all of it at once (each instance at
-    its own depth), the factorized flow per depth and widths."""
-    P, W0, depth = stack_end_to_end_batch(batch)
+    P, W0, depth = ms.stack_end_to_end_batch(batch)
     W_e = dynamics.solve_end_to_end(P, W0, depth, t_max=SAVE_T[-1], save_at=SAVE_T, rtol=RTOL)
-    for rows, P_f, factors in factorizations(batch):
+    for rows, P_f, factors in ms.factorizations(batch):
         sol = flow.solve(P_f, factors, t_max=SAVE_T[-1], save_at=SAVE_T, rtol=RTOL, atol=RTOL * 1e-3)
         sol.raise_on_failure()
         W_f, W_e_rows = sol.certified.save_end_to_end, W_e[rows]
@@ -135,13 +126,10 @@ def end_to_end_simulation(batch):
                             xlabel="t", log_y=True)
 
 
-#: Each instance is checked until its loss first reaches this floor (or t = 10).  Below it an interpolating
-#: completion's loss keeps falling exponentially, and ℓ(t_k) ≥ ℓ(t_{k+1}) there is decided only by a state
-#: accurate to ≪ √ℓ: float64's loss is noise there (5.8e-19 computed where the 40-digit reference gives 3.2e-26,
-#: at t = 8), so it takes the mpmath reference at ever more digits (measured without the floor: 300 instances sent
-#: 84 reference solves, 163 s, and the claim stayed inconclusive).  From 1e-10 up, the float64 loss error
-#: ‖r‖·δ + δ² (δ ≈ 1e-9, the two-tolerance state error, ‖r‖ = √(2ℓ) ≥ 1.4e-5) is ≲ 1e-14, far below the drop
-#: between saves 0.25 apart, so the float tier decides (1,000 instances: 12 pairs escalated, all certified).
+#: Checked until ℓ first reaches this floor.  Below it float64's loss is noise (5.8e-19 computed, 3.2e-26 true at
+#: t = 8) and only ever more reference digits order the losses (300 instances: 84 reference solves, 163 s,
+#: inconclusive).  Above it the loss error ‖r‖·δ + δ² ≲ 1e-14 (δ ≈ 1e-9 the state error, ‖r‖ ≥ 1.4e-5) is far
+#: below the drop between saves (1,000 instances: 12 pairs escalated, all certified).
 LOSS_FLOOR = 1e-10
 
 
@@ -150,20 +138,17 @@ LOSS_FLOOR = 1e-10
        statement="Along gradient flow dℓ/dt = −Σ_j ‖∂ℓ/∂W_j‖² ≤ 0: the loss never increases.  Checked between "
                  f"consecutive times {list(SAVE_T)}, up to the first time ℓ ≤ {LOSS_FLOOR:g}: "
                  "ℓ(t_k) − ℓ(t_{k+1}) ≥ 0 on certified losses (the simulator's two-tolerance error carried into ℓ; "
-                 "undecided pairs re-solved by the mpmath reference).  Below the floor the loss of an interpolating "
-                 "completion falls exponentially, and no fixed precision decides the order of such losses.",
+                 "undecided pairs re-solved by the mpmath reference).",
        latex=r"\frac{d}{dt}\ell(W(t)) = -\sum_{j=1}^N \left\|\frac{\partial \ell}{\partial W_j}\right\|_F^2 \le 0",
        hypotheses=("depth 1–4, shapes 2×2 … 3×3", "Gaussian or balanced init", "random completion problems",
-                   f"saves up to the first time ℓ ≤ {LOSS_FLOOR:g}"),
-       budget_s=300, instances=1000)
+                   f"saves up to the first time ℓ ≤ {LOSS_FLOOR:g}"), budget_s=300, instances=1000)
 @given(batch=st.booleans().flatmap(lambda bal: _cases(balanced=bal, depths=(1, 4), kinds=("completion",))))
 def loss_non_increasing(batch):
-    P, factors = stack_linear_batch(batch)
+    P, factors = ms.stack_linear_batch(batch)
     sol = flow.solve(P, factors, t_max=max(SAVE_T), save_at=SAVE_T, loss_target=LOSS_FLOOR)
     sol.raise_on_failure()
     loss = sol.certified.save_loss  # (B, T), errors carried from the states; escalates to the reference itself
-    saved = torch.isfinite(sol.save_end_to_end).flatten(-2).all(-1)  # saves after ℓ reached the floor are not made
-    pairs = saved[:, :-1] & saved[:, 1:]
+    pairs = sol.saved[:, :-1] & sol.saved[:, 1:]  # saves after ℓ reached the floor are not made
     certify(loss[:, :-1][pairs] >= loss[:, 1:][pairs], what="ℓ(t_k) − ℓ(t_{k+1}) ≥ 0")
     evidence.series("loss along gradient flow", x=torch.tensor(SAVE_T), y=loss.value[:6],
                     group=f"depth {len(factors)}", xlabel="t", ylabel="ℓ", log_y=True)

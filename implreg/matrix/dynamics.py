@@ -240,8 +240,7 @@ def solve_end_to_end(problem: Problem, W0: Tensor, depth: int | Tensor, *, t_max
                     or bool((depth < 1).any())):
         raise InvalidInputError(f"depth must be an int or a (B,) = ({W0.shape[0]},) integer tensor of depths ≥ 1, "
                                 f"got {depth.dtype} of shape {tuple(depth.shape)}")
-    if per_row:
-        depth = depth.to(W0.device)
+    depth = depth.to(W0.device) if per_row else depth
 
     def field(t: Tensor, y: Tensor, *data: Tensor) -> Tensor:
         # the per-row depths travel as the last parameter, so batch compaction keeps them with their rows

@@ -183,6 +183,13 @@ def embedding_w11_lower_bound(loss: Any, d: int) -> Any:
     return (2 - (1 + delta) ** d) / (delta * (1 + delta) ** (d - 2))
 
 
+def embedding_bound_positive(levels: Any, d: int) -> Tensor:
+    """Where :func:`embedding_w11_lower_bound` is positive at the loss values ``levels`` themselves (δ < 2^{1/d} − 1),
+    decided on exact inputs by certified arithmetic: the levels at which a claim can compare |W₁₁| with it."""
+    exact = Certified.exact(torch.as_tensor(levels, dtype=torch.float64))
+    return embedding_w11_lower_bound(exact, d).lo > 0
+
+
 @dataclass(frozen=True)
 class RobustnessBounds:
     """Claim 8's two bounds at states (B, K): ``usable`` where δ = √(2ℓ) is certainly below min(|z|, |z′|) (the

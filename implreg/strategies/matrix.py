@@ -732,8 +732,8 @@ def stack_end_to_end_batch(batch: Sequence[tuple[LinearProblem, Any]]) -> tuple[
     every m stacks), W(0) = W_N(0)⋯W_1(0) (B, d, d′) and the depths N (B,)."""
     from implreg.matrix.factorization import end_to_end
 
-    W0 = torch.cat([end_to_end(init.factors(torch.float64)) for _, init in batch])
-    depth = torch.tensor([len(init.factors(torch.float64)) for _, init in batch])
+    factors = [init.factors(torch.float64) for _, init in batch]
+    W0, depth = torch.cat([end_to_end(f) for f in factors]), torch.tensor([len(f) for f in factors])
     return stack_problems([p.problem(padded=True) for p, _ in batch]), W0, depth
 
 

@@ -287,6 +287,11 @@ class FlowSolution:
         return self._e2e(self.result.save_y)
 
     @property
+    def saved(self) -> Tensor:
+        """(B, T) whether each save was made (False for save times after an instance stopped, whose states are NaN)."""
+        return torch.isfinite(self.save_end_to_end).flatten(-2).all(-1)
+
+    @property
     def save_loss(self) -> Tensor:
         W = self.save_end_to_end
         B, T = W.shape[:2]

@@ -989,6 +989,11 @@ class BalancedFlowSolution:
     _view: object = field(default=None, init=False, repr=False, compare=False)
 
     @property
+    def saved(self) -> Tensor:
+        """(B, T) whether each save was made (False for save times after an instance stopped, whose states are NaN)."""
+        return torch.isfinite(self.save_end_to_end).flatten(-2).all(-1)
+
+    @property
     def certified(self):
         """End-to-end matrices, losses and times as certified values whose leaves escalate to the mpmath
         reference (balanced factors at its precision) by themselves; see ``implreg.matrix.flow.certified``.
