@@ -12,10 +12,15 @@ the torch simulator; only the problem definition, a mask/target or A/y, is taken
   ``W_j^{[k+1]} = −(L_j P_{j−1}ᵀ)^{[k]} / (k+1)``, every order costs O(k) small matrix products; order p
   costs O(p²) of them.  The series is computed in the scaled variable ``s = (t − t_n)/h`` so that its
   coefficients are those of the step actually taken.
-* Arithmetic is binary fixed point on Python integers (mpmath's own multiprecision backend): a number is
-  ``n · 2^−F`` with ``F = ⌈dps·log2 10⌉ + 24`` guard bits; a whole Cauchy-product entry is summed exactly and
-  rounded once.  This is ~5× faster than ``mpf`` arithmetic (``fdot``); inputs convert exactly (a float64
-  is a dyadic rational) up to the last of F bits, outputs are ``mpf`` made under ``mp.workdps(dps)``.
+* Arithmetic is binary fixed point on integers: a number is ``n · 2^−F`` with ``F = ⌈dps·log2 10⌉ + 24``
+  guard bits; a whole Cauchy-product entry is summed exactly and rounded once (``(tot + half) >> F``, or
+  ``_round_div`` where the 1/(k+1) of the next coefficient enters).  Inside ``_taylor`` each series is a list of
+  exact ``flint.fmpz_mat`` coefficients, so coefficient k of a product is k + 1 small matrix products summed in
+  C (FLINT) instead of d³ Python-level dot products; the exact sums, hence all rounded integers, are those of
+  the former per-entry Python code (kept verbatim as the oracle of tests/test_reference_taylor_speed.py).  Dense
+  output and step control work on the coefficients as Python ints.  Fixed point is ~5× faster than ``mpf``
+  arithmetic (``fdot``); inputs convert exactly (a float64 is a dyadic rational) up to the last of F bits,
+  outputs are ``mpf`` made under ``mp.workdps(dps)``.
 * Order ``p = ⌈½ ln(1/tol)⌉ + 4`` (the cost-optimal order of a Taylor method; Jorba & Zou 2005), so the
   step is ≈ e⁻² × the radius of convergence.  Step control is genuine and needs no rejected steps: after
   the coefficients ``b_k`` are computed for a trial step, the local error is estimated by the last two terms
@@ -42,6 +47,19 @@ Measured on one CPU core (Razin–Cohen 2×2, balanced init from a 1e-2-scale W(
 30 digits: t = 10: 0.1 s, t = 50: 0.15 s, t = 100: 0.3 s; at 60 digits 0.4 s, 0.6 s, 0.8 s.  Depth 3 at 30
 digits: 0.2 s, 0.5–0.8 s, 0.9 s; at 60 digits 0.9–1.5 s, 1.5–2.3 s, 2.4 s.
 
+``fmpz_mat`` series against the former per-entry Python-int ``_taylor`` (bit-identical results; CPU seconds on one
+core with ``OMP_NUM_THREADS=1``, best of two alternating runs; balanced init from a 1e-2-scale W(0) with
+det > 0, loss levels 0.1 … 3e-3, loss_target 3e-3, t_end 300 at 30 digits / 150 at 60): Razin–Cohen embedding
+d = 4: depth 2 2.59 → 1.14 s (2.3×), depth 3 6.08 → 2.62 s (2.3×), depth 4 (t_end 150) 8.84 → 3.62 s (2.4×),
+depth 2 at 60 digits 4.41 → 1.78 s (2.5×); d = 3: depth 2 1.24 → 0.69 s (1.8×), depth 3 2.90 → 1.50 s (1.9×),
+depth 4 3.89 → 2.04 s (1.9×), depth 3 at 60 digits 8.37 → 4.32 s (1.9×); 2×2 (t_end 100): depth 2 0.15 → 0.13 s,
+depth 3 0.54 → 0.46 s, at 60 digits 0.60 → 0.59 s and 1.63 → 1.27 s.  What remains is python-flint's fixed cost
+per call and per entry, not arithmetic: a 4×4 (3×3) product ≈ 0.7 (0.45) µs, a matrix sum ≈ 0.6 (0.4) µs,
+reading, rounding and rebuilding an entry ≈ 0.5 µs (there is no entrywise floor on ``fmpz_mat``), so small
+factors gain least.  Separately, numpy's multi-threaded OpenBLAS made the ledger's eigh of the ~48×48 Hessian
+cost 3–13 ms instead of 0.2 ms per step on a busy 2-core machine (more than ``_taylor`` at depth 2); run with
+``OMP_NUM_THREADS=1`` (as the noxfile does).
+
 The depth-2 hard case (det W(0) > 0, balanced): det W(t) decays like e^{−ct} (≈ 6e-16 at t = 50, 6e-22 at
 t = 100 for one such init) and stays positive; at 60 digits the reference certifies the sign
 (det ± det_error ≈ 6e-22 ± 4e-46 at t = 100).  Caveat that matters more than the integrator: factors that are
@@ -59,10 +77,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from operator import mul
+from functools import reduce
+from operator import add, mul
 from typing import Any
 
 import numpy as np
+from flint import fmpz, fmpz_mat
 from mpmath import mp, mpf
 
 from implreg.errors import BudgetExceededError, InvalidInputError, NumericalError
@@ -293,69 +313,81 @@ Matrix = list[list[int]]
 Series = list[list[list[int]]]  # entry (a, b) -> coefficients [c_0, c_1, ...]
 
 
+def _series_coeff(A: list[Any], B: list[Any]) -> Any:
+    """Coefficient k of the product of two matrix series: ``Σ_{i=0..k} A^{[i]} B^{[k−i]}``, exact (fmpz_mat)."""
+    return reduce(add, map(mul, A, reversed(B)))
+
+
 def _taylor(fp: _FixedProblem, X: list[Matrix], H: int, p: int) -> list[Series]:
-    """Coefficients 0..p of θ(t_n + H s) in s (fixed point), for factors X = (W_1, …, W_N) at t_n."""
+    """Coefficients 0..p of θ(t_n + H s) in s (fixed point), for factors X = (W_1, …, W_N) at t_n.
+
+    Every series is held as one exact ``fmpz_mat`` per coefficient, so a Cauchy-product coefficient is k + 1
+    small matrix products summed in C; each coefficient is rounded once, entry by entry, as before.
+    """
     F = fp.F
-    half = 1 << (F - 1)
     N = len(X)
-    S: list[Series] = [[[[v] for v in row] for row in Xj] for Xj in X]
     rows = [len(Xj) for Xj in X]  # d_j
     cols = [len(Xj[0]) for Xj in X]  # d_{j-1}
-    d0 = cols[0]
-    pre: list[Series] = [S[0]] + [[[[] for _ in range(d0)] for _ in range(rows[j])] for j in range(1, N)]
-    dN = rows[-1]
-    L: list[Series] = [[[[] for _ in range(d0)] for _ in range(rows[j])] for j in range(N)]
-    two_f = 2 * F
+    d0, dN = cols[0], rows[-1]
+    half = fmpz(1 << (F - 1))
+    # constant matrices of `half` (P_j and L_j both have d0 columns): (T + half) >> F rounds T / 2^F
+    halves = {r: fmpz_mat(r, d0, [half] * (r * d0)) for r in {*rows, *cols}}
+    neg_2h = fmpz(-2 * H)
+    completion = fp.kind == "completion"
+    if completion:  # ∇ℓ's coefficient is the masked coefficient of W (minus the target at k = 0)
+        observed = [False] * (dN * d0)
+        target = [0] * (dN * d0)
+        for i, j, b in fp.observed:
+            observed[i * d0 + j], target[i * d0 + j] = True, b
+
+    S: list[list[Any]] = [[fmpz_mat(Xj)] for Xj in X]  # S[j][k]: coefficient k of W_{j+1}
+    St: list[list[Any]] = [[Sj[0].transpose()] for Sj in S]
+    pre: list[list[Any]] = [S[0]] + [[] for _ in range(1, N)]  # pre[j][k]: coefficient k of W_{j+1}⋯W_1
+    pre_t: list[list[Any]] = [St[0]] + [[] for _ in range(1, N)]
+    L: list[list[Any]] = [[] for _ in range(N)]
+    flat: list[list[list]] = [[[v for row in Xj for v in row]] for Xj in X]  # S[j][k] entries, row-major
     for k in range(p):
         # prefix products P_j = W_j P_{j-1}, coefficient k
+        top: list = flat[0][k]
         for j in range(1, N):
-            A, B, C = S[j], pre[j - 1], pre[j]
-            inner = cols[j]
-            for a in range(rows[j]):
-                Aa, Ca = A[a], C[a]
-                for c in range(d0):
-                    tot = 0
-                    for b in range(inner):
-                        tot += sum(map(mul, Aa[b], reversed(B[b][c])))
-                    Ca[c].append((tot + half) >> F)
-        W = pre[N - 1]
-        G = fp.grad_coefficient([[W[a][c][k] for c in range(d0)] for a in range(dN)], k == 0)
-        LN = L[N - 1]
-        for a in range(dN):
-            for c in range(d0):
-                LN[a][c].append(G[a][c])
+            top = [v >> F for v in (_series_coeff(S[j], pre[j - 1]) + halves[rows[j]]).entries()]
+            P = fmpz_mat(rows[j], d0, top)
+            pre[j].append(P)
+            pre_t[j].append(P.transpose())
+        if completion:
+            g = [v if o else 0 for v, o in zip(top, observed, strict=True)]
+            if k == 0:
+                g = [v - b for v, b in zip(g, target, strict=True)]
+            G = fmpz_mat(dN, d0, g)
+        else:
+            Wk = [[int(v) for v in top[a * d0 : (a + 1) * d0]] for a in range(dN)]
+            G = fmpz_mat(fp.grad_coefficient(Wk, k == 0))
+        L[N - 1].append(G)
         # top-down L_{j-1} = W_jᵀ L_j, coefficient k
         for j in range(N - 1, 0, -1):
-            A, B, C = S[j], L[j], L[j - 1]
-            for a in range(cols[j]):
-                Ca = C[a]
-                for c in range(d0):
-                    tot = 0
-                    for b in range(rows[j]):
-                        tot += sum(map(mul, A[b][a], reversed(B[b][c])))
-                    Ca[c].append((tot + half) >> F)
-        # next coefficients W_j^{[k+1]} = −H (L_j P_{j−1}ᵀ)^{[k]} / (k+1); top factor first, because
-        # P_0 = W_1 is S[0] itself and must not grow before it is used at this order
-        den1 = (k + 1) << F
-        den2 = (k + 1) << two_f
-        for j in range(N - 1, -1, -1):
-            Sj = S[j]
-            if j == 0:
-                L0 = L[0]
-                for a in range(rows[0]):
-                    for c in range(d0):
-                        Sj[a][c].append(_round_div(-H * L0[a][c][k], den1))
-                continue
-            Lj, P = L[j], pre[j - 1]
-            for a in range(rows[j]):
-                La = Lj[a]
-                for c in range(cols[j]):
-                    Pc = P[c]
-                    tot = 0
-                    for b in range(d0):
-                        tot += sum(map(mul, La[b], reversed(Pc[b])))
-                    Sj[a][c].append(_round_div(-H * tot, den2))
-    return S
+            c = cols[j]
+            e = [v >> F for v in (_series_coeff(St[j], L[j]) + halves[c]).entries()]
+            L[j - 1].append(fmpz_mat(c, d0, e))
+        # next coefficients W_j^{[k+1]} = −H (L_j P_{j−1}ᵀ)^{[k]} / (k+1): round_div(−H·tot, (k+1)·2^{2F}), and
+        # round_div(−H·L_0, (k+1)·2^F) for j = 0, as (−2H·tot + den) // (2·den).  All are formed before any is
+        # appended, because P_0 = W_1 is S[0] itself and must not grow before it is used at this order.
+        den1, den2 = fmpz((k + 1) << F), fmpz((k + 1) << (2 * F))
+        twice1, twice2 = 2 * den1, 2 * den2
+        new = [[(v + den1) // twice1 for v in (L[0][k] * neg_2h).entries()]]
+        for j in range(1, N):
+            tot = _series_coeff(L[j], pre_t[j - 1]) * neg_2h
+            new.append([(v + den2) // twice2 for v in tot.entries()])
+        for j, e in enumerate(new):
+            M = fmpz_mat(rows[j], cols[j], e)
+            S[j].append(M)
+            St[j].append(M.transpose())
+            flat[j].append(e)
+    out: list[Series] = []
+    for j in range(N):
+        by_entry = list(zip(*flat[j], strict=True))  # per entry (row-major), its coefficients 0..p
+        c = cols[j]
+        out.append([[list(map(int, by_entry[a * c + b])) for b in range(c)] for a in range(rows[j])])
+    return out
 
 
 def _coeff_norm(S: list[Series], k: int) -> int:
@@ -390,6 +422,7 @@ def _evaluate(S: list[Series], s: int, F: int) -> list[Matrix]:
     one = 1 << F
     if s == one:
         return [[[sum(c) for c in row] for row in Sj] for Sj in S]
+    half = 1 << (F - 1)
     out = []
     for Sj in S:
         M = []
@@ -398,7 +431,7 @@ def _evaluate(S: list[Series], s: int, F: int) -> list[Matrix]:
             for c in row:
                 acc = 0
                 for v in reversed(c):
-                    acc = _round_shift(acc * s, F) + v
+                    acc = ((acc * s + half) >> F) + v  # _round_shift(acc · s, F) + v, inlined (hot in event location)
                 r.append(acc)
             M.append(r)
         out.append(M)
