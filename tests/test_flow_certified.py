@@ -308,3 +308,58 @@ def test_a_failed_integration_is_an_error_that_names_it_not_a_reference_run() ->
     with pytest.raises(NumericalError, match=r"instance 0: stopped after the maximum number of steps.*run\.ok"):
         certify(loss >= 0, what="ℓ ≥ 0")
     assert not run.certified.runs.cache  # no reference was run
+
+
+#: Balanced factors (W_1, …, W_4) of one 4×4 embedding instance drawn by a pooled run of embedding-norms-diverge
+#: (init scale 1e-3, det W(0) > 0), as drawn: the det guard depends on the factors, not only on W(0).
+_EMBEDDING_DEPTH4_FACTORS = (
+    (
+        (-0.0009961576957389308, 0.020098612313178634, 0.09159086054017682, -0.03859725557825434),
+        (-0.07516111914668536, 0.03337172100538161, 0.07456351018941057, -0.0007625299983893667),
+        (-0.013390850678637663, 0.09204684089863738, 0.07242394633242707, 0.005751149135491095),
+        (0.0019445708076627358, 0.0017775655139257557, 0.06217598589052239, 0.04811609713064579),
+    ),
+    (
+        (-0.03203894092438657, 0.027624632681658063, -0.05260791907900242, -0.01615344807208384),
+        (-0.05923023702460436, -0.033661629543536076, -0.006651598852664478, -0.05493032419188464),
+        (-0.07001664358512177, -0.10043418567336414, -0.10102897177909792, -0.021914771524041365),
+        (-0.029095280154353465, 0.01843672454134594, 0.03019187745398035, 0.04928916217519324),
+    ),
+    (
+        (0.03671867065166255, -0.019991556951499012, -0.05951372673682914, -0.022976843658966423),
+        (-0.017580035442500554, -0.03453792528480835, 0.02434064614031468, -0.04059033775540488),
+        (-0.024017569440309305, 0.042187837154236324, -0.01336729512289488, -0.03567704445689524),
+        (0.050832853927241954, 0.06580703859438587, 0.14616234493519145, -0.03284899916887473),
+    ),
+    (
+        (0.017311792155810284, 0.028248342931454673, -0.008319845100380365, -0.13056213332282557),
+        (0.037771747762314435, -0.03565458267060036, -0.04341474032997797, -0.07359819931306065),
+        (0.057975577525922604, 0.022567836993220465, 0.009273397693416369, -0.001893280230471623),
+        (-0.02702168522270046, 0.03410928161694604, -0.04204923210309901, 0.08300772903976203),
+    ),
+)
+
+
+def test_loose_run_of_the_two_tolerance_error_runs_without_the_guard() -> None:
+    """A 4×4 Razin–Cohen embedding instance at depth 4 (factors from a pooled run of embedding-norms-diverge, init
+    scale 1e-3): the tight run passes every loss level at t ≈ 174 with the det guard holding, but a loose run (100×
+    the tolerances) WITH the guard stops UNRESOLVED at t ≈ 41, its larger error estimate making det W unresolvable.
+    The two-tolerance error's loose run therefore runs without the guard (and no further than the tight run got):
+    every level keeps a finite error, small against |W₁₁|, instead of ∞ and a reference solve per level."""
+    from implreg.matrix.flow.gradient_flow import TWO_TOL_FACTOR
+    from implreg.matrix.flow.integrate import Status
+    from implreg.matrix.problems import razin_cohen_embedding
+
+    factors = tuple(torch.tensor(W, dtype=torch.float64).unsqueeze(0) for W in _EMBEDDING_DEPTH4_FACTORS)
+    levels = [0.1, 3e-2, 1e-2, 5e-3, 3e-3]
+    kw = {"loss_target": 3e-3, "loss_levels": levels, "guard": "det"}
+    tight = flow.solve(razin_cohen_embedding(4, 1), factors, rtol=1e-9, atol=1e-12, **kw)
+    assert int(tight.result.status[0]) == int(Status.REACHED_EVENT) and torch.isfinite(tight.level_t).all()
+    guarded_loose = flow.solve(razin_cohen_embedding(4, 1), factors, rtol=TWO_TOL_FACTOR * 1e-9,
+                               atol=TWO_TOL_FACTOR * 1e-12, **kw)
+    assert int(guarded_loose.result.status[0]) == int(Status.UNRESOLVED)
+    assert float(guarded_loose.result.t[0]) < float(tight.level_t[0, 0])  # before the first level
+    two = tight.with_two_tolerance_error()
+    err = two.result.level_error[0]
+    W_levels = tight.certified.level_end_to_end
+    assert torch.isfinite(err).all() and (W_levels.error[0, :, 0, 0] < 1e-3 * W_levels.value[0, :, 0, 0].abs()).all()
