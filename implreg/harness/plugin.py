@@ -166,16 +166,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from implreg.harness.claims import get_spec
 
     st = _state(config)
-    if not (st.only or st.ids):
-        return
-    keep, drop = [], []
-    for item in items:
-        spec = get_spec(getattr(item, "obj", None))
-        ok = spec is not None and (not st.ids or spec.id in st.ids)
-        (keep if ok else drop).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    if st.only or st.ids:
+        keep, drop = [], []
+        for item in items:
+            spec = get_spec(getattr(item, "obj", None))
+            ok = spec is not None and (not st.ids or spec.id in st.ids)
+            (keep if ok else drop).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+    # under xdist, each worker's first share is long claims (implreg.harness.scheduling); every worker collects
+    # the same items and computes the same order, as xdist requires
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1:
+        from implreg.harness.scheduling import long_first_order
+
+        specs = [get_spec(getattr(item, "obj", None)) for item in items]
+        order = long_first_order([s is not None and s.instances is not None for s in specs], workers)
+        items[:] = [items[k] for k in order]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
