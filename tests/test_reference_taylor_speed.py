@@ -3,9 +3,9 @@
 The reference integrator is the project's trusted oracle, so its speed-up must not move a single bit: every
 integer ``_taylor`` returns is an exact sum rounded once, ``(tot + half) >> F`` or ``_round_div(−H·tot, den)``,
 and whatever the order of summation the exact sums are the same integers.  Oracle: verbatim copies of the
-pre-change ``_taylor`` and ``_evaluate`` (below), compared integer for integer on random factors (negative and
+pre-change ``_taylor`` (below), compared integer for integer on random factors (negative and
 zero entries included), depths 1–4, square and rectangular factors, completion and sensing losses, 30 and 60
-digits, several step sizes; and whole ``solve`` runs with the oracles patched in, compared field by field.
+digits, several step sizes; and whole ``solve`` runs with the oracle patched in, compared field by field.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from mpmath import mp
 
 from implreg.matrix import reference as R
 from implreg.matrix.problems import razin_cohen_2x2, razin_cohen_embedding
-from implreg.matrix.reference import Matrix, Series, _FixedProblem, _round_div, _round_shift
+from implreg.matrix.reference import Matrix, Series, _FixedProblem, _round_div
 
 
 # ------------------------------------------------------------------------------------------------------
-# The pre-change implementation, kept verbatim as the oracle (only the names changed: _taylor → oracle_taylor,
-# _evaluate → oracle_evaluate): per entry, a Python dot product of coefficient lists for every
-# (row, inner, column) triple, one rounding per entry and order.
+# The pre-change implementation, kept verbatim as the oracle (only the name changed: _taylor → oracle_taylor):
+# per entry, a Python dot product of coefficient lists for every (row, inner, column) triple, one rounding per
+# entry and order.
 # ------------------------------------------------------------------------------------------------------
 def oracle_taylor(fp: _FixedProblem, X: list[Matrix], H: int, p: int) -> list[Series]:
     """Coefficients 0..p of θ(t_n + H s) in s (fixed point), for factors X = (W_1, …, W_N) at t_n."""
@@ -93,26 +93,6 @@ def oracle_taylor(fp: _FixedProblem, X: list[Matrix], H: int, p: int) -> list[Se
                         tot += sum(map(mul, La[b], reversed(Pc[b])))
                     Sj[a][c].append(_round_div(-H * tot, den2))
     return S
-
-
-def oracle_evaluate(S: list[Series], s: int, F: int) -> list[Matrix]:
-    """The factors at s ∈ [0, 1] (fixed point) by Horner's rule."""
-    one = 1 << F
-    if s == one:
-        return [[[sum(c) for c in row] for row in Sj] for Sj in S]
-    out = []
-    for Sj in S:
-        M = []
-        for row in Sj:
-            r = []
-            for c in row:
-                acc = 0
-                for v in reversed(c):
-                    acc = _round_shift(acc * s, F) + v
-                r.append(acc)
-            M.append(r)
-        out.append(M)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -199,19 +179,8 @@ def test_taylor_extreme_entries() -> None:
             assert R._taylor(fp, X, H, 16) == oracle_taylor(fp, X, H, 16)
 
 
-@pytest.mark.parametrize("dps", [30, 60])
-def test_evaluate_matches_the_oracle(dps: int) -> None:
-    rng = random.Random(dps + 1)
-    F = _F(dps)
-    fp = _completion(rng, 2, 3, F)
-    S = R._taylor(fp, _random_factors(rng, (3, 4, 2), F), 1 << F, 20)
-    one = 1 << F
-    for s in (0, 1, one >> 1, one - 1, one, rng.randint(0, one), rng.randint(0, one)):
-        assert R._evaluate(S, s, F) == oracle_evaluate(S, s, F)
-
-
 # ------------------------------------------------------------------------------------------------------
-# Whole solves: identical to the last bit with the oracles patched in
+# Whole solves: identical to the last bit with the oracle patched in
 # ------------------------------------------------------------------------------------------------------
 def _fingerprint(sol: R.ReferenceSolution) -> dict:
     """Every number a solution carries (mpf/mp.matrix as exact (sign, man, exp) tuples), wall time excluded."""
@@ -261,7 +230,6 @@ def test_solve_is_bit_identical_with_the_oracle(case: tuple, monkeypatch: pytest
     )
     new = R.solve(problem, factors, **kwargs)
     monkeypatch.setattr(R, "_taylor", oracle_taylor)
-    monkeypatch.setattr(R, "_evaluate", oracle_evaluate)
     old = R.solve(problem, factors, **kwargs)
     assert new.status == R.Status.REACHED_LOSS and all(t is not None for t in new.level_times)
     assert _fingerprint(new) == _fingerprint(old)

@@ -422,7 +422,6 @@ def _evaluate(S: list[Series], s: int, F: int) -> list[Matrix]:
     one = 1 << F
     if s == one:
         return [[[sum(c) for c in row] for row in Sj] for Sj in S]
-    half = 1 << (F - 1)
     out = []
     for Sj in S:
         M = []
@@ -431,7 +430,7 @@ def _evaluate(S: list[Series], s: int, F: int) -> list[Matrix]:
             for c in row:
                 acc = 0
                 for v in reversed(c):
-                    acc = ((acc * s + half) >> F) + v  # _round_shift(acc · s, F) + v, inlined (hot in event location)
+                    acc = _round_shift(acc * s, F) + v
                 r.append(acc)
             M.append(r)
         out.append(M)
