@@ -214,3 +214,18 @@ def test_the_embedding_bound_is_positive_exactly_below_its_threshold():
     levels = (0.1, 0.034, 0.0337, 0.018, 0.0178, 1e-3)
     assert embedding_bound_positive(levels, 3).tolist() == [False, False, True, True, True, True]
     assert embedding_bound_positive(levels, 4).tolist() == [False, False, False, False, True, True]
+
+
+def test_level_values_are_the_exact_levels_per_instance() -> None:
+    """``level_values``: the levels themselves, exact (error 0), one row per instance, for both solvers (depth 2:
+    the hybrid balanced solver, depth 3: the factor solver)."""
+    from implreg.matrix.levels import level_values
+
+    levels = (0.1, 3e-2)
+    for depth in (2, 3):
+        inits = [_balanced(depth, (0.3, 0.1), seed) for seed in (3, 4, 5)]
+        sol = flow_to_levels(razin_cohen_2x2(3), inits, levels)
+        v = level_values(sol)
+        assert v.value.shape == sol.level_t.shape == (3, 2)
+        assert torch.equal(v.value, torch.tensor(levels, dtype=torch.float64).expand(3, 2))
+        assert torch.equal(v.error, torch.zeros(3, 2, dtype=torch.float64))

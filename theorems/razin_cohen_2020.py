@@ -120,10 +120,7 @@ def norms_diverge(by_depth):
     for N, batch in by_depth.items():
         sol = lv.flow_to_levels(razin_cohen_2x2(len(batch)), batch, NORM_LEVELS)
         W, loss = sol.certified.level_end_to_end, sol.certified.level_loss
-        # W at a level is the flow's state where ℓ = ℓ_k exactly (its error covers the located crossing's time
-        # shift, implreg.flow.certified), so f is taken at ℓ_k, exactly; f(ℓ(W)) would add W's error times
-        # f′ ≈ 1/δ³ (at ℓ = 1e-3, depth 2: 26 against a margin of 1.9; at 3e-3: 0.4 against 1.8)
-        f = lv.w11_lower_bound(Certified.exact(sol.loss_levels))
+        f = lv.w11_lower_bound(lv.level_values(sol))  # at each level ℓ_k itself
         certify(W[..., 0, 0].abs() >= f, what=f"|W₁₁| ≥ (1 − √2ℓ)²/√2ℓ at each loss level (depth {N})")
         reference_agreement(sol, batch[0], f"depth {N}")
         vs_loss("|W₁₁| vs loss", loss, W.value[..., 0, 0].abs(), f"depth {N}", "|W₁₁|")
@@ -410,9 +407,7 @@ def embedding_norms_diverge(cases):
         for N, batch in by_depth.items():
             sol = lv.flow_to_levels(razin_cohen_embedding(d, len(batch)), batch, EMBED_LEVELS)
             W, loss = sol.certified.level_end_to_end, sol.certified.level_loss
-            # at ℓ_k exactly, as in norms-diverge: W's error covers the crossing's time shift; the bound at the
-            # certified ℓ would add ℓ's error times the bound's slope (d = 4 at ℓ = 3e-3: ± 6.4 on 7.3)
-            bound = lv.embedding_w11_lower_bound(Certified.exact(sol.loss_levels.expand_as(sol.level_t)), d)
+            bound = lv.embedding_w11_lower_bound(lv.level_values(sol), d)  # at each level ℓ_k itself
             # reached levels, even with an unbounded error estimate (that comparison escalates to the reference)
             usable = torch.isfinite(sol.level_t) & lv.embedding_bound_positive(EMBED_LEVELS, d)
             # a precondition (never a refutation): the bound is positive at ≥ 3 reached levels
