@@ -103,3 +103,28 @@ def test_auto_bits_alone_equal_bits_in_batch(monkeypatch: pytest.MonkeyPatch) ->
 def test_save_at_refused() -> None:
     with pytest.raises(InvalidInputError, match="save_at"):
         explicit_then_stiff(lambda t, y: -y, torch.ones(1, 1, dtype=F64), t_max=1.0, save_at=[0.5])
+
+
+def test_guard_sees_the_error_accumulated_across_the_switch() -> None:
+    """The guard judges the error since the phase began: after the switch it is shown the first part's error plus
+    the second's, never the second's alone (which would start again from 0)."""
+    from implreg.matrix.flow import integrate
+
+    rates = torch.tensor([1.0, 1e4], dtype=F64)
+    y0 = torch.tensor([[1.0, 1.0]], dtype=F64)
+    seen: list[float] = []
+
+    def guard(y, err):
+        seen.extend(err.tolist())
+        return torch.zeros_like(err, dtype=torch.bool)
+
+    def f(t, y):
+        return -rates * y
+
+    first = integrate(f, y0, t_max=5.0, rtol=1e-9, atol=1e-12, max_steps=200, guard=guard)
+    n_first, e_first = len(seen), float(first.error[0])
+    seen.clear()
+    r = explicit_then_stiff(f, y0, t_max=5.0, rtol=1e-9, atol=1e-12, explicit_steps=200, guard=guard)
+    assert r.meta["switched_to_stiff"] == 1 and len(seen) > n_first
+    after = seen[n_first:]
+    assert e_first > 0 and min(after) >= e_first

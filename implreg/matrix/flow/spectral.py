@@ -868,6 +868,16 @@ def explicit_then_stiff(f, y0: Tensor, *, t_max: float | Tensor, max_steps: int 
     si = stiff.nonzero().flatten()
     t0 = first.t[si]
     tm = torch.as_tensor(t_max, dtype=y0.dtype, device=y0.device).expand(y0.shape[0])[si] - t0
+    guard = kw.pop("guard", None)
+    if guard is not None:
+        # the guard judges the error accumulated since the phase began: the first part's error rides along as the
+        # last parameter (compacted with the rows), and the other functions never see it
+        def strip(fn):
+            return None if fn is None else (lambda *a: fn(*a[:-1]))
+
+        f, levels, kw["event"] = strip(f), strip(levels), strip(kw.get("event"))
+        kw["guard"] = lambda y, err, *pr: guard(y, err + pr[-1], *pr[:-1])
+        params = [*params, first.error]
     second = rosenbrock(f, first.y[si], t_max=tm, max_steps=max_steps, levels=levels, n_levels=n_levels,
                         params=[q[si] for q in params], **kw)
     out = {k: getattr(first, k).clone() for k in ("t", "y", "status", "error", "n_steps", "n_rejected", "level_t",
