@@ -147,8 +147,9 @@ def end_to_end_velocity(problem: Problem, W: Tensor, depth: int | Tensor) -> Ten
     # exponents (j − 1)/N and (N − j)/N, (B, n_max): tensor ÷ tensor, rounded once like Python's float division
     left, right, valid = _powers(log_lam, j / N), _powers(log_mu, (N - 1 - j) / N), j < N
     K = torch.zeros_like(W)
-    for i in range(n_max):  # in order of j, each row over its own j ≤ N only
-        K = torch.where(valid[:, i, None, None], K + left[:, i, :, None] * right[:, i, None, :], K)
+    for i in range(n_max):  # in order of j, each row over its own j ≤ N only (one N: every j is every row's)
+        term = K + left[:, i, :, None] * right[:, i, None, :]
+        K = torch.where(valid[:, i, None, None], term, K) if isinstance(depth, Tensor) else term
     return -(U @ ((U.transpose(-1, -2) @ G @ V) * K) @ V.transpose(-1, -2))
 
 

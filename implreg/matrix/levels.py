@@ -102,7 +102,8 @@ def flow_to_levels(problem: Problem, inits: Sequence[Any], levels: Sequence[floa
 
 
 def level_values(sol: Any) -> Certified:
-    """The loss levels ℓ_k of a :func:`flow_to_levels` solution as exact certified values, (B, L): where to take a
+    """The loss levels ℓ_k of a solution with levels (:func:`flow_to_levels`, ``flow.solve``, ``solve_balanced``) as
+    exact certified values, (B, L): where to take a
     bound f(ℓ) compared with a state at the levels.  That state is the flow's state where ℓ first equals ℓ_k (its
     error covers the located crossing's time shift), so f(ℓ_k) is the bound there; f of the certified loss at the
     state would add ℓ's error times f's slope (Razin–Cohen's (1 − δ)²/δ at ℓ = 1e-3, depth 2: 26 against a margin
