@@ -146,6 +146,34 @@ def test_refine_that_gives_up_leaves_it_undecided(rec):
     assert rec.undecided_count == 1 and rec.undecided[0]["instance"] == [0]
 
 
+def test_equality_of_refinable_values_is_refuted_or_left_after_one_refined_round(rec):
+    """a == b where a carries an error: a refinement can refute it (a difference above the reference's error) but
+    never certify it (its ball never shrinks to exactly 0), so escalation stops after the first refined round
+    instead of re-solving at every precision, and the Undecided says to state a tolerance with close()."""
+    asked = []
+
+    def refine(rows, prec):
+        asked.append(prec)
+        return Refinement(np.array([arb(float(value[r]), 2.0**-prec) for r in rows], dtype=object), False)
+
+    value = torch.tensor([0.5, 0.5], dtype=F64)
+    x = Certified.measured(value, 1e-9, rigorous=False, refine=refine, label="W11(t)")
+    with pytest.raises(certify.Undecided) as info:
+        certify(x == ex(0.5, 0.5), what="W11 = ½")
+    assert asked == [64]
+    assert "can be refuted but never certified" in str(info.value) and "close(a, b, tol)" in str(info.value)
+    entry = rec.undecided[0]
+    assert entry["never"] and entry["comparison_op"] == "==" and "close(a, b, tol)" in entry["hint"]
+
+    # the same round refutes a difference that the float tier's error hid (1e-12 < 1e-9)
+    value = torch.tensor([0.5 + 1e-12], dtype=F64)
+    y = Certified.measured(value, 1e-9, rigorous=False, refine=refine, label="W11(t)")
+    asked.clear()
+    with pytest.raises(AssertionError, match="ball arithmetic at 64 bits"):
+        certify(y == 0.5, what="W11 = ½")
+    assert asked == [64]
+
+
 def test_close_below_the_error_says_it_can_never_be_decided():
     a = Certified.measured(torch.tensor([1.0, 2.0], dtype=F64), 1.2e-8, rigorous=False, label="W11(t)")
     b = ex(1.0, 2.0)

@@ -367,7 +367,34 @@ def test_inconclusive_names_the_first_undecided_comparison_and_spots_equality():
         r = run_claim(get_spec(tight), profile="ci")
     assert r["verdict"] == "inconclusive"
     assert "First: |x| − |x| at instance" in r["explanation"] and "equality case" in r["explanation"]
-    assert "pass error=0" in r["explanation"]
+    assert "Certified.exact" in r["explanation"] and "error=0" in r["explanation"]
+
+
+def test_inconclusive_equality_of_estimates_says_why_and_what_to_write_instead():
+    """`a == b` of a simulator's estimate can never be certified: the verdict is inconclusive, and its explanation
+    gives the reason and the close(a, b, tol) form (not the tie advice meant for exact operands)."""
+    import numpy as np
+    import torch
+    from flint import arb
+
+    from implreg.numerics import Certified, Refinement
+
+    def refine(rows, prec):
+        return Refinement(np.array([arb(0.25, 2.0**-prec)] * len(rows), dtype=object), False)
+
+    with REGISTRY.isolated():
+        @claim("test/equal-estimates", kind="conjecture", statement="an estimate equals its exact value.",
+               max_examples=5)
+        @given(st.integers(0, 3))
+        def equal(_):
+            x = Certified.measured(torch.tensor([0.25], dtype=torch.float64), 1e-9, rigorous=False, refine=refine,
+                                   label="x(t)")
+            certify(x == 0.25, what="x(t) = ¼")
+
+        r = run_claim(get_spec(equal), profile="ci")
+    assert r["verdict"] == "inconclusive"
+    assert "Why: an equality of values that carry an error (x(t))" in r["explanation"]
+    assert "close(a, b, tol)" in r["explanation"] and "equality case" not in r["explanation"]
 
 
 def test_budget_bounds_shrinking_and_the_smallest_failure_found_is_still_reported():

@@ -609,13 +609,18 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
             u = rec.undecided[0]
             first = (f" First: {u.get('what')} at instance {u.get('instance')}: value = {u.get('value')}, "
                      f"bound = {u.get('bound')}, error bound = {u.get('error')}.")
+            if u.get("hint"):
+                first += f" Why: {u['hint']}."
             try:
-                if float(u.get("gap")) == 0.0:
-                    first += (" The value equals the bound: an equality case.  If it is allowed and both sides are "
-                              "exact, pass error=0 (≥/≤ then include equality); otherwise exclude it in the "
-                              "claim's hypotheses.")
+                tie = float(u.get("gap")) == 0.0 and u.get("comparison_op") != "=="
             except (TypeError, ValueError):
-                pass
+                tie = False
+            if tie:
+                # exact operands would have been decided by the exact tier, so a side carries an error
+                first += (" The value equals the bound: an equality case, and a side carries an error that no tier "
+                          "removed.  If the tie is allowed, give exact sides (Certified.exact, or error=0 in "
+                          "certify.at_least/at_most) and the exact tier decides it; otherwise exclude it in the "
+                          "claim's hypotheses.")
         return "inconclusive", (
             f"{rec.undecided_count} comparison(s) could not be decided: |value − bound| stayed within the "
             f"error bound after {rec.escalation_count} escalation(s); no counterexample was found in "

@@ -269,6 +269,8 @@ def certify(cmp: Comparison, what: str | None = None) -> None:
                 "escalation_rounds": state["rounds"],
                 "basis": state["basis"],
                 "never": bool(state["never"].flat[i]),
+                "hint": state["hint"],
+                "comparison_op": cmp.op,
             })
         if rec is not None:
             rec.note_undecided(entries)

@@ -127,11 +127,16 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
         # 1,017 instances, this round decides most of its Schatten-¼ monotonicity entries
         ball_round(PRECISIONS[0], "ball", refine=False)
 
+    # An equality whose leaves carry an error can be refuted but never certified: its enclosure of a − b keeps
+    # a nonzero radius at every precision (the mpmath reference's estimate included), so it never lies in {0}.
+    # One refined round looks for a refutation (a difference above the reference's ~1e-25 error); the rising
+    # precisions after it cost minutes per example (a 2×2 flow equality: 328 s for 51 examples) and decide nothing.
+    refute_only = cmp.op == "==" and not all_exact
     for prec in PRECISIONS:
         if not undecided.any():
             break
         ball_round(prec, "ball")
-        if not undecided.any():
+        if not undecided.any() or refute_only:
             break
         if not all_exact and not state.get("refinable_left") and prec >= 128:
             break   # nothing left to refine: more precision cannot shrink the leaves' errors
@@ -145,7 +150,10 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
                 ball_round(prec, "ball")
                 if not undecided.any():
                     break
-    if undecided.any() and not all_exact:
+    if undecided.any() and refute_only:
+        state["never"] = undecided.copy()
+        hint = _equality_hint(leaves)
+    elif undecided.any() and not all_exact:
         state["never"] = undecided.copy() if not refinable or not state.get("refinable_left") else state["never"]
         hint = _never_hint(cmp, leaves, refinable, state)
     state.update(rounds=rounds, basis=basis, hint=hint)
@@ -193,9 +201,13 @@ def _gap_values_exact(ev, gap, shape, rows, add):
     return total
 
 
-def _never_hint(cmp, leaves, refinable, state) -> str:
+def _measured_names(leaves) -> str:
     labels = sorted({leaf.label or "a measured value" for leaf in leaves.values() if leaf._op == "measured"})
-    names = ", ".join(labels[:4])
+    return ", ".join(labels[:4])
+
+
+def _never_hint(cmp, leaves, refinable, state) -> str:
+    names = _measured_names(leaves)
     if not refinable or not state.get("refinable_left"):
         if cmp.op == "close":
             return (f"it can never be decided at this error: nothing feeding it can be refined ({names}), and "
@@ -204,6 +216,13 @@ def _never_hint(cmp, leaves, refinable, state) -> str:
         return (f"it can never be decided at this error: nothing feeding it can be refined ({names}); compute "
                 "them more accurately (e.g. a tighter solver tolerance) or compare with a margin")
     return "escalation to the highest precision did not separate the gap from 0"
+
+
+def _equality_hint(leaves) -> str:
+    return (f"an equality of values that carry an error ({_measured_names(leaves)}) can be refuted but never "
+            "certified: no precision shrinks their enclosure to exactly 0; compare them with close(a, b, tol) "
+            "(implreg.numerics.close) at the tolerance your statement allows, or, where both sides are exact, "
+            "build them with Certified.exact so that the exact tier decides the tie")
 
 
 def _note(rec, what, rnd, asked, prec, t_mask, f_mask, undecided, tier, note):
