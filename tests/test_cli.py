@@ -114,6 +114,22 @@ def test_new_conjecture_in_a_user_file_verifies(tmp_path):
     assert res["claims"][0]["statement"] == 'a "quoted" claim'
 
 
+def test_a_file_named_like_a_standard_module_says_which_module_took_its_name(tmp_path):
+    """A user's stat.py is shadowed by the standard library's stat: the error names that module and the fix,
+    not pytest's "remove __pycache__" hint."""
+    (tmp_path / "stat.py").write_text(
+        "from hypothesis import given, strategies as st\nfrom implreg import certify\n"
+        "from implreg.claims import claim\n\n"
+        "@claim('mine/stat', kind='conjecture', statement='x ≥ x')\n"
+        "@given(st.integers(0, 3))\ndef c(x):\n    certify.that(x >= x)\n")
+    p = cli("verify", "stat.py", "-n", "1", "--report", str(tmp_path / "r" / "index.html"), cwd=tmp_path)
+    assert p.returncode != 0, p.stdout + p.stderr
+    [r] = json.loads((tmp_path / "r" / "results.json").read_text())["claims"]
+    assert r["verdict"] == "error" and r["kind"] == "collection-error"
+    assert "module name 'stat' is already taken by" in r["explanation"] and "my_stat.py" in r["explanation"]
+    assert "__pycache__" not in r["explanation"]
+
+
 def test_default_paths_and_a_theorems_package_with_helpers(tmp_path):
     pkg = tmp_path / "theorems"
     pkg.mkdir()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -232,9 +233,23 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
     write_record(st.run_dir, _collection_error_record(report.nodeid, str(path), message), prefix="collect")
 
 
-def _collection_error_record(nodeid: str, path: str, message: str) -> dict[str, Any]:
+_SHADOWED = re.compile(r"imported module '([^']+)' has this __file__ attribute:\s*(\S+)\s*which is not the same")
+
+
+def _collection_problem(message: str) -> str:
+    """The one line that says what went wrong; for pytest's "import file mismatch", which module took the name."""
+    m = _SHADOWED.search(message)
+    if m:
+        name, taken_by = m.groups()
+        return (f"the file's module name {name!r} is already taken by {taken_by}, which Python imports instead "
+                f"(a file named like a standard-library or installed module, or a second {name}.py elsewhere in "
+                f"the run); rename the file, e.g. my_{name}.py")
     lines = [ln for ln in message.splitlines() if ln.strip()]
-    short = lines[-1].removeprefix("E").strip() if lines else "collection failed"
+    return lines[-1].removeprefix("E").strip() if lines else "collection failed"
+
+
+def _collection_error_record(nodeid: str, path: str, message: str) -> dict[str, Any]:
+    short = _collection_problem(message)
     return {
         "id": f"collection-error:{nodeid}", "nodeid": nodeid, "function": None, "module": None, "file": path,
         "line": 0, "group": "(collection errors)", "source": None, "kind": "collection-error",
