@@ -193,6 +193,32 @@ def test_non_finite_operands_raise_numerical_error_naming_the_comparison():
         certify(ex(1.0, -1.0).sqrt() >= 0, what="sqrt")
 
 
+def test_float64_overflow_of_finite_leaves_is_decided_in_balls_and_true_infinities_still_raise():
+    """(1e200)² overflows float64 but is finite: the ball tier decides it (a diverged descent's loss of 1e320 is
+    above its initial loss, a refutation, not a crash).  1/0, log 0 and √−1 stay errors naming the comparison."""
+    x = ex(1e200, 1.0)
+    certify(x * x > 0.5, what="x² > ½")
+    certify(ex(800.0).exp() > 1e300, what="e⁸⁰⁰ > 1e300")
+    with pytest.raises(AssertionError, match="overflowed float64") as info:
+        certify(x * x < 2.0, what="x² < 2")
+    assert "instance 0" in str(info.value) and "1 of 2 instance(s)" in str(info.value)
+
+    asked = []
+
+    def refine(rows, prec):
+        asked.append(prec)
+        return None
+
+    big = Certified.measured(torch.tensor([1e200], dtype=F64), 1e185, rigorous=False, refine=refine, label="y")
+    certify(big * big > ex(1e300) * ex(1e99), what="y² > 1e399")   # on the leaf's own enclosure: no reference
+    assert asked == []
+
+    for bad, what in ((1.0 / ex(1.0, 0.0), "1/x"), (ex(1.0, 0.0).log(), "log x"), (ex(1.0, -1.0).sqrt(), "√x"),
+                      (x * x - x * x, "x² − x²")):
+        with pytest.raises(NumericalError, match="is not finite at instance"):
+            certify(bad >= 0, what=what)
+
+
 def test_comparisons_are_not_bools_and_bad_inputs_are_named():
     x = ex(1.0)
     with pytest.raises(InvalidInputError, match="certify"):

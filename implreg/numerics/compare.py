@@ -203,10 +203,24 @@ class _FloatGap:
         return true, false, zero_err & (s_gap == 0)
 
 
-def _check_finite(cmp: Comparison, what: str) -> None:
+def _check_finite(cmp: Comparison, what: str) -> np.ndarray:
+    """The entries where float64 overflowed although every leaf is finite (a loss of 1e320 from factors of 1e80):
+    undecided, for the ball tiers, whose exponent range holds them.  Any other non-finite side raises."""
     named = [("left side", cmp.a), ("right side", cmp.b)] + ([("tol", cmp.tol)] if cmp.tol is not None else [])
+    overflow = np.zeros(cmp.shape, dtype=bool)
     for name, x in named:
-        bad = ~torch.isfinite(torch.broadcast_to(x.value, cmp.shape))
+        xv = torch.broadcast_to(x.value, cmp.shape)
+        bad = ~torch.isfinite(xv)
+        if not bool(bad.any()):
+            continue
+        # ±∞ only: a NaN (√−1, ∞ − ∞) is never rescued, and Arb's max(x, 0) in √ would hide a √−1
+        if bool(torch.isinf(xv).any()) and all(bool(torch.isfinite(leaf.value).all()) for leaf in x.leaves()):
+            bad_np = bad.to("cpu").numpy()
+            from implreg.numerics import escalate
+
+            rescued = escalate.finite_in_balls(cmp, bad_np & torch.isinf(xv).to("cpu").numpy())
+            overflow |= rescued
+            bad = torch.from_numpy(bad_np & ~rescued)
         if bool(bad.any()):
             i = int(torch.nonzero(bad.flatten())[0].item())
             idx = unravel(i, cmp.shape)
@@ -214,6 +228,7 @@ def _check_finite(cmp: Comparison, what: str) -> None:
                 f"{what}: the {name} of {cmp.text()} is not finite at {where(idx)} "
                 f"(value = {torch.broadcast_to(x.value, cmp.shape).flatten()[i].item()}); "
                 "a non-finite quantity is never certified")
+    return overflow
 
 
 # ------------------------------------------------------------------------------------------------ certify
@@ -225,7 +240,7 @@ def certify(cmp: Comparison, what: str | None = None) -> None:
             f"certify(...) takes a comparison of certified values (a >= b, a > b, close(a, b, tol), …), got "
             f"{type(cmp).__name__}; for an exact boolean condition use certify.that(cond)")
     what = what or cmp.text()
-    _check_finite(cmp, what)
+    overflow = _check_finite(cmp, what)
     shape = cmp.shape
     extra = None
     if cmp.extra is not None:
@@ -233,6 +248,11 @@ def certify(cmp: Comparison, what: str | None = None) -> None:
         if np.isnan(extra).any() or (extra < 0).any():
             raise InvalidInputError(f"{what}: negative or NaN error bound")
     gaps = [_FloatGap(g, shape, extra) for g in cmp.gaps()]
+    if overflow.any():
+        for g in gaps:   # overflowed entries: undecided at float64 (value 0 ± ∞), for the ball tiers
+            for v in g.values:
+                v[overflow] = 0.0
+            g.errors[0][overflow] = np.inf
     true = np.ones(shape, dtype=bool)
     false = np.zeros(shape, dtype=bool)
     equal = np.zeros(shape, dtype=bool)
@@ -313,6 +333,8 @@ def _raise_if_false(cmp: Comparison, what: str, gaps: list[_FloatGap], false: np
     else:
         rel = f"value {_SYMBOL[cmp.op]} bound is false: value = {fmt(av)}, bound = {fmt(bv)}"
     suffix = f" ({how})" if how else ""
+    if not (math.isfinite(av) and math.isfinite(bv)):
+        suffix += "; a side overflowed float64 (its exact value is finite), so the ball tier decided it"
     if exact_equal is not None and exact_equal.flat[i]:
         # the float tier's error bound is beside the point here: the gap itself evaluated to exactly 0
         rel += " (the two sides are exactly equal, so the strict inequality fails)"

@@ -23,6 +23,20 @@ PRECISIONS = (64, 128, 256, 1024)
 EXACT_PRECISIONS = (4096, 16384)
 
 
+def finite_in_balls(cmp, mask: np.ndarray) -> np.ndarray:
+    """Of the entries in mask (float64 overflowed there), those whose every gap is a finite Arb ball at the first
+    precision, from the leaves' own enclosures: an overflow rather than a true infinity (1/0, √−1)."""
+    rows = _rows_of(mask)
+    with ctx.workprec(PRECISIONS[0]):
+        ev = Evaluator(ArbBackend(PRECISIONS[0], {}, set(), [], refine=False))
+        add = np.frompyfunc(lambda a, b: a + b, 2, 1)
+        vals = [_gap_values(ev, g, cmp.shape, rows, add, None) for g in cmp.gaps()]
+    out = np.zeros(cmp.shape, dtype=bool)
+    for flat, loc in _local(mask, rows):
+        out.flat[flat] = all((v[loc] if loc else v.reshape(())[()]).is_finite() for v in vals)
+    return out
+
+
 def _rows_of(mask: np.ndarray) -> np.ndarray | None:
     if mask.ndim == 0:
         return None
