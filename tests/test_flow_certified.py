@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from implreg_test_helpers import draw_problem
 
 from implreg import certify
+from implreg.errors import NumericalError
 from implreg.matrix import flow, reference
 from implreg.matrix.factorization import balanced_init, gaussian_init, with_det_sign
 from implreg.matrix.flow.integrate import IntegrationResult
@@ -67,15 +68,43 @@ def test_never_moving_entry_holds_exactly() -> None:
 
 
 def test_unreached_level_is_never_certified() -> None:
-    """A level the solve never crossed (t_max too short) is NaN in float64: its certified entries are 0 ± ∞, so a
-    comparison on it is undecided (or decided by the reference), never passed silently."""
+    """A level the solve never crossed (t_max too short) is NaN in float64: its certified entries are 0 ± ∞, never
+    passed silently.  Where the final loss is certainly above the level, no state exists there, and a comparison
+    that uses it is an error that says so at once (no reference run); a comparison on the levels that were reached
+    is unaffected; a level within the final loss's error stays undecided (for the reference to settle)."""
     g = torch.Generator().manual_seed(4)
     W0 = 0.3 * torch.randn(1, 2, 2, generator=g, dtype=F64)
     run = flow.solve(razin_cohen_2x2(1), (W0,), t_max=0.05, loss_levels=[1e-6])
-    lvl = run.certified_view(total_budget_s=0.0).level_loss  # no reference allowed: nothing can decide it
+    lvl = run.certified_view(total_budget_s=0.0).level_loss  # no reference allowed
     assert math.isinf(float(lvl.error[0, 0]))
-    with pytest.raises(certify.Undecided):
+    with pytest.raises(NumericalError, match=r"instance 0 never reached loss level\(s\) 1e-06: its flow stopped at "
+                                             r"t_max, t = 0.05, with ℓ = .* raise t_max"):
         certify(lvl >= 0.0, what="loss at an unreached level")
+
+    final = run.certified.loss
+    reached = float(final.value[0]) * 2       # crossed before t_max
+    near = float(final.value[0] - final.error[0] / 2)   # not crossed, but within the final loss's error
+    run = flow.solve(razin_cohen_2x2(1), (W0,), t_max=0.05, loss_levels=[reached, near, 1e-6])
+    view = run.certified_view(total_budget_s=0.0)
+    certify(view.level_loss[:, 0] <= reached, what="the reached level")
+    with pytest.raises(certify.Undecided):
+        certify(view.level_loss[:, 1] >= 0.0, what="a level within the error")
+    with pytest.raises(NumericalError, match="never reached loss level"):
+        certify(view.level_end_to_end[:, 2, 0, 0] >= -10.0, what="W11 at 1e-6")
+
+
+def test_a_level_below_the_loss_target_is_an_error_naming_it_in_both_solvers() -> None:
+    """loss_levels below loss_target: the solve stops first.  Both the factor solver and the balanced (hybrid)
+    solver say so in the comparison's error."""
+    W0 = torch.tensor([[[0.05, 0.0], [0.0, 0.05]]], dtype=F64)
+    runs = [flow.solve(razin_cohen_2x2(1), balanced_init(W0, 2), loss_levels=[0.1, 1e-4], loss_target=1e-2),
+            flow.solve_balanced(razin_cohen_2x2(1), W0, 2, loss_levels=[0.1, 1e-4], loss_target=1e-2)]
+    for run in runs:
+        W = run.certified_view(total_budget_s=0.0).level_end_to_end
+        certify(W[:, 0, 0, 0].abs() >= 0.0, what="at 0.1")
+        with pytest.raises(NumericalError, match=r"never reached loss level\(s\) 0\.0001: its flow stopped at its "
+                                                 "loss_target"):
+            certify(W[:, 1, 0, 0].abs() >= 0.0, what="at 1e-4")
 
 
 def test_reference_budget_scales_with_rows() -> None:

@@ -59,9 +59,11 @@ _SQUARE = np.frompyfunc(lambda a: a**2, 1, 1)
 class ArbBackend:
     """Arb arithmetic at ``ctx.prec`` (set by the caller); measured leaves through their refine."""
 
-    def __init__(self, prec: int, refined: dict, exhausted: set, notes: list, refine: bool = True):
+    def __init__(self, prec: int, refined: dict, exhausted: set, notes: list, refine: bool = True,
+                 fill_absent: bool = False):
         self.prec = prec
         self.refine = refine          # False: the leaves' own enclosures (and earlier refinements) only
+        self.fill_absent = fill_absent  # True: absent entries (Certified.measured(absent=…)) as an exact 0
         self.refined = refined        # id(leaf) → {row: object array of that row's balls} (latest refinement)
         self.exhausted = exhausted    # ids of leaves whose refine returned None
         self.notes = notes
@@ -81,6 +83,8 @@ class ArbBackend:
             v, e = v.reshape(1), e.reshape(1)
         idx = np.arange(v.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
         out = _to_ball(v[idx], e[idx]).astype(object) if v.size else np.empty((0,), dtype=object)
+        if self.fill_absent and c._p.get("absent") is not None:
+            out[c._p["absent"][0].reshape(v.shape)[idx]] = arb(0)
         refine = c._p.get("refine")
         cache = self.refined.setdefault(id(c), {})
         if (self.refine and refine is not None and id(c) not in self.exhausted

@@ -107,11 +107,14 @@ class Certified:
 
     @staticmethod
     def measured(value: Any, error: Any, *, rigorous: bool, refine: Refine | None = None,
-                 label: str = "") -> Certified:
+                 label: str = "", absent: tuple[Any, Callable[[int], str]] | None = None) -> Certified:
         """A leaf whose exact value is only known within ``error`` (per entry, broadcast to value's shape).
 
         ``refine(rows, prec_bits)`` (optional) returns a ``Refinement`` with tighter enclosures of the SAME
         quantity for the given batch rows (dim-0 indices), or None when it cannot refine further.
+        ``absent`` (optional) = (mask, why): entries in the boolean mask (broadcast to value's shape) do not exist
+        (a flow's state at a loss level it never reached; value 0 ± ∞ there), and ``why(row)`` says why; a
+        comparison that depends on one is an error with that message, never a long escalation.
         """
         v = _as_f64(value, f"Certified.measured({label or 'value'})")
         e = _as_f64(error, f"Certified.measured({label or 'value'}) error").to(v.device)
@@ -123,7 +126,12 @@ class Certified:
                 f"value's shape {tuple(v.shape)}") from None
         if bool(torch.isnan(e).any()) or bool((e < 0).any()):
             raise InvalidInputError(f"Certified.measured({label!r}): the error must be ≥ 0 and not NaN")
-        return Certified(v, e, rigorous, "measured", (), {"refine": refine, "label": label})
+        p: dict[str, Any] = {"refine": refine, "label": label}
+        if absent is not None:
+            mask = torch.broadcast_to(torch.as_tensor(absent[0], dtype=torch.bool, device=v.device), v.shape)
+            if bool(mask.any()):
+                p["absent"] = (mask.to("cpu").numpy(), absent[1])
+        return Certified(v, e, rigorous, "measured", (), p)
 
     # ------------------------------------------------------------------ reading
     @property

@@ -37,6 +37,38 @@ def finite_in_balls(cmp, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def raise_if_absent(cmp, what: str, undecided: np.ndarray, leaves) -> None:
+    """Raise NumericalError if an undecided entry depends on an entry that does not exist (a loss level its flow
+    never reached; ``Certified.measured(absent=…)``): its gap is a finite ball with those entries as an exact 0
+    and not one with them as 0 ± ∞ — two 64-bit evaluations on the leaves' own enclosures, no reference run."""
+    from implreg.errors import NumericalError
+    from implreg.numerics.compare import where
+
+    holders = [leaf for leaf in leaves if leaf._p.get("absent") is not None]
+    rows = _rows_of(undecided)
+    if not holders or (rows is not None and not any(h._p["absent"][0][rows].any() for h in holders)):
+        return
+
+    def finite(fill: bool) -> np.ndarray:
+        with ctx.workprec(PRECISIONS[0]):
+            ev = Evaluator(ArbBackend(PRECISIONS[0], {}, set(), [], refine=False, fill_absent=fill))
+            add = np.frompyfunc(lambda a, b: a + b, 2, 1)
+            vals = [_gap_values(ev, g, cmp.shape, rows, add, None) for g in cmp.gaps()]
+        out = np.zeros(cmp.shape, dtype=bool)
+        for flat, loc in _local(undecided, rows):
+            out.flat[flat] = all((v[loc] if loc else v.reshape(())[()]).is_finite() for v in vals)
+        return out
+
+    needs = undecided & finite(True) & ~finite(False)
+    if not needs.any():
+        return
+    idx = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(needs)[0]), cmp.shape))
+    row = idx[0] if idx else 0
+    whys = [h._p["absent"][1](row) for h in holders if h._p["absent"][0].reshape(h.shape)[row].any()]
+    raise NumericalError(f"{what}: at {where(idx)} it uses a value that does not exist: "
+                         f"{whys[0] if whys else 'an absent entry'} ({int(needs.sum())} of the comparison's entries)")
+
+
 def _rows_of(mask: np.ndarray) -> np.ndarray | None:
     if mask.ndim == 0:
         return None
@@ -134,6 +166,7 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
         if refine:
             state["refinable_left"] = backend.refinable_left
 
+    raise_if_absent(cmp, what, undecided, leaves.values())
     if refinable and undecided.any():
         # Arb on the leaves as they are first: float64's midpoint–radius arithmetic can lose what an enclosure
         # keeps (x^p of a ball reaching 0 is [0, hi^p] in Arb, ẑ ± hi^p in float64), and refining a leaf means

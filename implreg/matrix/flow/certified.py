@@ -293,6 +293,38 @@ class _Failures:
         return _Failures(frozenset(i for i, st in enumerate(status.tolist()) if Status(st).failed), sol.messages)
 
 
+@dataclass(frozen=True)
+class _Absent:
+    """The loss levels (B, L) that a row's flow certainly never reached: the level was not crossed, the run did not
+    fail, and its final loss minus that loss's error is still above the level (the loss never increases along
+    gradient flow).  The state there does not exist, so a comparison that uses it is an error saying so; a level
+    within the final loss's error of being reached is left to the reference instead."""
+
+    mask: Tensor
+    why: Callable[[int], str]
+
+    @staticmethod
+    def of(level_t: Tensor, levels: Tensor, status: Tensor, t: Tensor, loss: Certified, failed: _Failures,
+           loss_target: float | None) -> _Absent:
+        from implreg.matrix.flow.result import Status
+
+        lv = levels.to(level_t)
+        ok = torch.tensor([i not in failed.rows for i in range(status.shape[0])], device=level_t.device)
+        above = (loss.value - loss.error).unsqueeze(-1) > lv
+        mask = ~torch.isfinite(level_t) & above & ok.unsqueeze(-1)
+
+        def why(row: int) -> str:
+            missed = [f"{x:g}" for x, m in zip(lv.tolist(), mask[row].tolist(), strict=True) if m]
+            stop = ("at its loss_target" if int(status[row]) == int(Status.REACHED_EVENT) and loss_target is not None
+                    else "at t_max")
+            return (f"instance {row} never reached loss level(s) {', '.join(missed)}: its flow stopped {stop}, "
+                    f"t = {float(t[row]):.6g}, with ℓ = {float(loss.value[row]):.6g} ± {float(loss.error[row]):.2g}, "
+                    "above them, so there is no state at those levels; raise t_max (or lower loss_target), or leave "
+                    "such instances out with require(...)")
+
+        return _Absent(mask, why)
+
+
 def _refiner(runs: ReferenceRuns, spec: _LeafSpec, item_shape: tuple[int, ...], label: str,
              own: tuple[Tensor, Tensor] | None = None, failed: _Failures | None = None):
     def refine(rows: list[int], prec_bits: int) -> Refinement | None:
@@ -340,13 +372,18 @@ def _refiner(runs: ReferenceRuns, spec: _LeafSpec, item_shape: tuple[int, ...], 
     return refine
 
 
-def _leaf(value: Tensor, error: Tensor, refine, label: str) -> Certified:
-    """A measured leaf; entries with error exactly 0 are exact, NaN states or infinite errors become 0 ± ∞."""
+def _leaf(value: Tensor, error: Tensor, refine, label: str, absent: _Absent | None = None) -> Certified:
+    """A measured leaf; entries with error exactly 0 are exact, NaN states or infinite errors become 0 ± ∞, and
+    the states at levels a row never reached are marked absent (see ``_Absent``)."""
     error = error.expand_as(value) if error.shape != value.shape else error
     missing = ~torch.isfinite(value) | ~torch.isfinite(error)
     v = torch.where(missing, torch.zeros_like(value), value)
     e = torch.where(missing, torch.full_like(error, math.inf), error)
-    m = Certified.measured(v, e, rigorous=False, refine=refine, label=label)
+    marked = None
+    if absent is not None and bool(absent.mask.any()):
+        lead = absent.mask.shape
+        marked = (absent.mask.reshape(*lead, *([1] * (value.dim() - len(lead)))).expand_as(value), absent.why)
+    m = Certified.measured(v, e, rigorous=False, refine=refine, label=label, absent=marked)
     exact = e == 0
     if bool(exact.any()):
         return where(exact, Certified.exact(v), m)
@@ -513,15 +550,19 @@ def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | N
 
     failed = _Failures.of(sol, r.status)
 
-    def leaf(value, err, spec: _LeafSpec, label: str) -> Certified:
+    def leaf(value, err, spec: _LeafSpec, label: str, absent: _Absent | None = None) -> Certified:
         return _leaf(value, err, _refiner(runs, spec, tuple(value.shape[1:]), label, own=(value, err),
-                                          failed=failed), label)
+                                          failed=failed), label, absent)
 
     y = leaf(r.y, e_final, _LeafSpec("final", "factors", 0), "flow state")
-    ly = leaf(r.level_y, e_level, _LeafSpec("level", "factors", L), "flow state at loss levels")
+    fac = _split(y, layout.shapes)
+    W = _product(fac)
+    loss = certified_loss(problem, W)
+    absent = _Absent.of(r.level_t, sol.loss_levels, r.status, r.t, loss, failed, sol.loss_target)
+    ly = leaf(r.level_y, e_level, _LeafSpec("level", "factors", L), "flow state at loss levels", absent)
     sy = leaf(r.save_y, e_save, _LeafSpec("save", "factors", T), "flow state at save times")
-    fac, lfac, sfac = _split(y, layout.shapes), _split(ly, layout.shapes), _split(sy, layout.shapes)
-    W, lW, sW = _product(fac), _product(lfac), _product(sfac)
+    lfac, sfac = _split(ly, layout.shapes), _split(sy, layout.shapes)
+    lW, sW = _product(lfac), _product(sfac)
 
     # times: exact where the run stopped at its t_max or where it stopped for another reason (the state is the
     # flow's at that time); a located crossing (loss target, levels) carries δt ≈ ‖δθ‖₂/‖∇_θL‖ (|dℓ/dt| = ‖∇_θL‖²)
@@ -529,9 +570,9 @@ def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | N
                         torch.zeros_like(r.t))
     t = leaf(r.t, t_err, _LeafSpec("final", "t", 0), "flow final time")
     lt_err = _crossing_time_error(sol, r.level_y, e_level)
-    lt = leaf(r.level_t, lt_err, _LeafSpec("level", "t", L), "flow crossing times of the loss levels")
+    lt = leaf(r.level_t, lt_err, _LeafSpec("level", "t", L), "flow crossing times of the loss levels", absent)
     return CertifiedFlow(
-        end_to_end=W, loss=certified_loss(problem, W), t=t, level_end_to_end=lW, level_loss=certified_loss(problem, lW),
+        end_to_end=W, loss=loss, t=t, level_end_to_end=lW, level_loss=certified_loss(problem, lW),
         level_t=lt, save_end_to_end=sW, save_loss=certified_loss(problem, sW), factors=fac, level_factors=lfac,
         save_factors=sfac, runs=runs)
 
@@ -586,18 +627,20 @@ def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[
 
     failed = _Failures.of(sol, sol.status)
 
-    def leaf(value, err, spec: _LeafSpec, label: str) -> Certified:
+    def leaf(value, err, spec: _LeafSpec, label: str, absent: _Absent | None = None) -> Certified:
         e = err.reshape(*err.shape, 1, 1).expand_as(value) if err.shape != value.shape else err
         return _leaf(value, e, _refiner(runs, spec, tuple(value.shape[1:]), label, own=(value, e),
-                                        failed=failed), label)
+                                        failed=failed), label, absent)
 
     def per_entry(entry: Tensor | None, bound: Tensor) -> Tensor:
         return entry if entry is not None else bound   # two-tolerance per entry when formed, else the (…) bound
 
     W = leaf(sol.end_to_end, per_entry(sol.entry_error, sol.error), _LeafSpec("final", "W", 0),
              "balanced flow end-to-end matrix")
+    loss = certified_loss(sol.problem, W)
+    absent = _Absent.of(sol.level_t, sol.loss_levels, sol.status, sol.t, loss, failed, sol.loss_target)
     lW = leaf(sol.level_end_to_end, per_entry(sol.level_entry_error, sol.level_error), _LeafSpec("level", "W", L),
-              "balanced flow end-to-end matrix at loss levels")
+              "balanced flow end-to-end matrix at loss levels", absent)
     sW = leaf(sol.save_end_to_end, per_entry(sol.save_entry_error, sol.save_error), _LeafSpec("save", "W", T),
               "balanced flow end-to-end matrix at save times")
     # crossing times: no per-state time error is kept by the hybrid solver: ∞ (undecided at float64, decided by
@@ -606,9 +649,9 @@ def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[
                         torch.zeros_like(sol.t))
     t = leaf(sol.t, t_err, _LeafSpec("final", "t", 0), "balanced flow final time")
     lt = leaf(sol.level_t, torch.full_like(sol.level_t, math.inf), _LeafSpec("level", "t", L),
-              "balanced flow crossing times of the loss levels")
+              "balanced flow crossing times of the loss levels", absent)
     return CertifiedFlow(
-        end_to_end=W, loss=certified_loss(sol.problem, W), t=t, level_end_to_end=lW,
+        end_to_end=W, loss=loss, t=t, level_end_to_end=lW,
         level_loss=certified_loss(sol.problem, lW), level_t=lt, save_end_to_end=sW,
         save_loss=certified_loss(sol.problem, sW), runs=runs)
 
