@@ -395,7 +395,8 @@ def {fname}(x):
     X = Certified.exact(x)                 # an exact input; arithmetic on it carries the rounding as error
     value = X * X
     evidence.scalar("x²", float(value))
-    certify(value >= 0, what="x² ≥ 0")      # replace with your conclusion; > is strict, == is decided exactly
+    certify(value >= 0, what="x² ≥ 0")      # your conclusion here; > is strict, and a tie of exact values is
+                                            # decided exactly (a simulated value: implreg.numerics.close)
 '''
 
 
