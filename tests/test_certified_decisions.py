@@ -1,6 +1,8 @@
 """certify(cmp): strict, non-strict and exact-equality decisions, escalation through refine, Undecided
 messages, non-finite operands, and what the recorder is told."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -278,3 +280,31 @@ def test_a_float_exponent_with_a_huge_denominator_stays_unevaluated_in_the_exact
     # the base that hung (a cube of a 104-bit integer over 2^222, from tests/test_capacity.py at seed 1)
     n = 2431243011214126530540676350795689540070723129850704971760539495003230714836301546139679825027
     assert is_zero(_powr(fmpq(n, 2**222), 1 / 3)) is None
+
+
+def test_an_entropy_term_near_zero_is_re_evaluated_from_the_refined_enclosure(rec):
+    """erank(W) with σ_min below the float error: each p log p with p's enclosure reaching 0 is the interval
+    [p⁺ log p⁺, 0] in float64, and the ball tier re-evaluates it from p's refined enclosure (it was a fixed
+    interval before, so 'erank drops along the flow' stayed undecided at every precision)."""
+    from implreg.matrix.measures import effective_rank
+    from implreg.numerics.ops import xlogx
+
+    true = torch.tensor([[[2.0, 0.0], [0.0, 6e-6]], [[7.0, 0.0], [0.0, 4.5e-6]]], dtype=F64)
+
+    def refine(rows, prec):
+        return Refinement(np.array([[[arb(float(v), 2.0**-prec) for v in r] for r in true[i]] for i in rows],
+                                   dtype=object), False)
+
+    W = Certified.measured(true, 3e-5, rigorous=False, refine=refine, label="W at the levels")
+    e = effective_rank(W[None])[0]          # (2,): σ_min/Σσ = 3e-6 and 6.4e-7, both within the float error
+    assert float(e.error.min()) > 1e-5
+    certify(e[1] < e[0], what="erank drops")
+    esc = rec.escalations[-1]
+    assert esc["certified"] == 1 and esc["prec_bits"] == 64
+
+    # the float tier's interval, and the exact tier's 0·log 0 = 0
+    p = xlogx(Certified.measured(torch.tensor([1e-310, 0.5], dtype=F64), torch.tensor([1e-300, 0.0], dtype=F64),
+                                 rigorous=True))
+    assert float(p.value[0]) <= 0 and float(p.value[0] - p.error[0]) <= -1e-300 * 690
+    assert float(p.value[1] - p.error[1]) <= 0.5 * math.log(0.5) <= float(p.value[1] + p.error[1])
+    certify(xlogx(ex(0.0, 1.0)) == 0.0, what="0 log 0 = 1 log 1 = 0")

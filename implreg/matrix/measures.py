@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from implreg.errors import InvalidInputError
-from implreg.numerics import Certified, Comparison, maximum, svdvals, where
-from implreg.numerics.ops import power
+from implreg.numerics import Certified, Comparison, svdvals, where
+from implreg.numerics.ops import power, xlogx
 
 __all__ = [
     "MEASURES",
@@ -283,18 +283,14 @@ def distance_to_rank(W: Tensor | Certified, k: int) -> Certified:
     return _pmean(svdvals(Wc)[:, int(k):] * _col(s, 2), 2.0, inv)
 
 
-#: Below this a probability's p·log p is not evaluated (its log would need a ball away from 0): its term is the
-#: interval [p⁺ log p⁺, 0] (−p log p increases on [0, 1/e]), a rigorous enclosure however small p⁺ is.
-_P_FLOOR = 1e-300
-
-
 @_batch_dims
 def effective_rank(W: Tensor | Certified) -> Certified:
     """Effective rank erank(W) = exp(−Σ_r p_r log p_r), p_r = σ_r / Σ_s σ_s, with 0·log 0 = 0  (Roy & Vetterli
     2007, Def. 1).  Lies in [1, min(d, d')]; NaN (error ∞) for W = 0 (p undefined), per instance.
 
     A p_r whose enclosure reaches below 1e-300 (e.g. the rounding-level σ of a rank-deficient W) enters as the
-    rigorous interval [p⁺ log p⁺, 0] instead of a logarithm of a ball containing 0.
+    rigorous interval [p⁺ log p⁺, 0] instead of a logarithm of a ball containing 0; escalation re-evaluates each
+    term from p_r's refined enclosure (``numerics.ops.xlogx``).
     """
     Wc = _lift_W(W)
     sv = svdvals(Wc)
@@ -305,17 +301,7 @@ def effective_rank(W: Tensor | Certified) -> Certified:
     zero = exact_zero | (total.hi <= 0).squeeze(-1)
     safe_total = where(zero.unsqueeze(-1), Certified.exact(torch.ones_like(total.value)), total)
     prob = sv / safe_total
-    floor = Certified.exact(torch.full_like(prob.value, _P_FLOOR))
-    pf = maximum(prob, floor)
-    term = pf * pf.log()  # p log p ≤ 0
-    hi = prob.hi.clamp(min=0.0)
-    # max over [0, p⁺] of |p log p| is p⁺|log p⁺| for p⁺ ≤ 1/e, else 1/e; rounded up by 1 % (≫ the few ulps of
-    # these three float64 operations)
-    worst = torch.where(hi < math.exp(-1), -hi * torch.log(hi.clamp(min=1e-320)), torch.full_like(hi, math.exp(-1)))
-    worst = torch.where(hi > 0, worst * 1.01, torch.zeros_like(hi))
-    small = Certified.measured(-0.5 * worst, 0.5 * worst * (1 + 1e-15), rigorous=True, label="p log p near 0")
-    term = where(prob.lo > _P_FLOOR, term, small)
-    out = (-term.sum(-1)).exp()
+    out = (-xlogx(prob).sum(-1)).exp()   # p log p ≤ 0; an interval where p's enclosure reaches 0 (see xlogx)
     nan = Certified.measured(torch.full_like(out.value, math.nan), torch.full_like(out.value, math.inf),
                              rigorous=True, label="effective rank of W = 0 (undefined)")
     return where(zero, nan, out)

@@ -44,12 +44,28 @@ def _powr(x: arb, p: float) -> arb:
     return arb(0).union(xp.upper() ** arb(p))
 
 
+def _xlogx(x: arb) -> arb:
+    """x log x on x ≥ 0 (0 log 0 = 0): the product where the ball is away from 0, else an enclosure of
+    {p log p : 0 ≤ p ≤ x⁺}, which is [x⁺ log x⁺, 0] for x⁺ ≤ 1/e and contains −1/e beyond."""
+    xp = x.nonnegative_part()
+    if xp > 0:
+        return xp * xp.log()
+    hi = xp.upper()
+    if not hi.is_finite():
+        return arb.nan()
+    if hi.is_zero():
+        return arb(0)
+    out = arb(0).union(hi * hi.log())
+    return out if hi * arb(1).exp() <= 1 else out.union(-arb(1).exp() ** -1)
+
+
 _UNARY = {
     "neg": np.frompyfunc(lambda x: -x, 1, 1),
     "abs": np.frompyfunc(abs, 1, 1),
     "sqrt": np.frompyfunc(lambda x: x.nonnegative_part().sqrt(), 1, 1),
     "exp": np.frompyfunc(lambda x: x.exp(), 1, 1),
     "log": np.frompyfunc(lambda x: x.log(), 1, 1),
+    "xlogx": np.frompyfunc(_xlogx, 1, 1),
 }
 _MAX2 = np.frompyfunc(lambda a, b: a.max(b), 2, 1)
 _MIN2 = np.frompyfunc(lambda a, b: a.min(b), 2, 1)

@@ -120,6 +120,7 @@ _ABS = np.frompyfunc(_abs, 1, 1)
 _SQRT = np.frompyfunc(_sqrt, 1, 1)
 _EXP = np.frompyfunc(lambda a: sympy.exp(_sym(a)), 1, 1)
 _LOG = np.frompyfunc(lambda a: sympy.log(_sym(a)), 1, 1)
+_XLOGX = np.frompyfunc(lambda a: sympy.Integer(0) if _sym(a) == 0 else _sym(a) * sympy.log(_sym(a)), 1, 1)
 _TO_Q = np.frompyfunc(_q, 1, 1)
 
 
@@ -143,6 +144,8 @@ class ExactBackend:
             r = _EXP(x)
         elif op == "log":
             r = _LOG(x)
+        elif op == "xlogx":
+            r = _XLOGX(x)
         else:  # powr
             r = np.frompyfunc(lambda a: _powr(a, float(p["p"])), 1, 1)(x)
         return np.asarray(r, dtype=object)

@@ -71,7 +71,7 @@ class Evaluator:
             return b.measured_leaf(c, rows)
         if op == "to":
             return self.ev(args[0], rows)
-        if op in ("neg", "abs", "sqrt", "exp", "log", "powr"):
+        if op in ("neg", "abs", "sqrt", "exp", "log", "powr", "xlogx"):
             x = self.ev(args[0], rows)
             return b.unary(op, x, p)
         if op in ("add", "sub", "mul", "div", "square", "min2", "max2"):
