@@ -128,9 +128,18 @@ def test_escalation_refutes_with_a_tighter_ball(rec):
         return Refinement(np.array([arb(-1e-20, 1e-30)] * len(rows), dtype=object), False)
 
     x = Certified.measured(torch.tensor([1e-15], dtype=F64), 1e-12, rigorous=False, refine=refine, label="x")
-    with pytest.raises(AssertionError, match="ball arithmetic at 64 bits"):
+    with pytest.raises(AssertionError, match="ball arithmetic at 64 bits") as info:
         certify(x >= 0, what="x ≥ 0")
     assert rec.escalations[0]["outcome"] == "refuted"
+    assert "refined, value − bound ∈ [-1.0000e-20" in str(info.value)   # the enclosure that decided it
+
+    # a solver that kept no error (0 ± ∞ in float64): the message gives the refined difference, not 0 and 0
+    t = Certified.measured(torch.zeros(1, dtype=F64), math.inf, rigorous=False, label="t₃",
+                           refine=lambda rows, prec: Refinement(np.array([arb(31.36, 1e-6)] * len(rows)), False))
+    with pytest.raises(AssertionError) as info:
+        certify(t > ex(71.26), what="t₃ > t₂")
+    msg = str(info.value)
+    assert "value − bound ∈ [-39.900" in msg and "float64 alone could not tell" in msg and "value = 0.0" not in msg
 
 
 def test_refine_that_gives_up_leaves_it_undecided(rec):

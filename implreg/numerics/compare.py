@@ -319,7 +319,7 @@ def _as_np(x: Any, what: str) -> np.ndarray:
 
 
 def _raise_if_false(cmp: Comparison, what: str, gaps: list[_FloatGap], false: np.ndarray,
-                    how: str | None, exact_equal: np.ndarray | None = None) -> None:
+                    how: str | None, exact_equal: np.ndarray | None = None, ball: str | None = None) -> None:
     if not false.any():
         return
     shape = cmp.shape
@@ -327,11 +327,17 @@ def _raise_if_false(cmp: Comparison, what: str, gaps: list[_FloatGap], false: np
     idx = unravel(i, shape)
     av, bv = _np(cmp.a.value, shape).flat[i], _np(cmp.b.value, shape).flat[i]
     err = float(np.max([g.error().flat[i] for g in gaps]))
-    if cmp.op == "close":
+    if ball is not None and not math.isfinite(err):
+        # the float64 values are placeholders (0 ± ∞ where a solver kept no error): the ball is the evidence
+        rel = (f"{'|a − b| ≤ tol' if cmp.op == 'close' else f'value {_SYMBOL[cmp.op]} bound'} is false: {ball} "
+               "(float64 alone could not tell: error bound = inf)")
+    elif cmp.op == "close":
         rel = (f"|a − b| ≤ tol is false: a = {fmt(av)}, b = {fmt(bv)}, "
                f"tol = {fmt(_np(cmp.tol.value, shape).flat[i])}")
     else:
         rel = f"value {_SYMBOL[cmp.op]} bound is false: value = {fmt(av)}, bound = {fmt(bv)}"
+    if ball is not None and math.isfinite(err):
+        rel += f"; refined, {ball}"
     suffix = f" ({how})" if how else ""
     if not (math.isfinite(av) and math.isfinite(bv)):
         suffix += "; a side overflowed float64 (its exact value is finite), so the ball tier decided it"
@@ -339,6 +345,8 @@ def _raise_if_false(cmp: Comparison, what: str, gaps: list[_FloatGap], false: np
         # the float tier's error bound is beside the point here: the gap itself evaluated to exactly 0
         rel += " (the two sides are exactly equal, so the strict inequality fails)"
         detail = f"the gap is exactly 0 at {where(idx)}{suffix}"
-    else:
+    elif math.isfinite(err) or ball is None:
         detail = f"error bound = {fmt(err)} at {where(idx)}{suffix}"
+    else:
+        detail = f"at {where(idx)}{suffix}"
     raise AssertionError(f"{what}: {rel}, {detail}; {int(false.sum())} of {false.size} instance(s) violate it")

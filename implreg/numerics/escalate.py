@@ -69,6 +69,16 @@ def raise_if_absent(cmp, what: str, undecided: np.ndarray, leaves) -> None:
                          f"{whys[0] if whys else 'an absent entry'} ({int(needs.sum())} of the comparison's entries)")
 
 
+def _ball_text(cmp, balls: list, strict: bool) -> str:
+    """The enclosure that decided a refutation, as value − bound (tol − |a − b| for close)."""
+    k = next(j for j, g in enumerate(balls) if _decide_ball(g, strict)[1])
+    g = balls[k]
+    if cmp.op == "close":
+        return f"tol − |a − b| ∈ {g.str(5, radius=True)}"
+    flip = cmp.op in ("<=", "<") or (cmp.op == "==" and k == 1)
+    return f"value − bound ∈ {(-g if flip else g).str(5, radius=True)}"
+
+
 def _rows_of(mask: np.ndarray) -> np.ndarray | None:
     if mask.ndim == 0:
         return None
@@ -155,13 +165,18 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
                 t_mask.flat[flat] = True
         if not refine and not (t_mask.any() or f_mask.any()):
             return  # the free round decided nothing: no round to report
+        ball = None
+        if f_mask.any():
+            first = int(np.flatnonzero(f_mask)[0])
+            loc = dict(ent)[first]
+            ball = _ball_text(cmp, [v[loc] if loc else v.reshape(())[()] for v in vals], strict)
         asked = undecided.copy()
         undecided = undecided & ~t_mask & ~f_mask
         rounds += 1
         if t_mask.any() and not backend.rigorous:
             basis = "estimate"
         _note(rec, what, rounds, asked, prec, t_mask, f_mask, undecided, tier, "; ".join(dict.fromkeys(notes)))
-        raise_if_false(cmp, what, gaps, f_mask, f"{tier} arithmetic at {prec} bits", exact_equal=eq_mask)
+        raise_if_false(cmp, what, gaps, f_mask, f"{tier} arithmetic at {prec} bits", exact_equal=eq_mask, ball=ball)
         true_all[t_mask] = True
         if refine:
             state["refinable_left"] = backend.refinable_left
