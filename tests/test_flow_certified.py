@@ -107,6 +107,20 @@ def test_a_level_below_the_loss_target_is_an_error_naming_it_in_both_solvers() -
             certify(W[:, 1, 0, 0].abs() >= 0.0, what="at 1e-4")
 
 
+def test_a_save_time_after_the_flow_stopped_is_an_error_naming_it() -> None:
+    """save_at beyond where the run stopped (its t_max, or its loss_target's crossing) has no state: a comparison
+    on it is an error at once, in both solvers; the saves within the run are unaffected."""
+    W0 = torch.tensor([[[0.05, 0.0], [0.0, 0.05]]], dtype=F64)
+    runs = [flow.solve(razin_cohen_2x2(1), balanced_init(W0, 2), save_at=[1.0, 500.0], loss_target=1e-2),
+            flow.solve_balanced(razin_cohen_2x2(1), W0, 2, save_at=[1.0, 500.0], t_max=100.0)]
+    for run, stop in zip(runs, ("at its loss_target", "at t_max"), strict=True):
+        W = run.certified_view(total_budget_s=0.0).save_end_to_end
+        certify(W[:, 0, 0, 0].abs() >= 0.0, what="at t = 1")
+        with pytest.raises(NumericalError, match=rf"instance 0 has no state at save time\(s\) 500: its flow stopped "
+                                                 rf"{stop}, at t = "):
+            certify(W[:, 1, 0, 0].abs() >= 0.0, what="at t = 500")
+
+
 def test_reference_budget_scales_with_rows() -> None:
     """A pooled body's view gets the reference budget of the unpooled examples it holds (60 s per 16 rows), so
     pooling alone cannot leave comparisons undecided; an explicit budget is kept as given."""

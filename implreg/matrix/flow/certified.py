@@ -295,10 +295,11 @@ class _Failures:
 
 @dataclass(frozen=True)
 class _Absent:
-    """The loss levels (B, L) that a row's flow certainly never reached: the level was not crossed, the run did not
-    fail, and its final loss minus that loss's error is still above the level (the loss never increases along
-    gradient flow).  The state there does not exist, so a comparison that uses it is an error saying so; a level
-    within the final loss's error of being reached is left to the reference instead."""
+    """Outputs that do not exist, (B, L) or (B, T), with why(row): ``of`` gives the loss levels a row's flow certainly
+    never reached (not crossed, the run did not fail, and its final loss minus that loss's error is still above
+    the level: the loss never increases along gradient flow), ``saves`` the save times after it stopped.  A
+    comparison that uses one is an error saying so; a level within the final loss's error of being reached is
+    left to the reference instead."""
 
     mask: Tensor
     why: Callable[[int], str]
@@ -321,6 +322,28 @@ class _Absent:
                     f"t = {float(t[row]):.6g}, with ℓ = {float(loss.value[row]):.6g} ± {float(loss.error[row]):.2g}, "
                     "above them, so there is no state at those levels; raise t_max (or lower loss_target), or leave "
                     "such instances out with require(...)")
+
+        return _Absent(mask, why)
+
+    @staticmethod
+    def saves(save_state: Tensor, save_t: Tensor, status: Tensor, t: Tensor, t_err: Tensor, failed: _Failures,
+              loss_target: float | None) -> _Absent:
+        """The save times (B, T) after a row's flow stopped (at t_max, or at its loss_target's crossing plus that
+        time's error): no state was computed there, and none exists within the run."""
+        from implreg.matrix.flow.result import Status
+
+        ok = torch.tensor([i not in failed.rows for i in range(status.shape[0])], device=save_state.device)
+        finite = torch.isfinite(save_state).flatten(2).all(-1) if save_state.dim() > 2 else torch.isfinite(save_state)
+        st = save_t.to(t)
+        mask = ~finite & (st > (t + t_err).unsqueeze(-1)) & ok.unsqueeze(-1)
+
+        def why(row: int) -> str:
+            missed = [f"{x:g}" for x, m in zip(st.tolist(), mask[row].tolist(), strict=True) if m]
+            stop = ("at its loss_target" if int(status[row]) == int(Status.REACHED_EVENT) and loss_target is not None
+                    else "at t_max")
+            return (f"instance {row} has no state at save time(s) {', '.join(missed)}: its flow stopped {stop}, at "
+                    f"t = {float(t[row]):.6g}, before them; save within the run (or raise t_max / lower "
+                    "loss_target), or leave such instances out with require(...)")
 
         return _Absent(mask, why)
 
@@ -374,7 +397,7 @@ def _refiner(runs: ReferenceRuns, spec: _LeafSpec, item_shape: tuple[int, ...], 
 
 def _leaf(value: Tensor, error: Tensor, refine, label: str, absent: _Absent | None = None) -> Certified:
     """A measured leaf; entries with error exactly 0 are exact, NaN states or infinite errors become 0 ± ∞, and
-    the states at levels a row never reached are marked absent (see ``_Absent``)."""
+    the states at levels a row never reached, or at saves after it stopped, are marked absent (``_Absent``)."""
     error = error.expand_as(value) if error.shape != value.shape else error
     missing = ~torch.isfinite(value) | ~torch.isfinite(error)
     v = torch.where(missing, torch.zeros_like(value), value)
@@ -560,14 +583,14 @@ def certified_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[Any]] | N
     loss = certified_loss(problem, W)
     absent = _Absent.of(r.level_t, sol.loss_levels, r.status, r.t, loss, failed, sol.loss_target)
     ly = leaf(r.level_y, e_level, _LeafSpec("level", "factors", L), "flow state at loss levels", absent)
-    sy = leaf(r.save_y, e_save, _LeafSpec("save", "factors", T), "flow state at save times")
-    lfac, sfac = _split(ly, layout.shapes), _split(sy, layout.shapes)
-    lW, sW = _product(lfac), _product(sfac)
-
     # times: exact where the run stopped at its t_max or where it stopped for another reason (the state is the
     # flow's at that time); a located crossing (loss target, levels) carries δt ≈ ‖δθ‖₂/‖∇_θL‖ (|dℓ/dt| = ‖∇_θL‖²)
     t_err = torch.where(r.status == int(Status.REACHED_EVENT), _crossing_time_error(sol, r.y, e_final),
                         torch.zeros_like(r.t))
+    late = _Absent.saves(r.save_y, r.save_t, r.status, r.t, t_err, failed, sol.loss_target)
+    sy = leaf(r.save_y, e_save, _LeafSpec("save", "factors", T), "flow state at save times", late)
+    lfac, sfac = _split(ly, layout.shapes), _split(sy, layout.shapes)
+    lW, sW = _product(lfac), _product(sfac)
     t = leaf(r.t, t_err, _LeafSpec("final", "t", 0), "flow final time")
     lt_err = _crossing_time_error(sol, r.level_y, e_level)
     lt = leaf(r.level_t, lt_err, _LeafSpec("level", "t", L), "flow crossing times of the loss levels", absent)
@@ -641,12 +664,13 @@ def certified_balanced_flow(sol: Any, *, init_of: Callable[[int, int], Sequence[
     absent = _Absent.of(sol.level_t, sol.loss_levels, sol.status, sol.t, loss, failed, sol.loss_target)
     lW = leaf(sol.level_end_to_end, per_entry(sol.level_entry_error, sol.level_error), _LeafSpec("level", "W", L),
               "balanced flow end-to-end matrix at loss levels", absent)
-    sW = leaf(sol.save_end_to_end, per_entry(sol.save_entry_error, sol.save_error), _LeafSpec("save", "W", T),
-              "balanced flow end-to-end matrix at save times")
     # crossing times: no per-state time error is kept by the hybrid solver: ∞ (undecided at float64, decided by
     # the reference's level times ± their error) — never a guessed figure
     t_err = torch.where(sol.status == int(Status.REACHED_EVENT), torch.full_like(sol.t, math.inf),
                         torch.zeros_like(sol.t))
+    late = _Absent.saves(sol.save_end_to_end, sol.save_t, sol.status, sol.t, t_err, failed, sol.loss_target)
+    sW = leaf(sol.save_end_to_end, per_entry(sol.save_entry_error, sol.save_error), _LeafSpec("save", "W", T),
+              "balanced flow end-to-end matrix at save times", late)
     t = leaf(sol.t, t_err, _LeafSpec("final", "t", 0), "balanced flow final time")
     lt = leaf(sol.level_t, torch.full_like(sol.level_t, math.inf), _LeafSpec("level", "t", L),
               "balanced flow crossing times of the loss levels", absent)
