@@ -86,6 +86,22 @@ def test_rank_two_nuclear_norm_closed_form():
     certify(lhs == rhs)
 
 
+def test_not_equal_holds_where_the_sides_differ_and_is_refuted_only_by_an_exact_tie():
+    """a != b is |a − b| > 0: certified where an enclosure excludes 0 (√2² ≠ 3 through rounding), refuted only
+    where the two sides are exactly equal (√2² = 2, decided exactly), and never a bool of its own."""
+    x, y = ex(1.0, 2.0), ex(1.5, 2.0)
+    certify(x[:1] != y[:1], what="1 ≠ 1.5")
+    with pytest.raises(AssertionError, match=r"value ≠ bound is false: .*\(the two sides are exactly equal\)") as info:
+        certify(x != y, what="x ≠ y")
+    assert "instance 1" in str(info.value) and "1 of 2 instance(s)" in str(info.value)
+    two = ex(2.0).sqrt() ** 2
+    certify(two != 3.0, what="√2² ≠ 3")
+    with pytest.raises(AssertionError, match="decided exactly"):
+        certify(two != 2.0, what="√2² ≠ 2")
+    with pytest.raises(InvalidInputError, match="certify"):
+        bool(x != y)
+
+
 def test_escalation_through_refine_decides_and_is_recorded(rec):
     value = torch.tensor([1e-12, 5.0, 2e-12], dtype=F64)
     calls = []

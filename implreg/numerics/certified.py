@@ -243,6 +243,7 @@ class Certified:
     def __le__(self, o): return _compare().Comparison("<=", self, o)
     def __lt__(self, o): return _compare().Comparison("<", self, o)
     def __eq__(self, o): return _compare().Comparison("==", self, o)  # type: ignore[override]
+    def __ne__(self, o): return _compare().Comparison("!=", self, o)  # type: ignore[override]
     __hash__ = object.__hash__
 
 

@@ -29,7 +29,7 @@ from implreg.numerics.certified import Certified, lift_all
 __all__ = ["Comparison", "Undecided", "certify", "close"]
 
 _EPS = float(np.finfo(np.float64).eps)
-_SYMBOL = {">=": "≥", ">": ">", "<=": "≤", "<": "<", "==": "=", "close": "≈"}
+_SYMBOL = {">=": "≥", ">": ">", "<=": "≤", "<": "<", "==": "=", "!=": "≠", "close": "≈"}
 
 
 class Undecided(ImplregError):
@@ -89,7 +89,7 @@ def describe(c: Certified, depth: int = 2) -> str:
 
 
 class Comparison:
-    """``a op b`` of certified values (op ≥ > ≤ < = or close with ``tol``), decided by ``certify``.
+    """``a op b`` of certified values (op ≥ > ≤ < = ≠ or close with ``tol``), decided by ``certify``.
 
     ``extra_error`` (legacy ``error=``) is an absolute bound added to the error of every gap.
     """
@@ -104,6 +104,7 @@ class Comparison:
         self.a, self.b = xs[0], xs[1]
         self.tol = xs[2] if tol is not None else None
         self.extra = extra_error
+        self._ne_gap: Certified | None = None
         operands = [x.value for x in xs]
         try:
             self.shape = tuple(torch.broadcast_shapes(*(v.shape for v in operands)))
@@ -122,7 +123,7 @@ class Comparison:
 
     @property
     def strict(self) -> bool:
-        return self.op in (">", "<")
+        return self.op in (">", "<", "!=")
 
     def gaps(self) -> list[list[tuple[int, Certified]]]:
         """Each gap is Σ sign·X; the comparison holds iff every gap is ≥ 0 (> 0 when strict)."""
@@ -133,6 +134,10 @@ class Comparison:
             return [[(1, b), (-1, a)]]
         if self.op == "==":
             return [[(1, a), (-1, b)], [(1, b), (-1, a)]]
+        if self.op == "!=":   # a ≠ b ⟺ |a − b| > 0: one strict gap, refuted only where the two are equal
+            if self._ne_gap is None:
+                self._ne_gap = (a - b).abs()
+            return [[(1, self._ne_gap)]]
         t = self.tol
         return [[(1, t), (-1, a), (1, b)], [(1, t), (1, a), (-1, b)]]
 
@@ -336,14 +341,16 @@ def _raise_if_false(cmp: Comparison, what: str, gaps: list[_FloatGap], false: np
                f"tol = {fmt(_np(cmp.tol.value, shape).flat[i])}")
     else:
         rel = f"value {_SYMBOL[cmp.op]} bound is false: value = {fmt(av)}, bound = {fmt(bv)}"
-    if ball is not None and math.isfinite(err):
+    tie = exact_equal is not None and bool(exact_equal.flat[i])
+    if ball is not None and math.isfinite(err) and not tie:
         rel += f"; refined, {ball}"
     suffix = f" ({how})" if how else ""
     if not (math.isfinite(av) and math.isfinite(bv)):
         suffix += "; a side overflowed float64 (its exact value is finite), so the ball tier decided it"
-    if exact_equal is not None and exact_equal.flat[i]:
+    if tie:
         # the float tier's error bound is beside the point here: the gap itself evaluated to exactly 0
-        rel += " (the two sides are exactly equal, so the strict inequality fails)"
+        rel += (" (the two sides are exactly equal)" if cmp.op == "!=" else
+                " (the two sides are exactly equal, so the strict inequality fails)")
         detail = f"the gap is exactly 0 at {where(idx)}{suffix}"
     elif math.isfinite(err) or ball is None:
         detail = f"error bound = {fmt(err)} at {where(idx)}{suffix}"

@@ -75,6 +75,8 @@ def _ball_text(cmp, balls: list, strict: bool) -> str:
     g = balls[k]
     if cmp.op == "close":
         return f"tol − |a − b| ∈ {g.str(5, radius=True)}"
+    if cmp.op == "!=":
+        return f"|value − bound| ∈ {g.str(5, radius=True)}"
     flip = cmp.op in ("<=", "<") or (cmp.op == "==" and k == 1)
     return f"value − bound ∈ {(-g if flip else g).str(5, radius=True)}"
 
