@@ -100,6 +100,8 @@ def test_not_equal_holds_where_the_sides_differ_and_is_refuted_only_by_an_exact_
         certify(two != 2.0, what="√2² ≠ 2")
     with pytest.raises(InvalidInputError, match="certify"):
         bool(x != y)
+    with pytest.raises(InvalidInputError, match=r"chained comparisons \(0 <= x <= 1\).*certify\(x >= 0\)"):
+        certify(0 <= x <= 3)   # Python asks bool(0 <= x) first
 
 
 def test_escalation_through_refine_decides_and_is_recorded(rec):

@@ -114,7 +114,9 @@ class Comparison:
 
     def __bool__(self) -> bool:
         raise InvalidInputError(
-            f"the comparison {self.text()} has no truth value of its own: wrap it in certify(...)")
+            f"the comparison {self.text()} has no truth value of its own: wrap it in certify(...).  `and`, `or`, "
+            "`not`, `if` and chained comparisons (0 <= x <= 1) ask for one, so certify each comparison in its own "
+            "call: certify(x >= 0); certify(x <= 1)")
 
     def text(self) -> str:
         if self.op == "close":
