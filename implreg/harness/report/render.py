@@ -33,8 +33,9 @@ _MISMATCH = {
                           "encoded (its hypotheses, strategies or tolerances) or the claim itself is wrong: "
                           "inspect the shrunk example below.",
     ("holds", "inconclusive"): "This claim was expected to hold, but the run could not decide it. Inconclusive "
-                               "is never counted as a pass: tighten the error bounds, add an escalation, or fix "
-                               "the strategy so that enough valid instances are drawn.",
+                               "is never counted as a pass: 'Why inconclusive' below names the comparison that "
+                               "stayed undecided and what to change (a tolerance, a margin, a more accurate "
+                               "quantity), or the strategy, if too few valid instances were drawn.",
     ("holds", "error"): "This claim was expected to hold, but its check crashed, so nothing was verified. "
                         "Fix the check (see the error below).",
     ("refuted", "holds"): "This is a negative control: it states something known to be false, and the harness "
