@@ -21,20 +21,26 @@ from implreg.numerics.graph import Evaluator
 PRECISIONS = (64, 128, 256, 1024)
 #: Extra precisions for a nonzero algebraic gap whose sign the balls above left open.
 EXACT_PRECISIONS = (4096, 16384)
+_ADD = np.frompyfunc(lambda a, b: a + b, 2, 1)
 
 
-def finite_in_balls(cmp, mask: np.ndarray) -> np.ndarray:
-    """Of the entries in mask (float64 overflowed there), those whose every gap is a finite Arb ball at the first
-    precision, from the leaves' own enclosures: an overflow rather than a true infinity (1/0, √−1)."""
+def _finite_gaps(cmp, mask: np.ndarray, fill_absent: bool = False) -> np.ndarray:
+    """Of the entries in mask, those whose every gap is a finite Arb ball at the first precision, evaluated on the
+    leaves' own enclosures (no refinement; ``fill_absent``: absent entries as an exact 0)."""
     rows = _rows_of(mask)
     with ctx.workprec(PRECISIONS[0]):
-        ev = Evaluator(ArbBackend(PRECISIONS[0], {}, set(), [], refine=False))
-        add = np.frompyfunc(lambda a, b: a + b, 2, 1)
-        vals = [_gap_values(ev, g, cmp.shape, rows, add, None) for g in cmp.gaps()]
+        ev = Evaluator(ArbBackend(PRECISIONS[0], {}, set(), [], refine=False, fill_absent=fill_absent))
+        vals = [_gap_values(ev, g, cmp.shape, rows, _ADD, None) for g in cmp.gaps()]
     out = np.zeros(cmp.shape, dtype=bool)
     for flat, loc in _local(mask, rows):
         out.flat[flat] = all((v[loc] if loc else v.reshape(())[()]).is_finite() for v in vals)
     return out
+
+
+def finite_in_balls(cmp, mask: np.ndarray) -> np.ndarray:
+    """Of the entries in mask (float64 overflowed there), those that are finite balls: an overflow rather than a
+    true infinity (1/0, √−1)."""
+    return _finite_gaps(cmp, mask)
 
 
 def raise_if_absent(cmp, what: str, undecided: np.ndarray, leaves) -> None:
@@ -48,18 +54,7 @@ def raise_if_absent(cmp, what: str, undecided: np.ndarray, leaves) -> None:
     rows = _rows_of(undecided)
     if not holders or (rows is not None and not any(h._p["absent"][0][rows].any() for h in holders)):
         return
-
-    def finite(fill: bool) -> np.ndarray:
-        with ctx.workprec(PRECISIONS[0]):
-            ev = Evaluator(ArbBackend(PRECISIONS[0], {}, set(), [], refine=False, fill_absent=fill))
-            add = np.frompyfunc(lambda a, b: a + b, 2, 1)
-            vals = [_gap_values(ev, g, cmp.shape, rows, add, None) for g in cmp.gaps()]
-        out = np.zeros(cmp.shape, dtype=bool)
-        for flat, loc in _local(undecided, rows):
-            out.flat[flat] = all((v[loc] if loc else v.reshape(())[()]).is_finite() for v in vals)
-        return out
-
-    needs = undecided & finite(True) & ~finite(False)
+    needs = undecided & _finite_gaps(cmp, undecided, fill_absent=True) & ~_finite_gaps(cmp, undecided)
     if not needs.any():
         return
     idx = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(needs)[0]), cmp.shape))
@@ -143,7 +138,7 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
     rounds = state["rounds"]
     true_all = np.zeros(shape, dtype=bool)
     basis = state["basis"]
-    add = np.frompyfunc(lambda a, b: a + b, 2, 1)
+    add = _ADD
 
     def ball_round(prec: int, tier: str, refine: bool = True) -> None:
         nonlocal undecided, rounds, basis
