@@ -161,6 +161,45 @@ def test_escalation_decides_a_comparison_too_tight_for_float64() -> None:
     assert len({k[0] for k in run.certified.runs.cache}) == 1  # one row, shared by every comparison
 
 
+def test_a_claim_run_solves_each_reference_instance_once_across_solves(monkeypatch) -> None:
+    """Within one claim run (one recorder) a second solve of the same instance (a pooled bisection, a shrink
+    replay) reuses the reference solution; another instance, or another claim run, solves its own; outside a
+    claim run nothing is shared."""
+    from implreg.harness import recorder as _record
+    from implreg.matrix.flow import certified as fc
+
+    calls = []
+    real = reference.solve
+
+    def counting(*a, **kw):
+        calls.append(kw.get("dps"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fc.reference, "solve", counting)
+    W0 = torch.tensor([[[0.25, -0.375], [0.5, 0.125]]], dtype=F64)
+    below = float(_relaxed(-0.375, 1.0, 1.0) - mpmath.mpf("1e-12"))
+
+    def decide(W: torch.Tensor) -> None:
+        run = flow.solve(razin_cohen_2x2(1), (W,), t_max=1.0)
+        certify(run.certified.end_to_end[:, 0, 1] > below, what="W12(1) above its exact value − 1e-12")
+
+    decide(W0)
+    decide(W0)
+    assert len(calls) == 2                       # outside a claim run: each solve pays its own reference
+    for _ in range(2):                           # two claim runs
+        rec = _record.Recorder("test/shared")
+        token = rec.activate()
+        try:
+            calls.clear()
+            decide(W0)
+            decide(W0.clone())                   # the same instance in a new solve: no new reference run
+            assert len(calls) == 1
+            decide(torch.nextafter(W0, torch.ones_like(W0)))   # another instance, one ulp away: its own run
+            assert len(calls) == 2
+        finally:
+            rec.deactivate(token)
+
+
 def test_escalation_certifies_the_det_sign_float64_gets_wrong() -> None:
     """Depth-2 hard case (balanced init, det W(0) > 0): in exact arithmetic det W(t) > 0 for all t; float64
     without the det guard returns det W(60) of the wrong sign or within noise.  certify(det > 0) still holds:

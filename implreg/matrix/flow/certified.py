@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,7 @@ from torch import Tensor
 from implreg.errors import ImplregError, InvalidInputError, NumericalError
 from implreg.matrix import reference
 from implreg.matrix.problems import Problem
-from implreg.numerics import Certified, Refinement, where
+from implreg.numerics import Certified, Refinement, recording, where
 
 __all__ = [
     "DPS_MAX",
@@ -99,6 +100,43 @@ def dps_for(prec_bits: int) -> int:
 # ---------------------------------------------------------------------------------------------- reference runs
 
 
+#: Reference solutions shared by every solve within one claim run (one recorder), keyed by everything that
+#: determines them (the problem row's tensors, the reference init, t_end, dps, loss target, levels, saves): a
+#: pooled claim's bisection and Hypothesis' shrinking re-run the same instances in new solves, and re-solving each
+#: at 30+ digits cost a newcomer's refuted σ_min claim 61 of its 128 s.  Scoped to the running claim so that a
+#: claim's outcome never depends on which claims ran before it in the process (a hit spends no reference budget);
+#: outside a claim run nothing is shared.  Successes only; about 2 KB each.
+_SHARED_MAX = 4096
+_SHARED: OrderedDict[tuple, reference.ReferenceSolution] = OrderedDict()
+_SHARED_SCOPE: list[Any] = [None]
+
+
+def _shared_cache() -> OrderedDict[tuple, reference.ReferenceSolution] | None:
+    scope = recording.current()
+    if scope is None:
+        return None
+    if _SHARED_SCOPE[0] is not scope:
+        _SHARED.clear()
+        _SHARED_SCOPE[0] = scope
+    return _SHARED
+
+
+def _frozen(x: Any) -> Any:
+    """A hashable copy of a reference init: mp matrices and nested lists become tuples of mpf/float."""
+    if isinstance(x, mp.matrix):
+        return tuple(tuple(row) for row in x.tolist())
+    if isinstance(x, (list, tuple)):
+        return tuple(_frozen(v) for v in x)
+    return x
+
+
+def _shared_key(problem: Problem, init: Sequence[Any], t_end: float, dps: int, loss_target: float | None,
+                levels: Sequence[float], saves: Sequence[float]) -> tuple:
+    tensors = tuple((name, tuple(t.shape), str(t.dtype), t.detach().to("cpu").numpy().tobytes())
+                    for name, t in sorted(problem.tensors().items()))
+    return (problem.name, tensors, _frozen(init), float(t_end), int(dps), loss_target, tuple(levels), tuple(saves))
+
+
 @dataclass
 class ReferenceRuns:
     """mpmath reference solutions of the rows of one solve, made on demand and cached per (row, dps).
@@ -132,6 +170,15 @@ class ReferenceRuns:
         key = (row, dps)
         if key in self.cache:
             return self.cache[key]
+        problem, init = self.problem.select([row]), self.init_of(row, dps)
+        saves = [self.save_at[k] for k in self.saves_of(row)]
+        pool = _shared_cache()
+        shared = None if pool is None else _shared_key(problem, init, self.t_end[row], dps, self.loss_target,
+                                                       self.loss_levels, saves)
+        if pool is not None and shared in pool:
+            pool.move_to_end(shared)
+            self.cache[key] = pool[shared]
+            return self.cache[key]
         if self.exhausted:
             self.notes.append(f"reference budget of {self.total_budget_s:g} s spent: row {row} at {dps} digits "
                               "not solved (its entries stay undecided)")
@@ -139,15 +186,18 @@ class ReferenceRuns:
         t0 = time.perf_counter()
         try:
             sol = reference.solve(
-                self.problem.select([row]), self.init_of(row, dps), t_end=self.t_end[row], dps=dps,
-                loss_target=self.loss_target, loss_levels=self.loss_levels,
-                save_at=[self.save_at[k] for k in self.saves_of(row)],
+                problem, init, t_end=self.t_end[row], dps=dps, loss_target=self.loss_target,
+                loss_levels=self.loss_levels, save_at=saves,
                 budget_s=min(self.budget_s, max(self.total_budget_s - self.spent_s, 1e-3)))
         except ImplregError as exc:  # budget exceeded or numerical failure: undecided, never a verdict
             self.notes.append(f"reference for row {row} at {dps} digits: {exc}")
             sol = None
         self.spent_s += time.perf_counter() - t0
         self.cache[key] = sol
+        if sol is not None and pool is not None:
+            pool[shared] = sol
+            while len(pool) > _SHARED_MAX:
+                pool.popitem(last=False)
         return sol
 
 
