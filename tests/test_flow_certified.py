@@ -121,6 +121,21 @@ def test_a_save_time_after_the_flow_stopped_is_an_error_naming_it() -> None:
             certify(W[:, 1, 0, 0].abs() >= 0.0, what="at t = 500")
 
 
+def test_absent_entries_behind_an_index_that_reshapes_the_batch() -> None:
+    """A comparison whose rows are not the solve's (boolean-mask indexing flattens (1, T) to (K,)): an undecided
+    entry that does not use an absent save stays undecided (the check used to index the leaf's mask with the
+    comparison's rows: IndexError for K > 1 rows of a one-row solve); one that does is the absent-save error."""
+    W0 = torch.tensor([[[0.3, 0.1], [0.0, 0.2]]], dtype=F64)
+    run = flow.solve(razin_cohen_2x2(1), balanced_init(W0, 2), save_at=[1.0, 2.0, 3.0, 500.0], loss_target=1e-2)
+    loss = run.certified_view(total_budget_s=0.0).save_loss            # (1, 4); t = 500 is after the stop
+    early = torch.tensor([[True, True, True, False]])
+    with pytest.raises(certify.Undecided):
+        certify(loss[early] >= loss[early].value - 1e-18, what="a tight bound at three saves within the run")
+    late = torch.tensor([[False, False, True, True]])
+    with pytest.raises(NumericalError, match=r"instance 0 has no state at save time\(s\) 500"):
+        certify(loss[late] >= loss[late].value - 1e-18, what="at t = 3 and t = 500")
+
+
 def test_reference_budget_scales_with_rows() -> None:
     """A pooled body's view gets the reference budget of the unpooled examples it holds (60 s per 16 rows), so
     pooling alone cannot leave comparisons undecided; an explicit budget is kept as given."""

@@ -80,6 +80,7 @@ class ArbBackend:
         self.prec = prec
         self.refine = refine          # False: the leaves' own enclosures (and earlier refinements) only
         self.fill_absent = fill_absent  # True: absent entries (Certified.measured(absent=…)) as an exact 0
+        self.filled: list[tuple[Certified, int]] = []   # (leaf, row) whose absent entries were filled
         self.refined = refined        # id(leaf) → {row: object array of that row's balls} (latest refinement)
         self.exhausted = exhausted    # ids of leaves whose refine returned None
         self.notes = notes
@@ -100,7 +101,9 @@ class ArbBackend:
         idx = np.arange(v.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
         out = _to_ball(v[idx], e[idx]).astype(object) if v.size else np.empty((0,), dtype=object)
         if self.fill_absent and c._p.get("absent") is not None:
-            out[c._p["absent"][0].reshape(v.shape)[idx]] = arb(0)
+            mask = c._p["absent"][0].reshape(v.shape)[idx]
+            out[mask] = arb(0)
+            self.filled += [(c, int(r)) for r, m in zip(idx, mask.reshape(len(idx), -1).any(-1), strict=True) if m]
         refine = c._p.get("refine")
         cache = self.refined.setdefault(id(c), {})
         if (self.refine and refine is not None and id(c) not in self.exhausted

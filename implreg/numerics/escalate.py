@@ -24,44 +24,50 @@ EXACT_PRECISIONS = (4096, 16384)
 _ADD = np.frompyfunc(lambda a, b: a + b, 2, 1)
 
 
-def _finite_gaps(cmp, mask: np.ndarray, fill_absent: bool = False) -> np.ndarray:
+def _finite_gaps(cmp, mask: np.ndarray, fill_absent: bool = False) -> tuple[np.ndarray, list]:
     """Of the entries in mask, those whose every gap is a finite Arb ball at the first precision, evaluated on the
-    leaves' own enclosures (no refinement; ``fill_absent``: absent entries as an exact 0)."""
+    leaves' own enclosures (no refinement; ``fill_absent``: absent entries as an exact 0), and the (leaf, row)
+    pairs whose absent entries were filled."""
     rows = _rows_of(mask)
     with ctx.workprec(PRECISIONS[0]):
-        ev = Evaluator(ArbBackend(PRECISIONS[0], {}, set(), [], refine=False, fill_absent=fill_absent))
+        backend = ArbBackend(PRECISIONS[0], {}, set(), [], refine=False, fill_absent=fill_absent)
+        ev = Evaluator(backend)
         vals = [_gap_values(ev, g, cmp.shape, rows, _ADD, None) for g in cmp.gaps()]
     out = np.zeros(cmp.shape, dtype=bool)
     for flat, loc in _local(mask, rows):
         out.flat[flat] = all((v[loc] if loc else v.reshape(())[()]).is_finite() for v in vals)
-    return out
+    return out, backend.filled
 
 
 def finite_in_balls(cmp, mask: np.ndarray) -> np.ndarray:
     """Of the entries in mask (float64 overflowed there), those that are finite balls: an overflow rather than a
     true infinity (1/0, √−1)."""
-    return _finite_gaps(cmp, mask)
+    return _finite_gaps(cmp, mask)[0]
 
 
 def raise_if_absent(cmp, what: str, undecided: np.ndarray, leaves) -> None:
     """Raise NumericalError if an undecided entry depends on an entry that does not exist (a loss level its flow
     never reached; ``Certified.measured(absent=…)``): its gap is a finite ball with those entries as an exact 0
-    and not one with them as 0 ± ∞ — two 64-bit evaluations on the leaves' own enclosures, no reference run."""
+    and not one with them as 0 ± ∞ — two 64-bit evaluations on the leaves' own enclosures, no reference run.
+    (The graph maps the comparison's entries to the leaves' rows, which need not be the comparison's rows.)"""
     from implreg.errors import NumericalError
     from implreg.numerics.compare import where
 
-    holders = [leaf for leaf in leaves if leaf._p.get("absent") is not None]
-    rows = _rows_of(undecided)
-    if not holders or (rows is not None and not any(h._p["absent"][0][rows].any() for h in holders)):
+    if not any(leaf._p.get("absent") is not None for leaf in leaves):
         return
-    needs = undecided & _finite_gaps(cmp, undecided, fill_absent=True) & ~_finite_gaps(cmp, undecided)
+    filled_ok, filled = _finite_gaps(cmp, undecided, fill_absent=True)
+    if not filled:
+        return
+    needs = undecided & filled_ok & ~_finite_gaps(cmp, undecided)[0]
     if not needs.any():
         return
     idx = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(needs)[0]), cmp.shape))
-    row = idx[0] if idx else 0
-    whys = [h._p["absent"][1](row) for h in holders if h._p["absent"][0].reshape(h.shape)[row].any()]
+    # the entry's own row where the leaf is batched like the comparison, else the first row that was filled
+    same = [(leaf, idx[0]) for leaf, _ in filled if idx and leaf.shape and leaf.shape[0] == cmp.shape[0]
+            and leaf._p["absent"][0].reshape(leaf.shape)[idx[0]].any()]
+    leaf, row = (same or filled)[0]
     raise NumericalError(f"{what}: at {where(idx)} it uses a value that does not exist: "
-                         f"{whys[0] if whys else 'an absent entry'} ({int(needs.sum())} of the comparison's entries)")
+                         f"{leaf._p['absent'][1](row)} ({int(needs.sum())} of the comparison's entries)")
 
 
 def _ball_text(cmp, balls: list, strict: bool) -> str:
