@@ -335,3 +335,6 @@ def test_an_entropy_term_near_zero_is_re_evaluated_from_the_refined_enclosure(re
     assert float(p.value[0]) <= 0 and float(p.value[0] - p.error[0]) <= -1e-300 * 690
     assert float(p.value[1] - p.error[1]) <= 0.5 * math.log(0.5) <= float(p.value[1] + p.error[1])
     certify(xlogx(ex(0.0, 1.0)) == 0.0, what="0 log 0 = 1 log 1 = 0")
+    # an enclosure reaching 0 and above 1: [−1/e, 1.1 log 1.1] (a probability never exceeds 1, but the op is general)
+    wide = xlogx(Certified.measured(torch.tensor([0.5], dtype=F64), 0.6, rigorous=True))
+    assert float(wide.value[0] - wide.error[0]) <= -math.exp(-1) and float(wide.value[0] + wide.error[0]) >= 0.1048

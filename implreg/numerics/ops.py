@@ -205,17 +205,23 @@ XLOGX_FLOOR = 1e-300
 
 def xlogx(a: Any) -> Certified:
     """a·log a on a ≥ 0, with 0·log 0 = 0 (entropy terms).  Float tier: the product where a's enclosure stays
-    above ``XLOGX_FLOOR``, else the interval [a⁺ log a⁺, 0] (a⁺ ≤ 1/e; [−1/e, 0] beyond, the minimum at 1/e),
-    rounded out by 1 %.  The ball and exact tiers re-evaluate it from a's (refined) enclosure, so a term that
-    was an interval in float64 becomes a product once a refinement moves a's enclosure away from 0."""
+    above ``XLOGX_FLOOR``, else the interval [min, max] of p log p over [0, a⁺]: [a⁺ log a⁺, 0] for a⁺ ≤ 1/e,
+    [−1/e, max(0, a⁺ log a⁺)] beyond (the minimum is at 1/e), rounded out by 1 %.  The ball and exact tiers
+    re-evaluate it from a's (refined) enclosure, so a term that was an interval in float64 becomes a product once
+    a refinement moves a's enclosure away from 0."""
     a = lift(a)
     pf = maximum(a, Certified.exact(torch.full_like(a.value, XLOGX_FLOOR)))
     term = mul(pf, log(pf))
     hi = a.hi.clamp(min=0.0)
-    # max over [0, a⁺] of |a log a| is a⁺|log a⁺| for a⁺ ≤ 1/e, else 1/e; 1 % ≫ the few ulps of these three ops
-    worst = torch.where(hi < math.exp(-1), -hi * torch.log(hi.clamp(min=1e-320)), torch.full_like(hi, math.exp(-1)))
-    worst = torch.where(hi > 0, worst * 1.01, torch.zeros_like(hi))
-    small = Certified.measured(-0.5 * worst, 0.5 * worst * (1 + 1e-15), rigorous=True, label="a log a near 0")
+    # 1 % ≫ the few ulps of these float64 operations
+    hlogh = hi * torch.log(hi.clamp(min=1e-320))
+    lower = torch.where(hi < math.exp(-1), hlogh, torch.full_like(hi, -math.exp(-1)))
+    lower = torch.where(hi > 0, lower * 1.01, torch.zeros_like(hi))
+    upper = torch.where(hi > 1, hlogh * 1.01, torch.zeros_like(hi))
+    unbounded = torch.isinf(upper)
+    center = torch.where(unbounded, torch.zeros_like(hi), 0.5 * (lower + upper))
+    radius = torch.where(unbounded, torch.full_like(hi, math.inf), 0.5 * (upper - lower) * (1 + 1e-15))
+    small = Certified.measured(center, radius, rigorous=True, label="a log a near 0")
     chosen = where(a.lo > XLOGX_FLOOR, term, small)
     return Certified(chosen.value, chosen.error, chosen.rigorous, "xlogx", (a,))
 
