@@ -355,20 +355,30 @@ class _Absent:
     why: Callable[[int], str]
 
     @staticmethod
-    def of(level_t: Tensor, levels: Tensor, status: Tensor, t: Tensor, loss: Certified, failed: _Failures,
-           loss_target: float | None) -> _Absent:
+    def _ok_and_stop(status: Tensor, failed: _Failures, loss_target: float | None,
+                     device: torch.device) -> tuple[Tensor, Callable[[int], str]]:
+        """The rows whose run did not fail, and where a row stopped, in words."""
         from implreg.matrix.flow.result import Status
 
+        ok = torch.tensor([i not in failed.rows for i in range(status.shape[0])], device=device)
+
+        def stop(row: int) -> str:
+            target = int(status[row]) == int(Status.REACHED_EVENT) and loss_target is not None
+            return "at its loss_target" if target else "at t_max"
+
+        return ok, stop
+
+    @staticmethod
+    def of(level_t: Tensor, levels: Tensor, status: Tensor, t: Tensor, loss: Certified, failed: _Failures,
+           loss_target: float | None) -> _Absent:
+        ok, stop = _Absent._ok_and_stop(status, failed, loss_target, level_t.device)
         lv = levels.to(level_t)
-        ok = torch.tensor([i not in failed.rows for i in range(status.shape[0])], device=level_t.device)
         above = (loss.value - loss.error).unsqueeze(-1) > lv
         mask = ~torch.isfinite(level_t) & above & ok.unsqueeze(-1)
 
         def why(row: int) -> str:
             missed = [f"{x:g}" for x, m in zip(lv.tolist(), mask[row].tolist(), strict=True) if m]
-            stop = ("at its loss_target" if int(status[row]) == int(Status.REACHED_EVENT) and loss_target is not None
-                    else "at t_max")
-            return (f"instance {row} never reached loss level(s) {', '.join(missed)}: its flow stopped {stop}, "
+            return (f"instance {row} never reached loss level(s) {', '.join(missed)}: its flow stopped {stop(row)}, "
                     f"t = {float(t[row]):.6g}, with ℓ = {float(loss.value[row]):.6g} ± {float(loss.error[row]):.2g}, "
                     "above them, so there is no state at those levels; raise t_max (or lower loss_target), or leave "
                     "such instances out with require(...)")
@@ -380,19 +390,15 @@ class _Absent:
               loss_target: float | None) -> _Absent:
         """The save times (B, T) after a row's flow stopped (at t_max, or at its loss_target's crossing plus that
         time's error): no state was computed there, and none exists within the run."""
-        from implreg.matrix.flow.result import Status
-
-        ok = torch.tensor([i not in failed.rows for i in range(status.shape[0])], device=save_state.device)
+        ok, stop = _Absent._ok_and_stop(status, failed, loss_target, save_state.device)
         finite = torch.isfinite(save_state).flatten(2).all(-1) if save_state.dim() > 2 else torch.isfinite(save_state)
         st = save_t.to(t)
         mask = ~finite & (st > (t + t_err).unsqueeze(-1)) & ok.unsqueeze(-1)
 
         def why(row: int) -> str:
             missed = [f"{x:g}" for x, m in zip(st.tolist(), mask[row].tolist(), strict=True) if m]
-            stop = ("at its loss_target" if int(status[row]) == int(Status.REACHED_EVENT) and loss_target is not None
-                    else "at t_max")
-            return (f"instance {row} has no state at save time(s) {', '.join(missed)}: its flow stopped {stop}, at "
-                    f"t = {float(t[row]):.6g}, before them; save within the run (or raise t_max / lower "
+            return (f"instance {row} has no state at save time(s) {', '.join(missed)}: its flow stopped {stop(row)}, "
+                    f"at t = {float(t[row]):.6g}, before them; save within the run (or raise t_max / lower "
                     "loss_target), or leave such instances out with require(...)")
 
         return _Absent(mask, why)
