@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,3 +144,17 @@ def test_relu_nets_count_every_net_as_an_instance():
         r = run_claim(get_spec(counted), profile="ci")
     assert r["verdict"] == "holds", r["explanation"]
     assert r["hypothesis"]["valid"] >= 1 and r["instances"] == 3 * r["hypothesis"]["valid"]
+
+
+def test_a_size_that_is_not_a_size_is_named():
+    """inputs(net) instead of inputs(net.widths[0]) was 'int() argument must be … not ReluNet'."""
+    from implreg.errors import InvalidInputError
+    from implreg.relu.network import random_net
+    from implreg.strategies.relu import inputs
+
+    net = random_net((2, 3, 1), batch=1)
+    with pytest.raises(InvalidInputError, match=r"got ReluNet; for a net's input width pass net\.widths\[0\]"):
+        inputs(net)
+    with pytest.raises(InvalidInputError, match="got float"):
+        inputs(2.5)
+    assert inputs(np.int64(2), m=(1, 2)).example().shape[1] == 2

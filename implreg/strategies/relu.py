@@ -21,6 +21,7 @@ when ``powers_of_two=True`` (then every rescaling is exact in floating point).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from implreg.errors import InvalidInputError
 from implreg.harness.claims import batches
 from implreg.relu.network import NodeScaling, ReluNet
 
@@ -72,7 +74,13 @@ def _size(s: Size) -> st.SearchStrategy[int]:
     """A strategy as given, a range (lo, hi) as the integers lo … hi, an int as itself."""
     if isinstance(s, st.SearchStrategy):
         return s
-    return st.integers(*s) if isinstance(s, tuple) else st.just(int(s))
+    if isinstance(s, tuple) and len(s) == 2 and all(isinstance(v, numbers.Integral) for v in s):
+        return st.integers(int(s[0]), int(s[1]))
+    if isinstance(s, numbers.Integral) and not isinstance(s, bool):
+        return st.just(int(s))
+    hint = "; for a net's input width pass net.widths[0]" if hasattr(s, "widths") else ""
+    raise InvalidInputError(f"a size must be an int, a range (lo, hi) or a strategy of ints, got "
+                            f"{type(s).__name__}{hint}")
 
 
 def net_widths(
