@@ -397,6 +397,26 @@ def test_inconclusive_equality_of_estimates_says_why_and_what_to_write_instead()
     assert "close(a, b, tol)" in r["explanation"] and "equality case" not in r["explanation"]
 
 
+def test_inconclusive_on_a_value_float64_never_had_prints_no_placeholder():
+    """A comparison on a quantity whose float64 error is ∞ (a solver kept none; the leaf is 0 ± ∞) that no
+    refinement decides: the explanation says 'unknown in float64', not 'value = 0.0'."""
+    import torch
+
+    from implreg.numerics import Certified
+
+    with REGISTRY.isolated():
+        @claim("test/unknown", kind="conjecture", statement="t ≥ 1.", max_examples=3)
+        @given(st.integers(0, 3))
+        def unknown(_):
+            t = Certified.measured(torch.zeros(1, dtype=torch.float64), float("inf"), rigorous=False, label="t")
+            certify(t >= 1.0, what="t ≥ 1")
+
+        r = run_claim(get_spec(unknown), profile="ci")
+    assert r["verdict"] == "inconclusive"
+    assert "First: t ≥ 1 at instance [0]: unknown in float64 (error bound = inf)." in r["explanation"]
+    assert "value = 0.0" not in r["explanation"]
+
+
 def test_budget_bounds_shrinking_and_the_smallest_failure_found_is_still_reported():
     """A slow refuted claim: shrinking stops about one budget after the first failure, the verdict stays refuted
     with a replayable counterexample, and the explanation says it was cut."""

@@ -607,8 +607,12 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
         first = ""
         if rec.undecided:
             u = rec.undecided[0]
-            first = (f" First: {u.get('what')} at instance {u.get('instance')}: value = {u.get('value')}, "
-                     f"bound = {u.get('bound')}, error bound = {u.get('error')}.")
+            if u.get("error") == "inf":   # 0 ± ∞ placeholders: no float64 value worth printing
+                first = (f" First: {u.get('what')} at instance {u.get('instance')}: unknown in float64 (error "
+                         "bound = inf).")
+            else:
+                first = (f" First: {u.get('what')} at instance {u.get('instance')}: value = {u.get('value')}, "
+                         f"bound = {u.get('bound')}, error bound = {u.get('error')}.")
             if u.get("hint"):
                 first += f" Why: {u['hint']}."
             try:
