@@ -81,6 +81,26 @@ def test_pool_size_is_validated(monkeypatch):
 
 
 # ---- pooled runs ------------------------------------------------------------------------------------------
+def test_a_comparison_never_certified_is_an_error_pooled_or_not():
+    """`x >= 0` on its own is an object, not an assertion: a body that makes one and never certifies it would
+    pass every example while checking nothing.  It is an error naming the comparison, pooled or not; a body that
+    certifies every comparison it makes is unaffected."""
+    def define(instances):
+        pooled = {"instances": instances} if instances else {}
+        @claim(f"pool/forgot-{instances or 0}", statement="x² ≥ 0, forgotten", **pooled)
+        @given(b=batches(FLOATS, max_size=16))
+        def forgot(b):
+            x = Certified.exact(torch.tensor(b, dtype=torch.float64))
+            certify(x * x >= 0, what="x² ≥ 0")
+            x * x + 1 > 0    # noqa: B015 — the mistake under test
+
+    for instances in (None, 200):
+        r = run_one(lambda i=instances: define(i))
+        assert r["verdict"] == "error", r["explanation"]
+        assert r["error"]["type"] == "UncertifiedComparison"
+        assert "made the comparison" in r["explanation"] and "> 0.0 and never certified it" in r["explanation"]
+
+
 def test_pooled_claim_checks_the_target_count_in_few_bodies():
     def define():
         @claim("pool/square", statement="x² ≥ 0", instances=400)

@@ -392,7 +392,7 @@ def _collect(test: Callable[[], None], handle: Any, rec: _record.Recorder,
 def _check(group: Group, orig: Callable[..., Any], rec: _record.Recorder, tally: MutableMapping[str, int],
            info: Pooled) -> int | None:
     """Run the body on ``group``; return the call number of the first failing example, else None (counted)."""
-    from implreg.harness.verdict import BudgetExhausted, returned_value  # the normal run's exceptions
+    from implreg.harness.verdict import BudgetExhausted, check_completed  # the normal run's exceptions
 
     if rec.over_budget():
         rec.budget_exhausted = True
@@ -429,8 +429,7 @@ def _check(group: Group, orig: Callable[..., Any], rec: _record.Recorder, tally:
         if single:
             return group.examples[0].call
         return _bisect(group, orig, rec, tally, info)
-    if result is not None:
-        raise returned_value(result)
+    check_completed(rec, result)
     rec.end_example_valid()
     rec.valid += len(group.examples) - 1
     return None

@@ -83,6 +83,7 @@ class Recorder:
     _ex_comparisons: int = 0
     _ex_certified: int = 0
     _ex_ratio: tuple[float, str | None] = (0.0, None)
+    _ex_built: dict[int, Any] = field(default_factory=dict)   # comparisons made and not yet certified
     _pending_batch: tuple[Any, int] | None = None
     _pending_repeat: bool = False
     batch_repeats: bool = False  # the example being run has a batch that repeats an instance
@@ -117,6 +118,17 @@ class Recorder:
         self._ex_comparisons = 0
         self._ex_certified = 0
         self._ex_ratio = (0.0, None)
+        self._ex_built = {}
+
+    def note_built(self, cmp: Any) -> None:
+        self._ex_built[id(cmp)] = cmp
+
+    def note_decided(self, cmp: Any) -> None:
+        self._ex_built.pop(id(cmp), None)
+
+    def uncertified(self) -> list[str]:
+        """The comparisons the example made and never handed to certify (each checks nothing on its own)."""
+        return [c.text() for c in self._ex_built.values()]
 
     def end_example_valid(self) -> None:
         """The body completed: commit the example's certification counters and steer Hypothesis."""

@@ -56,7 +56,7 @@ from implreg.harness.pooling import MapGroups, Pooled, pool_size, run_pooled
 from implreg.harness.profiles import Profile, claim_seed, get_profile
 from implreg.preconditions import PreconditionFailed, tally
 
-__all__ = ["BudgetExhausted", "ReturnedValue", "failed_check", "run_claim"]
+__all__ = ["BudgetExhausted", "ReturnedValue", "UncertifiedComparison", "check_completed", "failed_check", "run_claim"]
 
 _MAX_REPR = 4000
 
@@ -76,6 +76,23 @@ class ReturnedValue(_Abort):
 def returned_value(result: Any) -> ReturnedValue:
     return ReturnedValue("claim returned a value; claims must assert (use certify.* or assert): "
                          f"the body returned {_safe_repr(result, 200)}")
+
+
+class UncertifiedComparison(_Abort):
+    """The claim body made a comparison of certified values and never handed it to certify."""
+
+
+def check_completed(rec: _record.Recorder, result: Any) -> None:
+    """After a body returned: it must not return a value, nor leave a comparison uncertified (which checks
+    nothing: ``x >= 0`` on its own is an object, not an assertion)."""
+    if result is not None:
+        raise returned_value(result)
+    left = rec.uncertified()
+    if left:
+        more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
+        raise UncertifiedComparison(
+            f"the claim made the comparison {left[0]}{more} and never certified it, so it checks nothing: "
+            "wrap it in certify(...)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,8 +252,7 @@ def instrument(orig: Any, rec: _record.Recorder) -> Any:
             rec.last_failure = exc
             rec.last_failure_kwargs = _safe_repr(kwargs) if not args else _safe_repr((args, kwargs))
             raise
-        if result is not None:
-            raise returned_value(result)
+        check_completed(rec, result)
         rec.end_example_valid()
 
     body.__implreg_body__ = orig  # what a pooled group run in this process must call (pooling.check_group_task)
@@ -548,8 +564,8 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
                            "traceback": _trimmed_traceback(exc) if exc is not None else None}
         return "error", f"The check crashed ({kind}): {message}"
 
-    if isinstance(exc, ReturnedValue):
-        return crash("ReturnedValue", str(exc))
+    if isinstance(exc, (ReturnedValue, UncertifiedComparison)):
+        return crash(type(exc).__name__, str(exc))
     if isinstance(exc, DidNotReproduce):
         return crash("DidNotReproduce", str(exc))
     if isinstance(exc, Flaky):

@@ -105,6 +105,7 @@ class Comparison:
         self.tol = xs[2] if tol is not None else None
         self.extra = extra_error
         self._ne_gap: Certified | None = None
+        recording.built(self)   # a comparison never handed to certify checks nothing: the harness says so
         operands = [x.value for x in xs]
         try:
             self.shape = tuple(torch.broadcast_shapes(*(v.shape for v in operands)))
@@ -246,6 +247,7 @@ def certify(cmp: Comparison, what: str | None = None) -> None:
         raise InvalidInputError(
             f"certify(...) takes a comparison of certified values (a >= b, a > b, close(a, b, tol), …), got "
             f"{type(cmp).__name__}; for an exact boolean condition use certify.that(cond)")
+    recording.decided(cmp)
     what = what or cmp.text()
     overflow = _check_finite(cmp, what)
     shape = cmp.shape

@@ -16,3 +16,17 @@ _CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("implreg_recorder
 def current() -> Any:
     """The recorder of the claim that is running in this context, or None."""
     return _CURRENT.get()
+
+
+def built(cmp: Any) -> None:
+    """A comparison was made: the running claim's recorder keeps it until ``certify`` decides it."""
+    rec = _CURRENT.get()
+    if rec is not None and hasattr(rec, "note_built"):
+        rec.note_built(cmp)
+
+
+def decided(cmp: Any) -> None:
+    """``certify`` took the comparison."""
+    rec = _CURRENT.get()
+    if rec is not None and hasattr(rec, "note_decided"):
+        rec.note_decided(cmp)
