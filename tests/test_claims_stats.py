@@ -215,3 +215,10 @@ def test_sample_is_a_function_of_the_seed(statistical):
     assert strip_timing(run_claim(spec, seed=0)) == strip_timing(records["stat/shift-lowers"])
     other = run_claim(spec, seed=1)
     assert other["statistics"]["pairs"] != records["stat/shift-lowers"]["statistics"]["pairs"]
+
+
+def test_non_finite_observations_name_the_first_one_and_the_usual_cause():
+    obs = [(1.0, 2.0), (float("nan"), 3.0), (2.0, 4.0), (1.5, float("inf"))]
+    with pytest.raises(ValueError, match=r"2 of 4 observations contain NaN or ±inf; the first is number 1, "
+                                         r"\(a, b\) = \(nan, 3\.0\) \(a simulator that did not reach"):
+        stats.evaluate(stats.paired("wilcoxon", alternative="less"), obs)

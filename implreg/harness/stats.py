@@ -399,8 +399,13 @@ def evaluate(spec: TestSpec, observations: list[Any]) -> dict[str, Any]:
             raise ValueError("observations must be pairs (a, b) of numbers for a paired/two-sample test") from None
         if pairs.ndim != 2 or pairs.shape[0] < 2:
             raise ValueError("a paired/two-sample test needs at least 2 observations (a, b)")
-        if not np.isfinite(pairs).all():
-            raise ValueError("observations contain NaN or ±inf")
+        bad = np.flatnonzero(~np.isfinite(pairs).all(axis=1))
+        if bad.size:
+            a, b = pairs[bad[0]]
+            raise ValueError(f"{bad.size} of {len(pairs)} observations contain NaN or ±inf; the first is number "
+                             f"{bad[0]}, (a, b) = ({float(a)!r}, {float(b)!r}) (a simulator that did not reach what "
+                             "it measures, e.g. a level beyond t_max, gives NaN: check its status, or leave such "
+                             "problems out)")
         a, b = pairs[:, 0], pairs[:, 1]
         d = a - b
         summary = {"a": _summary(a), "b": _summary(b), "diff": _summary(d),
