@@ -144,7 +144,6 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
     rounds = state["rounds"]
     true_all = np.zeros(shape, dtype=bool)
     basis = state["basis"]
-    add = _ADD
 
     def ball_round(prec: int, tier: str, refine: bool = True) -> None:
         nonlocal undecided, rounds, basis
@@ -153,7 +152,7 @@ def run(cmp, what, gaps, undecided: np.ndarray, state: dict, raise_if_false) -> 
         with ctx.workprec(prec):
             backend = ArbBackend(prec, refined, exhausted, notes, refine=refine)
             ev = Evaluator(backend)
-            vals = [_gap_values(ev, g, shape, rows, add, extra) for g in cmp.gaps()]
+            vals = [_gap_values(ev, g, shape, rows, _ADD, extra) for g in cmp.gaps()]
         ent = _local(undecided, rows)
         t_mask = np.zeros(shape, dtype=bool)
         f_mask = np.zeros(shape, dtype=bool)

@@ -166,13 +166,19 @@ class ReferenceRuns:
         """Indices (into ``save_at``) of the save times this row's reference run records."""
         return [k for k, s in enumerate(self.save_at) if s <= self.t_end[row]]
 
+    def _spent(self, row: int, dps: int) -> None:
+        self.notes.append(f"reference budget of {self.total_budget_s:g} s spent: row {row} at {dps} digits not "
+                          "solved (its entries stay undecided)")
+
     def get(self, row: int, dps: int) -> reference.ReferenceSolution | None:
         key = (row, dps)
         if key in self.cache:
             return self.cache[key]
+        pool = _shared_cache()
+        if pool is None and self.exhausted:   # nothing can answer: do not even form the reference's init
+            return self._spent(row, dps)
         problem, init = self.problem.select([row]), self.init_of(row, dps)
         saves = [self.save_at[k] for k in self.saves_of(row)]
-        pool = _shared_cache()
         shared = None if pool is None else _shared_key(problem, init, self.t_end[row], dps, self.loss_target,
                                                        self.loss_levels, saves)
         if pool is not None and shared in pool:
@@ -180,9 +186,7 @@ class ReferenceRuns:
             self.cache[key] = pool[shared]
             return self.cache[key]
         if self.exhausted:
-            self.notes.append(f"reference budget of {self.total_budget_s:g} s spent: row {row} at {dps} digits "
-                              "not solved (its entries stay undecided)")
-            return None
+            return self._spent(row, dps)
         t0 = time.perf_counter()
         try:
             sol = reference.solve(
