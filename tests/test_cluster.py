@@ -108,7 +108,7 @@ def small(b):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def _local_cluster():
     import dask
     from distributed import LocalCluster
 
@@ -117,6 +117,23 @@ def cluster():
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                          memory_limit=None) as lc:
         yield lc
+
+
+@pytest.fixture
+def cluster(_local_cluster):
+    """The module's two-worker cluster, with both workers up: a test that kills a worker leaves its nanny to
+    start a new one, which on a loaded machine (two test workers and another job on 2 cores) took longer than
+    the next tests; with one worker the claim's own task and its groups share it, and what these tests check
+    (a group dying on a worker other than the claim's, two workers named) cannot happen."""
+    return _both_workers_up(_local_cluster)
+
+
+def _both_workers_up(lc):
+    from distributed import Client
+
+    with Client(lc.scheduler_address) as client:
+        client.wait_for_workers(2, timeout=120)
+    return lc
 
 
 def _write(tmp_path, name, text):
@@ -131,7 +148,8 @@ def _verify(*args, report):
 
 
 @pytest.fixture(scope="module")
-def identity_runs(cluster, tmp_path_factory):
+def identity_runs(_local_cluster, tmp_path_factory):
+    cluster = _both_workers_up(_local_cluster)
     tmp = tmp_path_factory.mktemp("identities")
     path = _write(tmp, "cluster_identities.py", IDENTITIES)
     local = _verify(path, "-n", "1", report=tmp / "local" / "index.html")
