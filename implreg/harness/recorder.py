@@ -84,6 +84,8 @@ class Recorder:
     _ex_certified: int = 0
     _ex_ratio: tuple[float, str | None] = (0.0, None)
     _ex_built: dict[int, Any] = field(default_factory=dict)   # comparisons made and not yet certified
+    # solves whose unfinished final states were read before their `ok` was (id → (solution, what was read))
+    _ex_unchecked: dict[int, tuple[Any, str]] = field(default_factory=dict)
     _pending_batch: tuple[Any, int] | None = None
     _pending_repeat: bool = False
     batch_repeats: bool = False  # the example being run has a batch that repeats an instance
@@ -119,12 +121,23 @@ class Recorder:
         self._ex_certified = 0
         self._ex_ratio = (0.0, None)
         self._ex_built = {}
+        self._ex_unchecked = {}
 
     def note_built(self, cmp: Any) -> None:
         self._ex_built[id(cmp)] = cmp
 
     def note_decided(self, cmp: Any) -> None:
         self._ex_built.pop(id(cmp), None)
+
+    def note_unchecked(self, solution: Any, text: str) -> None:
+        self._ex_unchecked.setdefault(id(solution), (solution, text))
+
+    def note_checked(self, solution: Any) -> None:
+        self._ex_unchecked.pop(id(solution), None)
+
+    def unchecked(self) -> list[str]:
+        """What the example read from solves that did not finish, never asking which instances did."""
+        return [text for _, text in self._ex_unchecked.values()]
 
     def uncertified(self) -> list[str]:
         """The comparisons the example made and never handed to certify (each checks nothing on its own)."""

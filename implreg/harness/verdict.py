@@ -56,7 +56,8 @@ from implreg.harness.pooling import MapGroups, Pooled, pool_size, run_pooled
 from implreg.harness.profiles import Profile, claim_seed, get_profile
 from implreg.preconditions import PreconditionFailed, tally
 
-__all__ = ["BudgetExhausted", "ReturnedValue", "UncertifiedComparison", "check_completed", "failed_check", "run_claim"]
+__all__ = ["BudgetExhausted", "ReturnedValue", "UncertifiedComparison", "UncheckedSolve", "check_completed",
+           "failed_check", "run_claim"]
 
 _MAX_REPR = 4000
 
@@ -82,6 +83,10 @@ class UncertifiedComparison(_Abort):
     """The claim body made a comparison of certified values and never handed it to certify."""
 
 
+class UncheckedSolve(_Abort):
+    """The claim body used the final state of a solve that stopped early on some instances, never asking which."""
+
+
 def check_completed(rec: _record.Recorder, result: Any) -> None:
     """After a body returned: it must not return a value, nor leave a comparison uncertified (which checks
     nothing: ``x >= 0`` on its own is an object, not an assertion)."""
@@ -93,6 +98,10 @@ def check_completed(rec: _record.Recorder, result: Any) -> None:
         raise UncertifiedComparison(
             f"the claim made the comparison {left[0]}{more} and never certified it, so it checks nothing: "
             "wrap it in certify(...)")
+    unchecked = rec.unchecked()
+    if unchecked:
+        more = f" (and {len(unchecked) - 1} more such solve(s))" if len(unchecked) > 1 else ""
+        raise UncheckedSolve(unchecked[0] + more)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -564,7 +573,7 @@ def _classify(spec: ClaimSpec, rec: _record.Recorder, exc: BaseException | None,
                            "traceback": _trimmed_traceback(exc) if exc is not None else None}
         return "error", f"The check crashed ({kind}): {message}"
 
-    if isinstance(exc, (ReturnedValue, UncertifiedComparison)):
+    if isinstance(exc, (ReturnedValue, UncertifiedComparison, UncheckedSolve)):
         return crash(type(exc).__name__, str(exc))
     if isinstance(exc, DidNotReproduce):
         return crash("DidNotReproduce", str(exc))

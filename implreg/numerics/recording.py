@@ -30,3 +30,18 @@ def decided(cmp: Any) -> None:
     rec = _CURRENT.get()
     if rec is not None and hasattr(rec, "note_decided"):
         rec.note_decided(cmp)
+
+
+def unchecked_read(solution: Any, text: str) -> None:
+    """A claim read the final state of a solve that did not finish on some instances, without asking which (its
+    ``ok``): the running claim's recorder keeps it until the solution's ``ok`` is read."""
+    rec = _CURRENT.get()
+    if rec is not None and hasattr(rec, "note_unchecked"):
+        rec.note_unchecked(solution, text)
+
+
+def checked(solution: Any) -> None:
+    """The claim asked which instances of ``solution`` finished (``ok``, ``status``, ``raise_on_failure``)."""
+    rec = _CURRENT.get()
+    if rec is not None and hasattr(rec, "note_checked"):
+        rec.note_checked(solution)

@@ -24,8 +24,10 @@ from implreg.matrix.flow.kernels import (
     rk_attempt,
 )
 from implreg.matrix.flow.native import NativeSteps
+from implreg.matrix.flow.result import unfinished_read_message
 from implreg.matrix.flow.tableau import DOPRI5
 from implreg.matrix.problems import Problem
+from implreg.numerics import recording
 
 __all__ = ["TWO_TOL_FACTOR", "FlowSolution", "det_guard", "solve", "two_tolerance_combine",
            "two_tolerance_combine_entries", "two_tolerance_error", "vector_field"]
@@ -184,6 +186,7 @@ class FlowSolution:
     max_steps: int = 200_000
     guard: str = "none"
     _view: object = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _checked: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
 
     # ---- certified values ---------------------------------------------------------------------------
     @property
@@ -236,12 +239,33 @@ class FlowSolution:
         return two_tolerance_error(self, loose)
 
     # ---- final state ------------------------------------------------------------------------------
+    # The raw final state of an instance that did not finish (too many steps, divergence, the guard) is where the
+    # integrator stopped, not the flow at t_max or the loss target.  Reading it inside a claim without ever asking
+    # which instances finished (ok, status, raise_on_failure, messages) makes the claim an error when its body
+    # returns (``implreg.harness.verdict.UncheckedSolve``): a statistic or comparison drawn from it would pass
+    # silently.  The certified view needs no check: it refuses failed instances by itself.
+    def _mark_checked(self) -> None:
+        self._checked = True
+        recording.checked(self)
+
+    def _final(self, what: str) -> None:
+        if self._checked:
+            return
+        s = self.result.status
+        bad = (s != int(Status.REACHED_T_MAX)) & (s != int(Status.REACHED_EVENT))
+        if bool(bad.any()):
+            first = self.result.messages()[int(bad.nonzero()[0, 0])]
+            recording.unchecked_read(self, unfinished_read_message(
+                "flow.solve", int(bad.sum()), bad.numel(), first, what))
+
     @property
     def t(self) -> Tensor:
+        self._final("t")
         return self.result.t
 
     @property
     def status(self) -> Tensor:
+        self._mark_checked()
         return self.result.status
 
     @property
@@ -255,28 +279,34 @@ class FlowSolution:
 
     @property
     def factors(self) -> Factors:
+        self._final("factors")
         return self.layout.unpack(self.result.y)
 
     @property
     def end_to_end(self) -> Tensor:
+        self._final("end_to_end")
         return end_to_end(self.factors)
 
     @property
     def loss(self) -> Tensor:
+        self._final("loss")
         return self.problem.loss(self.end_to_end)
 
     @property
     def ok(self) -> Tensor:
         """(B,) bool: instances that reached their final time or loss target (results to trust)."""
-        s = self.status
+        s = self.status  # marks the solve checked
         return (s == int(Status.REACHED_T_MAX)) | (s == int(Status.REACHED_EVENT))
 
     def messages(self) -> list[str]:
+        self._mark_checked()
         return self.result.messages()
 
     def raise_on_failure(self) -> None:
         """Raise NumericalError naming every instance that diverged or was stopped (not unresolved)."""
         from implreg.errors import NumericalError
+
+        self._mark_checked()
 
         bad = [m for m, s in zip(self.messages(), self.result.statuses(), strict=True) if s.failed]
         if bad:

@@ -9,7 +9,7 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
-__all__ = ["IntegrationResult", "Status", "amax"]
+__all__ = ["IntegrationResult", "Status", "amax", "unfinished_read_message"]
 
 
 class Status(IntEnum):
@@ -107,3 +107,12 @@ class IntegrationResult:
 def amax(e: Tensor) -> Tensor:
     """max over the last (component) dimension; 0 for a state with no components."""
     return e.amax(-1) if e.shape[-1] else torch.zeros(e.shape[:-1], dtype=e.dtype, device=e.device)
+
+
+def unfinished_read_message(solver: str, n_bad: int, n: int, first: str, what: str) -> str:
+    """Why reading a solve's final ``what`` without checking ``ok`` is an error (``UncheckedSolve``'s text)."""
+    return (f"{solver} did not finish {n_bad} of {n} instance(s) ({first}), and the claim used its final `{what}` "
+            "without reading `ok`: for those instances it is where the integrator stopped, not the flow at t_max "
+            "or the loss target.  Use only the instances where `run.ok` is true (index with it, or "
+            "`require(run.ok.all(), ...)`), call `run.raise_on_failure()`, or give the solve room (max_steps, "
+            "t_max)")
