@@ -420,3 +420,50 @@ def test_the_implreg_digest_follows_the_files_not_their_place(tmp_path):
     assert "stale, restart it" in harness_cluster._stale_reason("tcp://w", have, "2" * 64)
     assert "another checkout" in harness_cluster._stale_reason("tcp://w", have, "3" * 64)
     assert harness_cluster._stale_reason("tcp://w", have, "1" * 64) is None
+
+
+def test_overlapping_claims_in_one_process_keep_the_constant_pool_pinned():
+    """Two claims in one process (a cluster worker runs another claim's task while one waits for its groups): the
+    first to finish must leave Hypothesis' constant pool pinned for the other, and the last restores it."""
+    import threading
+
+    from hypothesis.internal.conjecture import providers
+
+    from implreg.harness.verdict import _pinned_constants
+
+    original = providers._get_local_constants
+    inside, release = threading.Event(), threading.Event()
+
+    def other_claim():
+        with _pinned_constants():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other_claim)
+    t.start()
+    inside.wait(10)
+    with _pinned_constants():
+        pinned = providers._get_local_constants
+        assert pinned is not original
+    assert providers._get_local_constants is pinned  # the other claim still runs: still pinned
+    release.set()
+    t.join(10)
+    assert providers._get_local_constants is original
+
+
+def test_a_one_worker_cluster_gives_the_local_record(tmp_path, monkeypatch):
+    """With one worker, a claim's task and its groups, and the next claim's task, share one process: the pooled
+    records still equal the local run's, Hypothesis' statistics included (they differed while one claim's end
+    unpinned the other's constant pool)."""
+    import dask
+    from distributed import LocalCluster
+
+    monkeypatch.setenv("IMPLREG_POOL_SIZE", "64")
+    path = _write(tmp_path, "cluster_pooled_one.py", POOLED.replace('"pooled/', '"one/'))
+    local = _verify(path, "-n", "1", report=tmp_path / "local" / "index.html")
+    with dask.config.set({"distributed.scheduler.allowed-failures": 2}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                         memory_limit=None) as lc:
+        remote = _verify(path, "--cluster", lc.scheduler_address, report=tmp_path / "cluster" / "index.html")
+    assert [r["verdict"] for r in remote["claims"]] == ["holds", "refuted"]
+    assert strip_timing(remote["claims"]) == strip_timing(local["claims"])

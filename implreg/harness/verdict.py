@@ -30,6 +30,7 @@ import contextlib
 import functools
 import os
 import re
+import threading
 import time
 import traceback
 import unittest
@@ -188,6 +189,11 @@ def failed_check(exc: BaseException) -> str | None:
     return text.splitlines()[0] if text else None
 
 
+#: Claims pinning Hypothesis' constant pool in this process now, and the getter to restore when the last is done.
+_PINNED: dict[str, Any] = {"depth": 0, "getter": None}
+_PIN_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _pinned_constants() -> Iterator[None]:
     """Make Hypothesis ignore constants harvested from whatever local modules happen to be imported.
@@ -197,6 +203,11 @@ def _pinned_constants() -> Iterator[None]:
     same worker, so the same seed could draw different examples alone, in a full run, or under xdist.
     Pinning the pool to empty makes a claim's examples a function of its seed only.  (Internal API:
     guarded, and a no-op on Hypothesis versions without it.)
+
+    The pin is process-wide and counted: claims can overlap in one process (a cluster worker starts another
+    claim's task while one waits for its groups), and the first to finish must not unpin the other.  Unpinned
+    halfway, a pooled claim's replay drew other examples than its collection had (a one-worker Dask cluster:
+    Hypothesis' invalid count 30 against 26 in the local run).
     """
     try:
         from hypothesis.internal.conjecture import providers
@@ -209,14 +220,21 @@ def _pinned_constants() -> Iterator[None]:
     if getter is None or cache is None:  # pragma: no cover
         yield
         return
-    empty = Constants()
-    providers._get_local_constants = lambda: empty
-    cache.cache.clear()
+    with _PIN_LOCK:
+        if _PINNED["depth"] == 0:
+            empty = Constants()
+            _PINNED["getter"] = getter
+            providers._get_local_constants = lambda: empty
+            cache.cache.clear()
+        _PINNED["depth"] += 1
     try:
         yield
     finally:
-        providers._get_local_constants = getter
-        cache.cache.clear()
+        with _PIN_LOCK:
+            _PINNED["depth"] -= 1
+            if _PINNED["depth"] == 0:
+                providers._get_local_constants = _PINNED["getter"]
+                cache.cache.clear()
 
 
 # ------------------------------------------------------------------------------------------------
