@@ -14,6 +14,8 @@ Specs:
 - ``paired("wilcoxon" | "sign" | "ttest", alternative="less", equivalence_margin=None)``: observations are pairs
   (a, b) from one problem; tests the differences a − b (``less``: a tends to be smaller than b).  The margin is
   in units of a − b (a location shift: pseudo-median for Wilcoxon, median for the sign test, mean for t).
+  Wilcoxon p-values are exact where it matters: scipy's exact distribution without ties (n ≤ 50), the exact
+  conditional distribution given the midranks with tied |a − b| (n ≤ 200), else the normal approximation.
 - ``two_sample("mannwhitney", alternative="less", equivalence_margin=None)``: the a's and b's as two independent
   samples; the margin is a location shift of a against b, in their units.
 - ``proportion(p, alternative="greater", equivalence_margin=None)``: observations are booleans; exact binomial
