@@ -249,12 +249,12 @@ class FlowSolution:
         recording.checked(self)
 
     def _final(self, what: str) -> None:
-        if self._checked:
+        if self._checked or recording.current() is None:  # outside a claim run nothing is recorded
             return
         s = self.result.status
         bad = (s != int(Status.REACHED_T_MAX)) & (s != int(Status.REACHED_EVENT))
         if bool(bad.any()):
-            first = self.result.messages()[int(bad.nonzero()[0, 0])]
+            first = self.result.message(int(bad.nonzero()[0, 0]))
             recording.unchecked_read(self, unfinished_read_message(
                 "flow.solve", int(bad.sum()), bad.numel(), first, what))
 

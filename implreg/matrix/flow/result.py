@@ -89,19 +89,20 @@ class IntegrationResult:
 
     def messages(self) -> list[str]:
         """One sentence per instance: what happened and when."""
-        out = []
-        for i, s in enumerate(self.statuses()):
-            extra = f" at t = {float(self.t[i]):.6g}"
-            if s == Status.UNRESOLVED:
-                extra = f" at t = {float(self.unresolved_t[i]):.6g}"
-            start_bad = self.meta.get("nonfinite_start")
-            if s == Status.DIVERGED and start_bad is not None and bool(start_bad[i]):
-                out.append(f"instance {i}: diverged before the first step: the vector field is not finite at the "
-                           f"initial state (largest |y0| entry {float(self.y[i].abs().max()):.3g}; too large for "
-                           f"{self.meta.get('dtype', 'the dtype')}?)")
-                continue
-            out.append(f"instance {i}: {s.message}{extra} after {int(self.n_steps[i])} steps")
-        return out
+        return [self.message(i) for i in range(self.status.shape[0])]
+
+    def message(self, i: int) -> str:
+        """What happened to instance ``i`` and when, as a sentence."""
+        s = Status(int(self.status[i]))
+        extra = f" at t = {float(self.t[i]):.6g}"
+        if s == Status.UNRESOLVED:
+            extra = f" at t = {float(self.unresolved_t[i]):.6g}"
+        start_bad = self.meta.get("nonfinite_start")
+        if s == Status.DIVERGED and start_bad is not None and bool(start_bad[i]):
+            return (f"instance {i}: diverged before the first step: the vector field is not finite at the "
+                    f"initial state (largest |y0| entry {float(self.y[i].abs().max()):.3g}; too large for "
+                    f"{self.meta.get('dtype', 'the dtype')}?)")
+        return f"instance {i}: {s.message}{extra} after {int(self.n_steps[i])} steps"
 
 
 def amax(e: Tensor) -> Tensor:
